@@ -1,0 +1,266 @@
+//! The consumer's one task: connect, run a session, and decide from how it ended whether
+//! to reconnect (the reconnect policy of the original, with 401/403 fatal).
+
+use super::{ConsumerShared, ConsumerState};
+use crate::connection::now_millis;
+use crate::error::{ConnectError, ConnectErrorKind};
+use crate::event::ConsumerEvent;
+use crate::message::{close_code, CloseInfo, MessageRef, PING, PONG, PROVIDER_HEARTBEAT_PREFIX};
+use crate::query::encode_query;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a session ended.
+enum ExitReason {
+    /// The connection dropped or the provider closed it: reconnect.
+    Disconnected(CloseInfo),
+    /// `destroy()` was called: stop.
+    Destroyed,
+}
+
+/// The whole life of a consumer after `connect()`.
+pub(super) async fn run(shared: Arc<ConsumerShared>) {
+    let reconnect = shared.options.reconnect.clone();
+    let mut failures = 0u32;
+    let end = loop {
+        shared.in_flight.store(true, Ordering::Relaxed);
+        let attempt = tokio::select! {
+            _ = shared.stop.cancelled() => Err(ConnectError::new(ConnectErrorKind::Destroyed)),
+            attempt = connect_once(&shared) => attempt,
+        };
+        shared.in_flight.store(false, Ordering::Relaxed);
+        match attempt {
+            Ok(socket) => {
+                failures = 0;
+                shared.set_state(ConsumerState::Connected);
+                shared.debug(|| "connected".to_owned());
+                shared.emit(ConsumerEvent::Open).await;
+                let exit = session(&shared, socket).await;
+                {
+                    let mut outbox = shared.outbox();
+                    outbox.queue.clear();
+                    outbox.bytes = 0;
+                }
+                match exit {
+                    ExitReason::Destroyed => break ConnectError::new(ConnectErrorKind::Destroyed),
+                    ExitReason::Disconnected(info) => {
+                        shared.set_state(ConsumerState::Connecting);
+                        shared.debug(|| format!("disconnected: {} {}", info.code, info.reason));
+                        shared.emit(ConsumerEvent::Disconnect(info)).await;
+                    }
+                }
+            }
+            Err(error) if error.kind() == ConnectErrorKind::Destroyed => break error,
+            Err(error) if error.is_fatal() => {
+                tracing::warn!(cause = %error, "connection refused for good");
+                shared.error(&error);
+                break error;
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::debug!(cause = %error, failures, "connect attempt failed");
+                shared.error(&error);
+                shared
+                    .emit(ConsumerEvent::Disconnect(CloseInfo::new(close_code::ABNORMAL, error.to_string())))
+                    .await;
+                if failures > reconnect.max_attempts {
+                    break ConnectError::new(ConnectErrorKind::MaxAttempts)
+                        .with_detail(format!("{failures} attempts, last: {error}"))
+                        .with_source(error);
+                }
+            }
+        }
+        tokio::select! {
+            _ = shared.stop.cancelled() => break ConnectError::new(ConnectErrorKind::Destroyed),
+            _ = tokio::time::sleep(reconnect.interval) => {}
+        }
+    };
+    shared.set_state(ConsumerState::Closed(end));
+    shared.emit(ConsumerEvent::Close).await;
+}
+
+/// The URL the original consumer would connect to.
+pub(crate) fn url(options: &crate::ConsumerOptions, scheme: &str) -> String {
+    let host = if options.host.contains(':') && !options.host.starts_with('[') {
+        format!("[{}]", options.host)
+    } else {
+        options.host.clone()
+    };
+    format!(
+        "{scheme}://{host}:{}{}{}",
+        options.port,
+        options.path,
+        encode_query(&options.parameters)
+    )
+}
+
+async fn connect_once(shared: &ConsumerShared) -> Result<Socket, ConnectError> {
+    let options = &shared.options;
+    let request = url(options, "ws")
+        .into_client_request()
+        .map_err(|e| ConnectError::new(ConnectErrorKind::Io).with_detail("invalid url").with_source(e))?;
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = 32 * 1024;
+    config.write_buffer_size = 0;
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    match tokio::time::timeout(options.connect_timeout, connecting).await {
+        Err(_) => Err(ConnectError::new(ConnectErrorKind::TimedOut)),
+        Ok(Ok((socket, _response))) => Ok(socket),
+        Ok(Err(error)) => Err(classify(error)),
+    }
+}
+
+/// Maps a tungstenite handshake error to a connect error kind.
+fn classify(error: tungstenite::Error) -> ConnectError {
+    match error {
+        tungstenite::Error::Http(response) => {
+            let status = response.status();
+            let kind = if status.as_u16() == 401 || status.as_u16() == 403 {
+                ConnectErrorKind::Rejected
+            } else {
+                ConnectErrorKind::Io
+            };
+            ConnectError::new(kind).with_detail(format!("unexpected server response: {status}"))
+        }
+        tungstenite::Error::Io(e) => ConnectError::new(ConnectErrorKind::Io)
+            .with_detail(e.to_string())
+            .with_source(e),
+        tungstenite::Error::Tls(e) => ConnectError::new(ConnectErrorKind::Tls)
+            .with_detail(e.to_string())
+            .with_source(e),
+        other => ConnectError::new(ConnectErrorKind::Io)
+            .with_detail(other.to_string())
+            .with_source(other),
+    }
+}
+
+/// One connection, until it drops or the consumer is destroyed.
+async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
+    let mut watchdog: Option<Instant> = None;
+    loop {
+        let deadline = watchdog.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => {
+                close(&mut socket).await;
+                return ExitReason::Destroyed;
+            }
+            _ = shared.outbox_ready.notified() => {
+                if let Err(e) = flush_outbox(shared, &mut socket).await {
+                    return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, e.to_string()));
+                }
+            }
+            frame = socket.next() => {
+                let message = match frame {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, e.to_string())),
+                    None => return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, "")),
+                };
+                match message {
+                    WsMessage::Text(text) => {
+                        let text = text.as_str();
+                        if text == PING {
+                            shared.last_heartbeat.store(now_millis(), Ordering::Relaxed);
+                            watchdog = cutoff(shared).map(|c| Instant::now() + c);
+                            if let Err(e) = socket.send(WsMessage::text(PONG)).await {
+                                return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, e.to_string()));
+                            }
+                        } else if let Some(ms) = text.strip_prefix(PROVIDER_HEARTBEAT_PREFIX) {
+                            if let Ok(ms) = ms.parse::<u64>() {
+                                shared.heartbeat_duration.store(ms, Ordering::Relaxed);
+                                shared.last_heartbeat.store(now_millis(), Ordering::Relaxed);
+                                watchdog = cutoff(shared).map(|c| Instant::now() + c);
+                            }
+                        } else {
+                            shared.emit_message(MessageRef::Text(text)).await;
+                        }
+                    }
+                    WsMessage::Binary(bytes) => shared.emit_message(MessageRef::Binary(&bytes)).await,
+                    WsMessage::Close(frame) => {
+                        let info = frame.map_or_else(
+                            || CloseInfo::new(close_code::NO_STATUS, ""),
+                            |f| CloseInfo::new(u16::from(f.code), f.reason.as_str()),
+                        );
+                        // Finish the close handshake; tungstenite queued the reply.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+                        return ExitReason::Disconnected(info);
+                    }
+                    // tungstenite answers pings itself (the original's uWebSockets sends them).
+                    WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if watchdog.is_some() => {
+                tracing::warn!("no heartbeat from the provider; reconnecting");
+                return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, "heartbeat timeout"));
+            }
+        }
+    }
+}
+
+fn cutoff(shared: &ConsumerShared) -> Option<Duration> {
+    match shared.heartbeat_duration.load(Ordering::Relaxed) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms) * 2),
+    }
+}
+
+/// Writes everything queued in one batch.
+async fn flush_outbox(shared: &ConsumerShared, socket: &mut Socket) -> Result<(), tungstenite::Error> {
+    loop {
+        let batch: Vec<_> = {
+            let mut outbox = shared.outbox();
+            outbox.bytes = 0;
+            outbox.queue.drain(..).collect()
+        };
+        if batch.is_empty() {
+            return socket.flush().await;
+        }
+        for message in batch {
+            let frame = match message {
+                crate::Message::Text(t) => WsMessage::text(t),
+                crate::Message::Binary(b) => WsMessage::binary(b),
+            };
+            socket.feed(frame).await?;
+        }
+    }
+}
+
+async fn close(socket: &mut Socket) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "consumer destroyed".into(),
+    };
+    let closing = async {
+        socket.close(Some(frame)).await?;
+        // Wait for the provider's close frame so the close handshake completes.
+        while socket.next().await.is_some() {}
+        Ok::<(), tungstenite::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_like_the_original() {
+        let mut options = crate::ConsumerOptions::default();
+        options.port = 9000;
+        assert_eq!(url(&options, "ws"), "ws://127.0.0.1:9000/connect");
+        options.parameters.insert("key".into(), "a b&c/é".into());
+        options.host = "::1".into();
+        assert_eq!(url(&options, "ws"), "ws://[::1]:9000/connect?key=a%20b%26c%2F%C3%A9");
+    }
+}

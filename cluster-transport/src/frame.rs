@@ -1,0 +1,327 @@
+//! The RFC 6455 frame codec the provider's connection core is built on: header parsing,
+//! masking and header encoding. Pure functions over byte slices, no I/O.
+
+/// A frame's opcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x0 => OpCode::Continuation,
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            0x8 => OpCode::Close,
+            0x9 => OpCode::Ping,
+            0xA => OpCode::Pong,
+            _ => return None,
+        })
+    }
+
+    fn bits(self) -> u8 {
+        match self {
+            OpCode::Continuation => 0x0,
+            OpCode::Text => 0x1,
+            OpCode::Binary => 0x2,
+            OpCode::Close => 0x8,
+            OpCode::Ping => 0x9,
+            OpCode::Pong => 0xA,
+        }
+    }
+
+    pub(crate) fn is_control(self) -> bool {
+        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
+    }
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    pub(crate) fin: bool,
+    pub(crate) opcode: OpCode,
+    pub(crate) mask: Option<[u8; 4]>,
+    /// Payload length in bytes.
+    pub(crate) payload_len: u64,
+    /// Header length in bytes (2 to 14).
+    pub(crate) header_len: usize,
+}
+
+/// A frame that breaks the protocol. Each maps to a close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// RSV bits set without a negotiated extension.
+    ReservedBits,
+    /// An opcode RFC 6455 reserves.
+    UnknownOpcode,
+    /// A control frame longer than 125 bytes or fragmented.
+    BadControlFrame,
+    /// A client frame without a mask.
+    Unmasked,
+    /// A 64-bit length with its top bit set.
+    BadLength,
+    /// The payload is larger than the connection allows.
+    TooBig,
+}
+
+impl FrameError {
+    /// The close code this error closes the connection with.
+    pub(crate) fn close_code(self) -> u16 {
+        match self {
+            FrameError::TooBig => crate::close_code::TOO_BIG,
+            _ => crate::close_code::PROTOCOL,
+        }
+    }
+
+    /// The close reason sent with the code.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            FrameError::ReservedBits => "reserved bits set",
+            FrameError::UnknownOpcode => "unknown opcode",
+            FrameError::BadControlFrame => "invalid control frame",
+            FrameError::Unmasked => "client frame not masked",
+            FrameError::BadLength => "invalid payload length",
+            FrameError::TooBig => "message too big",
+        }
+    }
+}
+
+/// Parses a frame header from the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed. `require_mask` is true on the server side,
+/// where every client frame must be masked; `max_payload` bounds the payload length.
+pub(crate) fn parse_header(
+    buf: &[u8],
+    require_mask: bool,
+    max_payload: u64,
+) -> Result<Option<FrameHeader>, FrameError> {
+    let [b0, b1, rest @ ..] = buf else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(FrameError::ReservedBits);
+    }
+    let fin = b0 & 0x80 != 0;
+    let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::UnknownOpcode)?;
+    let masked = b1 & 0x80 != 0;
+    if require_mask && !masked {
+        return Err(FrameError::Unmasked);
+    }
+    let short_len = b1 & 0x7F;
+    if opcode.is_control() && (!fin || short_len > 125) {
+        return Err(FrameError::BadControlFrame);
+    }
+    let (payload_len, len_bytes) = match short_len {
+        126 => match rest {
+            [a, b, ..] => (u64::from(u16::from_be_bytes([*a, *b])), 2),
+            _ => return Ok(None),
+        },
+        127 => match rest.get(..8) {
+            Some(bytes) => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(bytes);
+                let len = u64::from_be_bytes(be);
+                if len >> 63 != 0 {
+                    return Err(FrameError::BadLength);
+                }
+                (len, 8)
+            }
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 0),
+    };
+    if payload_len > max_payload {
+        return Err(FrameError::TooBig);
+    }
+    let mask = if masked {
+        match rest.get(len_bytes..len_bytes + 4) {
+            Some(m) => Some([m[0], m[1], m[2], m[3]]),
+            None => return Ok(None),
+        }
+    } else {
+        None
+    };
+    let header_len = 2 + len_bytes + if masked { 4 } else { 0 };
+    Ok(Some(FrameHeader {
+        fin,
+        opcode,
+        mask,
+        payload_len,
+        header_len,
+    }))
+}
+
+/// XORs `buf` with `mask`, starting at mask byte `offset % 4`.
+pub(crate) fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    let mut rotated = [0u8; 4];
+    for (i, b) in rotated.iter_mut().enumerate() {
+        *b = mask[(offset + i) % 4];
+    }
+    let word = u32::from_ne_bytes(rotated);
+    let wide = (u64::from(word) << 32) | u64::from(word);
+    let wide = wide.to_ne_bytes();
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(v) ^ u64::from_ne_bytes(wide);
+        chunk.copy_from_slice(&x.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= rotated[i % 4];
+    }
+}
+
+/// Appends an unmasked frame header (server to client) for a final frame to `out`.
+pub(crate) fn encode_header(opcode: OpCode, payload_len: usize, out: &mut Vec<u8>) {
+    encode_header_with(true, opcode, payload_len, None, out);
+}
+
+/// Appends a frame header with every field chosen by the caller.
+pub(crate) fn encode_header_with(
+    fin: bool,
+    opcode: OpCode,
+    payload_len: usize,
+    mask: Option<[u8; 4]>,
+    out: &mut Vec<u8>,
+) {
+    let b0 = if fin { 0x80 } else { 0 } | opcode.bits();
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    out.push(b0);
+    if payload_len < 126 {
+        out.push(mask_bit | payload_len as u8);
+    } else if let Ok(len) = u16::try_from(payload_len) {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&(payload_len as u64).to_be_bytes());
+    }
+    if let Some(m) = mask {
+        out.extend_from_slice(&m);
+    }
+}
+
+/// The bytes a whole frame with this payload length takes on the wire, unmasked.
+pub(crate) fn frame_len(payload_len: usize) -> usize {
+    payload_len
+        + match payload_len {
+            0..=125 => 2,
+            126..=65535 => 4,
+            _ => 10,
+        }
+}
+
+/// Whether a close code received from a peer is one RFC 6455 allows on the wire.
+pub(crate) fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn masked_frame(fin: bool, opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_header_with(fin, opcode, payload.len(), Some(mask), &mut out);
+        let start = out.len();
+        out.extend_from_slice(payload);
+        apply_mask(&mut out[start..], mask, 0);
+        out
+    }
+
+    #[test]
+    fn parses_small_masked_text() {
+        let f = masked_frame(true, OpCode::Text, b"hello", [1, 2, 3, 4]);
+        let h = parse_header(&f, true, 1 << 20).unwrap().unwrap();
+        assert_eq!(h.opcode, OpCode::Text);
+        assert!(h.fin);
+        assert_eq!(h.payload_len, 5);
+        assert_eq!(h.header_len, 6);
+        let mut p = f[h.header_len..].to_vec();
+        apply_mask(&mut p, h.mask.unwrap(), 0);
+        assert_eq!(p, b"hello");
+    }
+
+    #[test]
+    fn incomplete_headers_ask_for_more() {
+        let f = masked_frame(true, OpCode::Binary, &[0u8; 70_000], [9, 9, 9, 9]);
+        for cut in 0..14 {
+            assert_eq!(parse_header(&f[..cut], true, u64::MAX), Ok(None), "cut {cut}");
+        }
+        assert!(parse_header(&f[..14], true, u64::MAX).unwrap().is_some());
+    }
+
+    #[test]
+    fn protocol_violations() {
+        assert_eq!(parse_header(&[0xC1, 0x80], true, 10), Err(FrameError::ReservedBits));
+        assert_eq!(parse_header(&[0x83, 0x80], true, 10), Err(FrameError::UnknownOpcode));
+        assert_eq!(parse_header(&[0x81, 0x00], true, 10), Err(FrameError::Unmasked));
+        assert_eq!(parse_header(&[0x09, 0x80], true, 10), Err(FrameError::BadControlFrame));
+        assert_eq!(parse_header(&[0x89, 0xFE], true, 10), Err(FrameError::BadControlFrame));
+        assert_eq!(
+            parse_header(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], true, u64::MAX),
+            Err(FrameError::BadLength)
+        );
+    }
+
+    #[test]
+    fn payload_limit_is_inclusive() {
+        let at = masked_frame(true, OpCode::Text, &[b'a'; 32768], [0; 4]);
+        let over = masked_frame(true, OpCode::Text, &[b'a'; 32769], [0; 4]);
+        assert!(parse_header(&at, true, 32768).unwrap().is_some());
+        assert_eq!(parse_header(&over, true, 32768), Err(FrameError::TooBig));
+    }
+
+    #[test]
+    fn close_codes() {
+        for ok in [1000, 1001, 1002, 1003, 1007, 1011, 3000, 4999] {
+            assert!(is_valid_close_code(ok), "{ok}");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000] {
+            assert!(!is_valid_close_code(bad), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn header_round_trip(fin: bool, op in 0usize..3, len in 0usize..200_000, mask: [u8; 4]) {
+            let opcode = [OpCode::Continuation, OpCode::Text, OpCode::Binary][op];
+            let mut out = Vec::new();
+            encode_header_with(fin, opcode, len, Some(mask), &mut out);
+            let h = parse_header(&out, true, u64::MAX).unwrap().unwrap();
+            prop_assert_eq!(h.fin, fin);
+            prop_assert_eq!(h.opcode, opcode);
+            prop_assert_eq!(h.payload_len, len as u64);
+            prop_assert_eq!(h.mask, Some(mask));
+            prop_assert_eq!(h.header_len, out.len());
+            prop_assert_eq!(frame_len(len) + 4, out.len() + len);
+        }
+
+        #[test]
+        fn mask_is_an_involution(data: Vec<u8>, mask: [u8; 4], offset in 0usize..8) {
+            let mut buf = data.clone();
+            apply_mask(&mut buf, mask, offset);
+            for (i, (a, b)) in buf.iter().zip(&data).enumerate() {
+                prop_assert_eq!(*a, b ^ mask[(offset + i) % 4]);
+            }
+            apply_mask(&mut buf, mask, offset);
+            prop_assert_eq!(buf, data);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data: Vec<u8>, max in 0u64..100_000) {
+            if let Ok(Some(h)) = parse_header(&data, true, max) {
+                prop_assert!(h.header_len <= 14);
+                prop_assert!(h.payload_len <= max);
+            }
+        }
+    }
+}

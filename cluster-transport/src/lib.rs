@@ -1,0 +1,113 @@
+//! The network-cluster transport: a websocket **Provider** that many **Consumers** join,
+//! wire-compatible with the Node package `network-cluster`.
+//!
+//! - Consumers authenticate with URL parameters (compared in constant time) and an optional
+//!   async handler that sees the whole upgrade request; rejected ones get `403 Unauthorized`.
+//! - The provider's first frame is `PROVIDER_HEARTBEAT|<ms>`; one provider-wide cycle sends
+//!   text `PING`s and closes consumers that miss `max_strikes` cycles. Consumers answer
+//!   `PONG`, watch for silence (2x the interval) and reconnect on their own.
+//! - Text frames are the original's string messages; binary frames carry bytes, on the
+//!   same connection.
+//! - Every limit has a name and a default: `max_payload_length` (close 1009 above it),
+//!   `max_backpressure` (a consumer that stops reading is closed, never buffered without
+//!   bound), handshake time and size limits, `max_connections`.
+//! - Events come as callbacks (`on_message`, …, as the seed's `on`/`once`) and as bounded
+//!   async receivers ([`Provider::events`], [`Consumer::events`]).
+//!
+//! # Example
+//!
+//! ```
+//! use cluster_transport::{Consumer, ConsumerEvent, Message, Provider};
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let provider = Provider::builder()
+//!     .host("127.0.0.1")
+//!     .port(0)
+//!     .auth_parameter("key", "SECRET_KEY")
+//!     .on_message(|consumer, message| {
+//!         let _ = consumer.send(message); // echo
+//!     })
+//!     .bind()
+//!     .await?;
+//!
+//! let consumer = Consumer::builder()
+//!     .host("127.0.0.1")
+//!     .port(provider.port())
+//!     .parameter("key", "SECRET_KEY")
+//!     .build();
+//! let mut events = consumer.events();
+//! consumer.connect().await?;
+//! consumer.send("hello")?;
+//! while let Some(event) = events.recv().await {
+//!     if let ConsumerEvent::Message(message) = event {
+//!         assert_eq!(message, Message::from("hello"));
+//!         break;
+//!     }
+//! }
+//! consumer.shutdown().await;
+//! provider.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Seed API map
+//!
+//! | seed (Node) | here |
+//! |---|---|
+//! | `new Provider({...})` | [`Provider::builder`]`()…`[`bind`](ProviderBuilder::bind)`().await`, or [`ProviderBuilder::from_options`] |
+//! | `Provider.on('open' / 'message' / 'close')` | [`Provider::on_open`], [`Provider::on_message`], [`Provider::on_close`], `once_*`, [`Provider::events`] |
+//! | `Provider.connections`, `port`, `path` | [`Provider::connections`], [`Provider::port`], [`Provider::path`] |
+//! | `set_error_handler`, `set_debug_logger` | [`Provider::set_error_handler`], [`Provider::set_debug_logger`] |
+//! | `Provider.destroy()` | [`Provider::destroy`], and graceful [`Provider::shutdown`] |
+//! | `new Consumer({...})`, `connect()`, `ready()` | [`Consumer::builder`], [`Consumer::connect`], [`Consumer::ready`] |
+//! | `Consumer.on(...)`, `once(...)` | [`Consumer::on_message`], `on_open`, `on_disconnect`, `on_close`, `once_*`, [`Consumer::events`] |
+//! | `send(message)` → boolean | [`Consumer::send`] / [`Connection::send`] → `Result<(), SendError>` |
+//! | `in_flight`, `connected`, `heartbeat_duration`, `heartbeat_cutoff`, `last_heartbeat` | methods of the same names ([`Consumer::is_connected`]) |
+//! | Connection `id`, `ip`, `parameters`, `last_ping`, `strikes` | methods of [`Connection`] |
+//!
+//! Not carried over: the seed's `events` (an `EventEmitter`), `server` (a HyperExpress
+//! server) and the consumer's `ws` are the Node objects underneath; here the callbacks,
+//! [`EventStream`]s and [`Provider::local_addr`] play their parts. The seed's `ssl` and
+//! `ws.compressor` options arrive with TLS and compression support.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs, rustdoc::broken_intra_doc_links)]
+
+mod auth;
+mod connection;
+mod consumer;
+mod error;
+mod event;
+mod frame;
+mod handshake;
+mod heartbeat;
+mod message;
+mod options;
+mod provider;
+mod query;
+
+pub use auth::UpgradeRequest;
+pub use connection::Connection;
+pub use consumer::{Consumer, ConsumerBuilder, ConsumerState};
+pub use error::{BindError, BoxError, ConnectError, ConnectErrorKind, SendError, SendErrorKind};
+pub use event::{ConsumerEvent, EventStream, ProviderEvent};
+pub use message::{close_code, is_reserved, CloseInfo, Message, MessageRef, PING, PONG, PROVIDER_HEARTBEAT_PREFIX};
+pub use options::{
+    AuthOptions, ConsumerOptions, HandshakeOptions, HeartbeatOptions, ProviderOptions,
+    ReconnectOptions, WsOptions, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BACKPRESSURE, DEFAULT_MAX_PAYLOAD_LENGTH, DEFAULT_MAX_STRIKES, DEFAULT_PATH,
+    DEFAULT_PORT, DEFAULT_RECONNECT_INTERVAL,
+};
+pub use provider::{Provider, ProviderBuilder};
+pub use query::{decode_query, encode_uri_component, Parameters};
+
+#[cfg(test)]
+mod assert_traits {
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn handles_are_send_sync_clone() {
+        send_sync_clone::<super::Provider>();
+        send_sync_clone::<super::Consumer>();
+        send_sync_clone::<super::Connection>();
+        send_sync_clone::<super::ConnectError>();
+    }
+}

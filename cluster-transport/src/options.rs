@@ -1,0 +1,339 @@
+//! Plain option structs, loadable from a config file (serde), with the seed's names and
+//! defaults. Behaviour (callbacks, the auth handler) lives on the builders instead.
+//!
+//! Durations are given in milliseconds in config files and as [`Duration`] in Rust.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// The seed's default port.
+pub const DEFAULT_PORT: u16 = 8080;
+/// The seed's default websocket path.
+pub const DEFAULT_PATH: &str = "/connect";
+/// The seed's default `max_payload_length`: 32 KiB.
+pub const DEFAULT_MAX_PAYLOAD_LENGTH: usize = 32 * 1024;
+/// The seed's default `max_backpressure`: 1 MiB.
+pub const DEFAULT_MAX_BACKPRESSURE: usize = 1024 * 1024;
+/// The original's heartbeat interval on the wire: `PROVIDER_HEARTBEAT|30000`.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(30_000);
+/// The seed's default `max_strikes`.
+pub const DEFAULT_MAX_STRIKES: u32 = 2;
+/// The original's default reconnect interval.
+pub const DEFAULT_RECONNECT_INTERVAL: Duration = Duration::from_millis(1000);
+/// The original's default number of reconnect attempts.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
+/// Everything a [`Provider`](crate::Provider) can be configured with from a file.
+///
+/// ```
+/// use cluster_transport::ProviderOptions;
+/// let opts: ProviderOptions = serde_json::from_str(r#"{
+///     "port": 9000,
+///     "auth": { "parameters": { "key": "SECRET" } },
+///     "heartbeat": { "interval": 5000 }
+/// }"#).unwrap();
+/// assert_eq!(opts.port, 9000);
+/// assert_eq!(opts.path, "/connect");
+/// assert_eq!(opts.heartbeat.interval.as_millis(), 5000);
+/// assert_eq!(opts.heartbeat.max_strikes, 2);
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ProviderOptions {
+    /// Address to listen on. Default: `0.0.0.0` (all interfaces, as the original).
+    pub host: String,
+    /// Port to listen on; 0 picks a free one. Default: 8080.
+    pub port: u16,
+    /// Path consumers connect to. Default: `/connect`.
+    pub path: String,
+    /// Websocket limits.
+    pub ws: WsOptions,
+    /// Parameters every consumer must present.
+    pub auth: AuthOptions,
+    /// The PING/PONG cycle.
+    pub heartbeat: HeartbeatOptions,
+    /// Limits on the HTTP upgrade, before a connection exists.
+    pub handshake: HandshakeOptions,
+    /// Most connections open at once; more wait in the kernel's backlog. Default: 100,000.
+    pub max_connections: usize,
+    /// Capacity of each [`events`](crate::Provider::events) receiver; a full one pauses
+    /// reading from the connection whose event waits. Default: 1024.
+    pub event_capacity: usize,
+    /// How long a graceful close waits for the peer's close frame, in ms. Default: 5000.
+    #[serde(with = "millis")]
+    pub close_timeout: Duration,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".to_owned(),
+            port: DEFAULT_PORT,
+            path: DEFAULT_PATH.to_owned(),
+            ws: WsOptions::default(),
+            auth: AuthOptions::default(),
+            heartbeat: HeartbeatOptions::default(),
+            handshake: HandshakeOptions::default(),
+            max_connections: 100_000,
+            event_capacity: 1024,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for ProviderOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("path", &self.path)
+            .field("ws", &self.ws)
+            .field("auth", &self.auth)
+            .field("heartbeat", &self.heartbeat)
+            .field("handshake", &self.handshake)
+            .field("max_connections", &self.max_connections)
+            .field("event_capacity", &self.event_capacity)
+            .field("close_timeout", &self.close_timeout)
+            .finish()
+    }
+}
+
+/// The seed's `ws` options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WsOptions {
+    /// Largest incoming message in bytes, inclusive; a larger one closes the connection
+    /// with 1009. Default: 32768.
+    pub max_payload_length: usize,
+    /// Most bytes queued for one connection; a send beyond it closes that connection.
+    /// Default: 1 MiB.
+    pub max_backpressure: usize,
+}
+
+impl Default for WsOptions {
+    fn default() -> Self {
+        Self {
+            max_payload_length: DEFAULT_MAX_PAYLOAD_LENGTH,
+            max_backpressure: DEFAULT_MAX_BACKPRESSURE,
+        }
+    }
+}
+
+/// The seed's `auth` options. The async handler is set on the builder.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthOptions {
+    /// Every key must be present in the consumer's query with exactly this value (compared in
+    /// constant time). Default: none.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for AuthOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets never reach Debug: keys only.
+        f.debug_struct("AuthOptions")
+            .field("parameters", &self.parameters.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The seed's `heartbeat` options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HeartbeatOptions {
+    /// Time between heartbeat cycles, in ms in config files. Default: 30000, what the
+    /// original sends on the wire (`PROVIDER_HEARTBEAT|30000`); its README says 10 s, but
+    /// the wire is what consumers see, so we follow the wire.
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// Cycles a connection may miss before it is closed. Default: 2.
+    pub max_strikes: u32,
+    /// Whether to speak the heartbeat protocol at all. Default: true. With `false` the
+    /// provider sends no `PROVIDER_HEARTBEAT|…` and no `PING`, treats `PING`/`PONG` as
+    /// ordinary messages and lets them be sent: a plain websocket server for clients that
+    /// are not network-cluster consumers (browsers, conformance suites).
+    pub enabled: bool,
+}
+
+impl Default for HeartbeatOptions {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_HEARTBEAT_INTERVAL,
+            max_strikes: DEFAULT_MAX_STRIKES,
+            enabled: true,
+        }
+    }
+}
+
+/// Limits on a client's HTTP upgrade request (none of these exist in the original).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HandshakeOptions {
+    /// Time a client has to send its whole upgrade request, in ms. Default: 10000.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    /// Largest request (line plus headers) in bytes; larger gets 431. Default: 8192.
+    pub max_request_bytes: usize,
+    /// Largest request target (path plus query) in bytes; longer gets 414. Default: 4096.
+    pub max_target_bytes: usize,
+    /// Most header lines; more gets 431. Default: 32.
+    pub max_headers: usize,
+}
+
+impl Default for HandshakeOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            max_request_bytes: 8192,
+            max_target_bytes: 4096,
+            max_headers: 32,
+        }
+    }
+}
+
+/// Everything a [`Consumer`](crate::Consumer) can be configured with from a file.
+///
+/// ```
+/// use cluster_transport::ConsumerOptions;
+/// let opts: ConsumerOptions = serde_json::from_str(r#"{
+///     "host": "127.0.0.1", "port": 9000,
+///     "parameters": { "key": "SECRET" },
+///     "reconnect": { "interval": 250, "max_attempts": 3 }
+/// }"#).unwrap();
+/// assert_eq!(opts.path, "/connect");
+/// assert_eq!(opts.reconnect.max_attempts, 3);
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// Host or IP of the provider. Default: `127.0.0.1`.
+    pub host: String,
+    /// Port of the provider. Default: 8080.
+    pub port: u16,
+    /// Path of the provider's websocket route. Default: `/connect`.
+    pub path: String,
+    /// URL parameters sent with every connect (auth values and metadata). Default: none.
+    pub parameters: BTreeMap<String, String>,
+    /// What to do when the connection drops.
+    pub reconnect: ReconnectOptions,
+    /// Time one connect attempt may take, in ms. Default: 10000.
+    #[serde(with = "millis")]
+    pub connect_timeout: Duration,
+    /// Largest message `send` accepts, in bytes. Default: 32768, the provider's default
+    /// limit, so a message the provider would refuse fails here with a clear error instead.
+    pub max_payload_length: usize,
+    /// Most bytes queued for sending while the socket is busy. Default: 1 MiB.
+    pub max_backpressure: usize,
+    /// Capacity of each [`events`](crate::Consumer::events) receiver. Default: 1024.
+    pub event_capacity: usize,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: DEFAULT_PORT,
+            path: DEFAULT_PATH.to_owned(),
+            parameters: BTreeMap::new(),
+            reconnect: ReconnectOptions::default(),
+            connect_timeout: Duration::from_secs(10),
+            max_payload_length: DEFAULT_MAX_PAYLOAD_LENGTH,
+            max_backpressure: DEFAULT_MAX_BACKPRESSURE,
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl fmt::Debug for ConsumerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("path", &self.path)
+            .field("parameters", &self.parameters.keys().collect::<Vec<_>>())
+            .field("reconnect", &self.reconnect)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_payload_length", &self.max_payload_length)
+            .field("max_backpressure", &self.max_backpressure)
+            .field("event_capacity", &self.event_capacity)
+            .finish()
+    }
+}
+
+/// The seed's `reconnect` policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReconnectOptions {
+    /// Wait before each reconnect attempt, in ms in config files. Default: 1000.
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// Failed attempts in a row before the consumer closes for good. Default: 10.
+    pub max_attempts: u32,
+}
+
+impl Default for ReconnectOptions {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_RECONNECT_INTERVAL,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// Serde for a [`Duration`] written as whole milliseconds.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_defaults() {
+        let p = ProviderOptions::default();
+        assert_eq!(p.port, 8080);
+        assert_eq!(p.path, "/connect");
+        assert_eq!(p.ws.max_payload_length, 32 * 1024);
+        assert_eq!(p.ws.max_backpressure, 1024 * 1024);
+        assert_eq!(p.heartbeat.max_strikes, 2);
+        let c = ConsumerOptions::default();
+        assert_eq!(c.reconnect.interval, Duration::from_millis(1000));
+        assert_eq!(c.reconnect.max_attempts, 10);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<ProviderOptions>(r#"{"prot": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut p = ProviderOptions::default();
+        p.auth.parameters.insert("key".into(), "hunter2".into());
+        let mut c = ConsumerOptions::default();
+        c.parameters.insert("key".into(), "hunter2".into());
+        assert!(!format!("{p:?}").contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(format!("{c:?}").contains("key"));
+    }
+}

@@ -1,0 +1,104 @@
+//! Helpers shared by the end-to-end tests: providers on loopback port 0, raw websocket
+//! clients for wire-level checks, and waiting on events with a deadline (never sleeping).
+
+#![allow(dead_code, unreachable_pub)]
+
+use futures_util::{SinkExt, StreamExt};
+use network_cluster::transport::{ProviderBuilder, ProviderEvent};
+use network_cluster::{Consumer, Provider};
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound for anything a test waits on; events normally arrive in milliseconds.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A raw websocket client socket.
+pub type RawSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Awaits `f`, failing the test if it takes longer than [`WAIT`].
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A provider on 127.0.0.1 with a free port.
+pub fn local() -> ProviderBuilder {
+    Provider::builder().host("127.0.0.1").port(0)
+}
+
+/// A consumer builder aimed at `provider`, with fast reconnects.
+pub fn consumer_for(provider: &Provider) -> network_cluster::transport::ConsumerBuilder {
+    Consumer::builder()
+        .host("127.0.0.1")
+        .port(provider.port())
+        .reconnect_interval(Duration::from_millis(50))
+}
+
+/// Connects a raw websocket client to `url`.
+pub async fn raw_connect(url: &str) -> RawSocket {
+    let (socket, _) = within("raw connect", tokio_tungstenite::connect_async(url))
+        .await
+        .expect("raw connect");
+    socket
+}
+
+/// The next text frame a raw client receives (skipping control frames).
+pub async fn next_text(socket: &mut RawSocket) -> String {
+    loop {
+        match within("a text frame", socket.next()).await {
+            Some(Ok(WsMessage::Text(t))) => return t.to_string(),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code (1006 if it dropped without one).
+pub async fn closed_with(socket: &mut RawSocket) -> u16 {
+    loop {
+        match within("close", socket.next()).await {
+            Some(Ok(WsMessage::Close(Some(frame)))) => return u16::from(frame.code),
+            Some(Ok(WsMessage::Close(None))) => return 1005,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return 1006,
+        }
+    }
+}
+
+/// Sends a text frame from a raw client.
+pub async fn raw_send(socket: &mut RawSocket, text: &str) {
+    socket.send(WsMessage::text(text)).await.expect("raw send");
+}
+
+/// Waits for the next provider event that `pick` accepts.
+pub async fn next_event<T>(
+    events: &mut network_cluster::transport::EventStream<ProviderEvent>,
+    mut pick: impl FnMut(ProviderEvent) -> Option<T>,
+) -> T {
+    within("a provider event", async {
+        loop {
+            let event = events.recv().await.expect("event stream ended");
+            if let Some(v) = pick(event) {
+                return v;
+            }
+        }
+    })
+    .await
+}
+
+/// Sends raw bytes over TCP and returns everything the server answers until it closes.
+pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    within("http answer", stream.read_to_end(&mut out))
+        .await
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
