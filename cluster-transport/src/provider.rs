@@ -233,6 +233,12 @@ impl ProviderBuilder {
         self
     }
 
+    /// How long a graceful close waits for the consumer's close frame. Default: 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.options.close_timeout = timeout;
+        self
+    }
+
     /// Most connections at once. Default: 100,000.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.options.max_connections = max;

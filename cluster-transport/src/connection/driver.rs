@@ -103,6 +103,9 @@ pub(crate) struct Driver<S> {
     close_deadline: Option<Pin<Box<Sleep>>>,
     blocked: Option<Box<BlockedEvent>>,
     read_eof: bool,
+    /// After failing the connection: send our FIN as soon as the close frame is out.
+    half_close: bool,
+    fin_sent: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -127,6 +130,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             close_deadline: None,
             blocked: None,
             read_eof: false,
+            half_close: false,
+            fin_sent: false,
         }
     }
 
@@ -159,9 +164,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 Poll::Ready(Ok(false)) | Poll::Pending => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(self.ended_abnormally()),
             }
+            let flushed = self.writing.is_empty() && self.conn.lock().buf.is_empty();
             if let State::Finishing(info) = &self.state {
-                if self.writing.is_empty() && self.conn.lock().buf.is_empty() {
+                if flushed {
                     return Poll::Ready(info.clone());
+                }
+            }
+            if self.half_close && flushed && !self.fin_sent {
+                // The peer broke the protocol: our close frame is out, and a FIN right
+                // behind it tells the peer to finish, so we need not wait for a timeout.
+                if let Poll::Ready(result) = Pin::new(&mut self.stream).poll_shutdown(cx) {
+                    self.fin_sent = true;
+                    progress = true;
+                    if result.is_err() {
+                        return Poll::Ready(self.ended_abnormally());
+                    }
                 }
             }
             if let Some(deadline) = &mut self.close_deadline {
@@ -377,6 +394,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             push_close_frame(&mut outbox.buf, code, reason);
             drop(outbox);
             self.start_close(CloseInfo::new(code, reason), CloseMode::Graceful);
+            self.half_close = true;
         } else {
             self.state = State::Finishing(self.ended_abnormally());
         }

@@ -1,0 +1,125 @@
+//! `cluster provider`: a provider in the foreground, printing its events.
+
+use super::{hex, key_value, print_line, shutdown_signal};
+use cluster_transport::{CloseInfo, Connection, MessageRef, Provider};
+use serde_json::json;
+use std::time::Duration;
+
+/// Options of `cluster provider`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the `listening` event tells which).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Path consumers connect to.
+    #[arg(long, default_value = "/connect")]
+    path: String,
+    /// A URL parameter every consumer must present (repeatable).
+    #[arg(long = "auth", value_name = "KEY=VALUE", value_parser = key_value)]
+    auth: Vec<(String, String)>,
+    /// Time between heartbeat cycles.
+    #[arg(long, default_value_t = 30_000)]
+    heartbeat_interval_ms: u64,
+    /// Cycles a consumer may miss before it is closed.
+    #[arg(long, default_value_t = 2)]
+    max_strikes: u32,
+    /// Largest incoming message, inclusive.
+    #[arg(long, default_value_t = 32 * 1024)]
+    max_payload_length: usize,
+    /// Most bytes queued for one connection.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_backpressure: usize,
+    /// Send every message back to its sender.
+    #[arg(long)]
+    echo: bool,
+    /// Print one JSON object per line for each event.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let json = args.json;
+    let echo = args.echo;
+    let mut builder = Provider::builder()
+        .host(args.host)
+        .port(args.port)
+        .path(args.path)
+        .heartbeat_interval(Duration::from_millis(args.heartbeat_interval_ms))
+        .max_strikes(args.max_strikes)
+        .max_payload_length(args.max_payload_length)
+        .max_backpressure(args.max_backpressure)
+        .on_open(move |conn| print_open(conn, json))
+        .on_message(move |conn, message| {
+            print_message(conn, message, json);
+            if echo {
+                if let Err(error) = conn.send(message) {
+                    tracing::warn!(conn.id = %conn.id(), cause = %error, "echo failed");
+                }
+            }
+        })
+        .on_close(move |conn, info| print_close(conn, info, json));
+    for (key, value) in args.auth {
+        builder = builder.auth_parameter(key, value);
+    }
+    let provider = builder.bind().await?;
+    if json {
+        print_line(&json!({"event": "listening", "port": provider.port()}).to_string());
+    } else {
+        print_line(&format!(
+            "listening on ws://{}{}",
+            provider.local_addr(),
+            provider.path()
+        ));
+    }
+    provider.run_until(shutdown_signal()).await;
+    Ok(())
+}
+
+fn print_open(conn: &Connection, json: bool) {
+    if json {
+        print_line(
+            &json!({
+                "event": "open",
+                "id": conn.id().to_string(),
+                "ip": conn.ip().to_string(),
+                "parameters": conn.parameters(),
+            })
+            .to_string(),
+        );
+    } else {
+        print_line(&format!("open {} from {}", conn.id(), conn.ip()));
+    }
+}
+
+fn print_message(conn: &Connection, message: MessageRef<'_>, json: bool) {
+    let id = conn.id().to_string();
+    match (json, message) {
+        (true, MessageRef::Text(t)) => {
+            print_line(&json!({"event": "message", "id": id, "message": t}).to_string());
+        }
+        (true, MessageRef::Binary(b)) => {
+            print_line(&json!({"event": "message", "id": id, "binary": hex(b)}).to_string());
+        }
+        (false, MessageRef::Text(t)) => print_line(&format!("{id}: {t}")),
+        (false, MessageRef::Binary(b)) => print_line(&format!("{id}: <{} bytes>", b.len())),
+    }
+}
+
+fn print_close(conn: &Connection, info: &CloseInfo, json: bool) {
+    if json {
+        print_line(
+            &json!({
+                "event": "close",
+                "id": conn.id().to_string(),
+                "code": info.code,
+                "reason": info.reason,
+            })
+            .to_string(),
+        );
+    } else {
+        print_line(&format!("close {} {} {}", conn.id(), info.code, info.reason));
+    }
+}

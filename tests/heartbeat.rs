@@ -1,0 +1,132 @@
+//! The heartbeat: PING/PONG with strikes on the provider, the watchdog on the consumer.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use network_cluster::transport::ProviderEvent;
+use network_cluster::ConsumerEvent;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn consumer_that_stops_answering_is_killed_after_max_strikes() {
+    let interval = Duration::from_millis(100);
+    let provider = local()
+        .heartbeat_interval(interval)
+        .max_strikes(2)
+        .bind()
+        .await
+        .unwrap();
+    let mut events = provider.events();
+    let mut socket = raw_connect(&format!("ws://{}/connect", provider.local_addr())).await;
+    let conn = next_event(&mut events, |e| match e {
+        ProviderEvent::Open(c) => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!(next_text(&mut socket).await, "PROVIDER_HEARTBEAT|100");
+    // Answer five PINGs: the connection stays, strikes stay at 0.
+    for _ in 0..5 {
+        assert_eq!(next_text(&mut socket).await, "PING");
+        assert!(conn.last_ping() > 0);
+        socket.send(WsMessage::text("PONG")).await.unwrap();
+    }
+    assert_eq!(next_text(&mut socket).await, "PING");
+    // Now stop answering: strike, strike, kill (about 3 intervals after this PING).
+    let silent_since = Instant::now();
+    assert_eq!(closed_with(&mut socket).await, 1008);
+    let took = silent_since.elapsed();
+    assert!(took >= interval * 2, "killed too early: {took:?}");
+    let info = next_event(&mut events, |e| match e {
+        ProviderEvent::Close(c, info) if c.id() == conn.id() => Some(info),
+        _ => None,
+    })
+    .await;
+    assert_eq!(info.code, 1008);
+    assert_eq!(conn.strikes(), 2);
+    // PONGs were never surfaced as messages.
+    provider.shutdown().await;
+}
+
+#[tokio::test]
+async fn our_consumer_answers_pings_and_stays() {
+    let provider = local()
+        .heartbeat_interval(Duration::from_millis(50))
+        .bind()
+        .await
+        .unwrap();
+    let mut events = provider.events();
+    let consumer = consumer_for(&provider).connect().await.unwrap();
+    let conn = next_event(&mut events, |e| match e {
+        ProviderEvent::Open(c) => Some(c),
+        _ => None,
+    })
+    .await;
+    // Watch ten heartbeats arrive and be answered.
+    let mut last = consumer.last_heartbeat();
+    let mut seen = 0;
+    within("ten heartbeats", async {
+        while seen < 10 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = consumer.last_heartbeat();
+            if now != last {
+                seen += 1;
+                last = now;
+            }
+        }
+    })
+    .await;
+    assert!(consumer.is_connected());
+    assert_eq!(provider.connection_count(), 1);
+    assert!(conn.strikes() <= 1);
+    // No PING/PONG ever surfaced as a provider message.
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(1), events.recv()).await {
+        assert!(!matches!(event, ProviderEvent::Message(..)), "{event:?}");
+    }
+    consumer.shutdown().await;
+    provider.shutdown().await;
+}
+
+#[tokio::test]
+async fn consumer_watchdog_reconnects_when_pings_stop() {
+    // A server that announces a 100 ms heartbeat and then never pings.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            ws.send(WsMessage::text("PROVIDER_HEARTBEAT|100")).await.unwrap();
+            sockets.push(ws);
+        }
+        // Keep them open (and silent) until the test ends.
+        for ws in &mut sockets {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    });
+    let consumer = network_cluster::Consumer::builder()
+        .host("127.0.0.1")
+        .port(port)
+        .reconnect_interval(Duration::from_millis(10))
+        .build();
+    let mut events = consumer.events();
+    consumer.connect().await.unwrap();
+    let started = Instant::now();
+    let mut opens = 0;
+    let mut disconnect = None;
+    while opens < 2 {
+        match within("watchdog", events.recv()).await.unwrap() {
+            ConsumerEvent::Open => opens += 1,
+            ConsumerEvent::Disconnect(info) => disconnect = Some(info),
+            _ => {}
+        }
+    }
+    let info = disconnect.expect("a disconnect before the reconnect");
+    assert_eq!(info.reason, "heartbeat timeout");
+    assert!(started.elapsed() >= Duration::from_millis(190));
+    assert_eq!(consumer.heartbeat_cutoff(), Some(Duration::from_millis(200)));
+    consumer.destroy();
+    server.abort();
+}
