@@ -1,0 +1,99 @@
+//! Process plumbing every bench process shares: file-descriptor limit, dying with the
+//! parent, reading RSS, and the stdin command channel of a child.
+
+use anyhow::Context;
+use rustix::process::{Resource, Rlimit, Signal};
+use tokio::sync::mpsc;
+
+/// Used when the hard limit is "unlimited": the kernel's usual `nr_open`.
+const UNLIMITED_FALLBACK: u64 = 1 << 20;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force.
+pub(crate) fn raise_nofile() -> u64 {
+    let limit = rustix::process::getrlimit(Resource::Nofile);
+    let target = limit.maximum.unwrap_or(UNLIMITED_FALLBACK);
+    let wanted = Rlimit {
+        current: Some(target),
+        maximum: limit.maximum,
+    };
+    match rustix::process::setrlimit(Resource::Nofile, wanted) {
+        Ok(()) => target,
+        Err(error) => {
+            tracing::warn!(cause = %error, "could not raise RLIMIT_NOFILE");
+            limit.current.unwrap_or(target)
+        }
+    }
+}
+
+/// Asks the kernel to kill this process when the parent dies (a child never outlives the
+/// bench, even when the bench is killed with SIGKILL).
+pub(crate) fn die_with_parent() {
+    if let Err(error) = rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        tracing::warn!(cause = %error, "could not set the parent-death signal");
+    }
+}
+
+/// This process's resident set size in KiB (`VmRSS` of `/proc/self/status`).
+pub(crate) fn rss_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .context("no VmRSS in /proc/self/status")
+}
+
+/// The lines the parent writes to this child's stdin. When stdin ends (the parent closed
+/// it or died) the process exits at once, whatever it is doing.
+pub(crate) fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            // Nobody listening is fine: keep reading so that EOF still ends the process.
+            let _ = tx.send(line);
+        }
+        std::process::exit(0);
+    });
+    rx
+}
+
+/// Waits for the parent to write `word` on stdin.
+pub(crate) async fn wait_for_line(lines: &mut mpsc::UnboundedReceiver<String>, word: &str) -> anyhow::Result<()> {
+    while let Some(line) = lines.recv().await {
+        if line.trim() == word {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("stdin ended before {word}")
+}
+
+/// A multi-threaded runtime with the default worker count (one per CPU this process may
+/// run on, so `taskset` shrinks it).
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Reports a failure to the parent as one `ERROR` line and ends the process.
+pub(crate) fn fail(error: &anyhow::Error) -> ! {
+    let text = format!("{error:#}").replace(['\n', '\r'], " ");
+    super::super::print_line(&format!("ERROR {text}"));
+    std::process::exit(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_rss() {
+        assert!(rss_kib().unwrap() > 0);
+    }
+
+    #[test]
+    fn nofile_is_at_least_what_it_was() {
+        let before = rustix::process::getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+        assert!(raise_nofile() >= before.min(UNLIMITED_FALLBACK));
+    }
+}
