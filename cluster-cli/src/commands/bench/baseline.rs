@@ -1,0 +1,168 @@
+//! The `baseline` side: a plain tokio-tungstenite 0.30 server, as one would write it from
+//! the crate's examples. One task per connection runs a select loop over the split
+//! reader and writer; other tasks reach a connection through its bounded tokio mpsc
+//! channel, kept in a registry. Read and write buffers are 4096 bytes.
+
+use super::server::{wait_for_conns, Mode};
+use super::spec::PAYLOAD;
+use super::tally;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// Messages a connection's channel holds before senders wait.
+const QUEUE: usize = 1024;
+
+/// The websocket configuration: 4 KiB read and write buffers.
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+}
+
+/// Every open connection's sender, by connection number.
+#[derive(Debug, Default)]
+struct Peers {
+    next_id: AtomicU64,
+    map: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+}
+
+impl Peers {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Message>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, tx: mpsc::Sender<Message>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.map().insert(id, tx);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.map().remove(&id);
+    }
+
+    fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    fn snapshot(&self) -> Vec<mpsc::Sender<Message>> {
+        self.map().values().cloned().collect()
+    }
+}
+
+/// The baseline server, running.
+#[derive(Debug)]
+pub(crate) struct Server {
+    port: u16,
+    peers: Arc<Peers>,
+}
+
+impl Server {
+    /// Listens on 127.0.0.1 (any port) and serves connections per `mode`.
+    pub(crate) async fn start(mode: Mode) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let peers = Arc::new(Peers::default());
+        tokio::spawn(accept_loop(listener, Arc::clone(&peers), mode));
+        Ok(Self { port, peers })
+    }
+
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// W3: `k` times, sends the payload into every connection's channel.
+    pub(crate) async fn broadcast(&self, k: u64, conns: usize) -> anyhow::Result<Duration> {
+        wait_for_conns(|| self.peers.len(), conns).await?;
+        let message = Message::Text(Utf8Bytes::from_static(PAYLOAD));
+        let start = Instant::now();
+        for _ in 0..k {
+            for tx in self.peers.snapshot() {
+                tx.send(message.clone())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("a connection closed during the broadcast"))?;
+            }
+        }
+        Ok(start.elapsed())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, peers: Arc<Peers>, mode: Mode) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _addr)) => {
+                tokio::spawn(serve(stream, Arc::clone(&peers), mode.clone()));
+            }
+            Err(error) => {
+                tracing::warn!(cause = %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, peers: Arc<Peers>, mode: Mode) {
+    let _ = stream.set_nodelay(true);
+    let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config())).await {
+        Ok(ws) => ws,
+        Err(error) => {
+            tracing::debug!(cause = %error, "handshake failed");
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let id = peers.insert(tx);
+    if let Err(error) = connection(ws, rx, &mode).await {
+        tracing::debug!(cause = %error, "connection ended");
+    }
+    peers.remove(id);
+}
+
+/// The connection's one task: reads and handles messages, writes what others queued.
+async fn connection(
+    ws: WebSocketStream<TcpStream>,
+    mut rx: mpsc::Receiver<Message>,
+    mode: &Mode,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        tokio::select! {
+            incoming = stream.next() => {
+                let Some(message) = incoming else { return Ok(()) };
+                let message = message?;
+                let payload: &[u8] = match &message {
+                    Message::Text(text) => text.as_bytes(),
+                    Message::Binary(bytes) => bytes,
+                    Message::Close(_) => return Ok(()),
+                    // tungstenite answers pings itself.
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                };
+                match mode {
+                    Mode::Ingest(ingest) => {
+                        if let Some(done) = ingest.record(payload) {
+                            tally::report(done);
+                        }
+                    }
+                    Mode::Echo => sink.send(message).await?,
+                    Mode::Ignore => {}
+                }
+            }
+            Some(out) = rx.recv() => {
+                sink.feed(out).await?;
+                while let Ok(more) = rx.try_recv() {
+                    sink.feed(more).await?;
+                }
+                sink.flush().await?;
+            }
+        }
+    }
+}

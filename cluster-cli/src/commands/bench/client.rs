@@ -1,0 +1,274 @@
+//! The clients child: the lean tokio-tungstenite load generator, the same code for both
+//! systems. It answers the provider's text `PING` with `PONG` and skips its
+//! `PROVIDER_HEARTBEAT|…` frame; the baseline sends neither.
+//!
+//! Lines to the parent: `CONNECTED` (W1, W3), `ECHO <n> <total ns> <p50 ns> <p99 ns>
+//! <p999 ns>` (W2), `BROADCAST <deliveries> <ns>` (W3), `READY <conns> <connect ns>` (W6).
+//! From the parent: `GO` (W1). The process ends when stdin does.
+
+use super::spec::{ClientKind, ClientSpec, Workload, INGEST_DATA, INGEST_END, PAYLOAD, PAYLOAD_LEN};
+use super::{consumer_client, sys};
+use crate::commands::print_line;
+use anyhow::Context;
+use cluster_transport::{PING, PONG, PROVIDER_HEARTBEAT_PREFIX};
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// A client connection.
+type Ws = WebSocketStream<TcpStream>;
+
+/// Connections opened at once.
+const CONNECT_CONCURRENCY: usize = 64;
+/// Longest wait for one connect or one message.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs a clients child until its stdin ends.
+pub(crate) fn main(spec: ClientSpec) -> anyhow::Result<()> {
+    sys::runtime()?.block_on(async move {
+        let mut stdin = sys::stdin_lines();
+        match (spec.workload, spec.client) {
+            (Workload::W2, ClientKind::Consumer) => consumer_client::echo(&spec).await?,
+            (_, ClientKind::Consumer) => anyhow::bail!("our consumer only runs W2"),
+            (Workload::W1, ClientKind::Lean) => ingest(&spec, &mut stdin).await?,
+            (Workload::W2, ClientKind::Lean) => echo(&spec).await?,
+            (Workload::W3, ClientKind::Lean) => broadcast(&spec).await?,
+            (Workload::W6, ClientKind::Lean) => idle_connections(&spec).await?,
+        }
+        // Stay connected (answering heartbeats) until the parent closes stdin.
+        while stdin.recv().await.is_some() {}
+        Ok(())
+    })
+}
+
+/// Opens one connection to `ws://127.0.0.1:PORT/connect`.
+async fn connect(port: u16, config: WebSocketConfig) -> anyhow::Result<Ws> {
+    let connecting = async {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        let url = format!("ws://127.0.0.1:{port}/connect");
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        anyhow::Ok(ws)
+    };
+    tokio::time::timeout(IO_TIMEOUT, connecting)
+        .await
+        .context("connect timed out")?
+}
+
+/// Opens `n` connections, [`CONNECT_CONCURRENCY`] at a time.
+async fn connect_all(port: u16, n: usize, config: WebSocketConfig) -> anyhow::Result<Vec<Ws>> {
+    futures_util::stream::iter(0..n)
+        .map(|_| connect(port, config))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// The next data message, answering the provider's heartbeat on the way.
+async fn next_data(ws: &mut Ws) -> anyhow::Result<Message> {
+    loop {
+        let message = tokio::time::timeout(IO_TIMEOUT, ws.next())
+            .await
+            .context("no message in time")?
+            .context("connection ended")??;
+        match &message {
+            Message::Text(text) if text.as_str() == PING => ws.send(Message::text(PONG)).await?,
+            Message::Text(text) if text.starts_with(PROVIDER_HEARTBEAT_PREFIX) => {}
+            Message::Text(_) | Message::Binary(_) => return Ok(message),
+            Message::Close(frame) => anyhow::bail!("closed by the server: {frame:?}"),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+}
+
+/// Keeps a connection open, answering heartbeats, until it ends.
+async fn idle(mut ws: Ws) {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.as_str() == PING => {
+                if ws.send(Message::text(PONG)).await.is_err() {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+/// Runs `task` on its own; a failure is reported to the parent and ends the process.
+fn spawn_or_fail(task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(error) = task.await {
+            sys::fail(&error);
+        }
+    });
+}
+
+/// W1: every connection sends `count` messages back-to-back after `GO`, the last one an
+/// end marker.
+async fn ingest(spec: &ClientSpec, stdin: &mut mpsc::UnboundedReceiver<String>) -> anyhow::Result<()> {
+    let conns = connect_all(spec.port, spec.conns, WebSocketConfig::default()).await?;
+    let (go_tx, go_rx) = watch::channel(false);
+    for ws in conns {
+        let mut go = go_rx.clone();
+        let count = spec.count;
+        spawn_or_fail(async move {
+            go.wait_for(|go| *go).await?;
+            let ws = send_stream(ws, count).await?;
+            idle(ws).await;
+            Ok(())
+        });
+    }
+    print_line("CONNECTED");
+    sys::wait_for_line(stdin, "GO").await?;
+    go_tx.send(true)?;
+    Ok(())
+}
+
+/// Sends `count` messages, the last one an end marker, then flushes.
+async fn send_stream(mut ws: Ws, count: u64) -> anyhow::Result<Ws> {
+    let data = Message::Text(Utf8Bytes::from_static(INGEST_DATA));
+    for _ in 1..count {
+        ws.feed(data.clone()).await?;
+    }
+    ws.feed(Message::Text(Utf8Bytes::from_static(INGEST_END))).await?;
+    ws.flush().await?;
+    Ok(ws)
+}
+
+/// One round trip: send the payload, wait for a data message of the same size.
+async fn round_trip(ws: &mut Ws, message: &Message) -> anyhow::Result<()> {
+    ws.send(message.clone()).await?;
+    let reply = next_data(ws).await?;
+    anyhow::ensure!(reply.len() == PAYLOAD_LEN, "echo of {} bytes, sent {PAYLOAD_LEN}", reply.len());
+    Ok(())
+}
+
+/// W2: sequential round trips on one connection.
+async fn echo(spec: &ClientSpec) -> anyhow::Result<()> {
+    let mut ws = connect(spec.port, WebSocketConfig::default()).await?;
+    let message = Message::Text(Utf8Bytes::from_static(PAYLOAD));
+    for _ in 0..spec.warmup {
+        round_trip(&mut ws, &message).await?;
+    }
+    let mut samples = Vec::with_capacity(usize::try_from(spec.count).unwrap_or(0));
+    let start = Instant::now();
+    for _ in 0..spec.count {
+        let sent = Instant::now();
+        round_trip(&mut ws, &message).await?;
+        samples.push(sent.elapsed());
+    }
+    report_echo(samples, start.elapsed());
+    tokio::spawn(idle(ws));
+    Ok(())
+}
+
+/// Prints the W2 result line from the round-trip times.
+pub(super) fn report_echo(mut samples: Vec<Duration>, total: Duration) {
+    samples.sort_unstable();
+    let at = |per_mille: usize| {
+        let i = (samples.len() * per_mille / 1000).min(samples.len().saturating_sub(1));
+        samples.get(i).map_or(0, Duration::as_nanos)
+    };
+    print_line(&format!(
+        "ECHO {} {} {} {} {}",
+        samples.len(),
+        total.as_nanos(),
+        at(500),
+        at(990),
+        at(999)
+    ));
+}
+
+/// W3's progress over every connection.
+#[derive(Debug)]
+struct Deliveries {
+    per_conn: u64,
+    conns: usize,
+    done_conns: AtomicUsize,
+    first: OnceLock<Instant>,
+}
+
+impl Deliveries {
+    /// One connection received everything: the last one reports.
+    fn conn_done(&self) {
+        if self.done_conns.fetch_add(1, Ordering::AcqRel) + 1 == self.conns {
+            let nanos = self.first.get().map_or(0, |first| first.elapsed().as_nanos());
+            let total = self.per_conn * self.conns as u64;
+            print_line(&format!("BROADCAST {total} {nanos}"));
+        }
+    }
+}
+
+/// W3: every connection counts the server's messages until it has `count`.
+async fn broadcast(spec: &ClientSpec) -> anyhow::Result<()> {
+    let conns = connect_all(spec.port, spec.conns, WebSocketConfig::default()).await?;
+    let progress = Arc::new(Deliveries {
+        per_conn: spec.count,
+        conns: conns.len(),
+        done_conns: AtomicUsize::new(0),
+        first: OnceLock::new(),
+    });
+    for mut ws in conns {
+        let progress = Arc::clone(&progress);
+        spawn_or_fail(async move {
+            for _ in 0..progress.per_conn {
+                next_data(&mut ws).await?;
+                progress.first.get_or_init(Instant::now);
+            }
+            progress.conn_done();
+            idle(ws).await;
+            Ok(())
+        });
+    }
+    print_line("CONNECTED");
+    Ok(())
+}
+
+/// W6: opens the connections, does one echo on each, and keeps them open.
+async fn idle_connections(spec: &ClientSpec) -> anyhow::Result<()> {
+    // Small buffers: thousands of connections in this process.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let start = Instant::now();
+    let conns = connect_all(spec.port, spec.conns, config).await?;
+    let connect_time = start.elapsed();
+    let message = Message::Text(Utf8Bytes::from_static(PAYLOAD));
+    let conns: Vec<Ws> = futures_util::stream::iter(conns)
+        .map(|mut ws| {
+            let message = message.clone();
+            async move {
+                round_trip(&mut ws, &message).await?;
+                anyhow::Ok(ws)
+            }
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .try_collect()
+        .await?;
+    print_line(&format!("READY {} {}", conns.len(), connect_time.as_nanos()));
+    for ws in conns {
+        tokio::spawn(idle(ws));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_picks_percentiles() {
+        let samples: Vec<Duration> = (1..=1000).rev().map(Duration::from_micros).collect();
+        // Only checks it does not panic on edge sizes; the line goes to stdout.
+        report_echo(samples, Duration::from_secs(1));
+        report_echo(Vec::new(), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,107 @@
+//! The server child: starts our provider or the baseline, prints `PORT <port>`, then
+//! answers the parent's stdin commands:
+//!
+//! - `RSS` → `RSS <KiB>`
+//! - `BROADCAST <k> <conns>` → waits for `conns` connections, sends `k` messages to each,
+//!   then `BROADCAST_SENT <nanos>`
+//!
+//! W1 prints `INGEST <count> <nanos>` by itself once every sender has ended.
+
+use super::spec::{ServerSpec, System, Workload};
+use super::tally::Ingest;
+use super::{baseline, ours, sys};
+use crate::commands::print_line;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a broadcast waits for its connections to be registered.
+const CONNS_WAIT: Duration = Duration::from_secs(20);
+
+/// What a server does with each message it receives.
+#[derive(Debug, Clone)]
+pub(crate) enum Mode {
+    /// W1: count it.
+    Ingest(Arc<Ingest>),
+    /// W2, W6: send it back.
+    Echo,
+    /// W3: nothing (the clients only answer heartbeats).
+    Ignore,
+}
+
+/// A running server of either system.
+#[derive(Debug, Clone)]
+pub(crate) enum Running {
+    /// Our provider.
+    Ours(Arc<ours::Server>),
+    /// The plain tokio-tungstenite server.
+    Baseline(Arc<baseline::Server>),
+}
+
+impl Running {
+    /// The port it listens on.
+    fn port(&self) -> u16 {
+        match self {
+            Running::Ours(s) => s.port(),
+            Running::Baseline(s) => s.port(),
+        }
+    }
+
+    /// W3: sends `k` messages to each of `conns` connections; returns the time it took.
+    async fn broadcast(&self, k: u64, conns: usize) -> anyhow::Result<Duration> {
+        match self {
+            Running::Ours(s) => s.broadcast(k, conns).await,
+            Running::Baseline(s) => s.broadcast(k, conns).await,
+        }
+    }
+}
+
+/// Runs a server child until its stdin ends.
+pub(crate) fn main(spec: ServerSpec) -> anyhow::Result<()> {
+    sys::runtime()?.block_on(serve(spec))
+}
+
+async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
+    let mode = match spec.workload {
+        Workload::W1 => Mode::Ingest(Arc::new(Ingest::new(spec.senders))),
+        Workload::W2 | Workload::W6 => Mode::Echo,
+        Workload::W3 => Mode::Ignore,
+    };
+    let server = match spec.system {
+        System::Ours => Running::Ours(Arc::new(ours::Server::start(mode).await?)),
+        System::Baseline => Running::Baseline(Arc::new(baseline::Server::start(mode).await?)),
+    };
+    print_line(&format!("PORT {}", server.port()));
+    let mut commands = sys::stdin_lines();
+    while let Some(line) = commands.recv().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["RSS"] => print_line(&format!("RSS {}", sys::rss_kib()?)),
+            ["BROADCAST", k, conns] => {
+                let k: u64 = k.parse().context("BROADCAST k")?;
+                let conns: usize = conns.parse().context("BROADCAST conns")?;
+                let server = server.clone();
+                tokio::spawn(async move {
+                    match server.broadcast(k, conns).await {
+                        Ok(took) => print_line(&format!("BROADCAST_SENT {}", took.as_nanos())),
+                        Err(error) => sys::fail(&error),
+                    }
+                });
+            }
+            _ => anyhow::bail!("unknown command {line:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until `count()` reaches `conns`.
+pub(crate) async fn wait_for_conns(count: impl Fn() -> usize, conns: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CONNS_WAIT;
+    while count() < conns {
+        if Instant::now() > deadline {
+            anyhow::bail!("only {} of {conns} connections after {CONNS_WAIT:?}", count());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
