@@ -9,7 +9,11 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn matching_parameters_are_accepted_and_extras_kept() {
-    let provider = local().auth_parameter("key", "SECRET").bind().await.unwrap();
+    let provider = local()
+        .auth_parameter("key", "SECRET")
+        .bind()
+        .await
+        .unwrap();
     let mut events = provider.events();
     let consumer = consumer_for(&provider)
         .parameter("key", "SECRET")
@@ -53,13 +57,20 @@ async fn parameters_are_decoded_before_auth() {
 
 #[tokio::test]
 async fn wrong_or_missing_secret_gets_403_unauthorized() {
-    let provider = local().auth_parameter("key", "SECRET").bind().await.unwrap();
+    let provider = local()
+        .auth_parameter("key", "SECRET")
+        .bind()
+        .await
+        .unwrap();
     for query in ["", "?key=SECRE", "?key=SECRETX", "?other=SECRET"] {
         let request = format!(
             "GET /connect{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         let answer = raw_http(provider.local_addr(), request.as_bytes()).await;
-        assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{query}: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{query}: {answer}"
+        );
         assert!(answer.contains("Content-Length: 12\r\n"));
         assert!(answer.ends_with("\r\n\r\nUnauthorized"));
     }
@@ -97,7 +108,7 @@ async fn rejected_consumer_fails_at_once_and_never_retries() {
     // A retry would have hit the provider again within a few 10 ms intervals; the closed
     // consumer has no task left that could.
     assert!(matches!(
-        *consumer.state().borrow(),
+        consumer.state(),
         network_cluster::transport::ConsumerState::Closed(_)
     ));
     provider.shutdown().await;
@@ -136,7 +147,10 @@ async fn async_handler_sees_the_request() {
     let ok = raw_http_first_line(addr, &upgrade("key=SECRET&team=blue", "t0k")).await;
     assert_eq!(ok, "HTTP/1.1 101 Switching Protocols");
     let (ip, path, headers) = seen.lock().unwrap().clone().unwrap();
-    assert_eq!((ip.as_str(), path.as_str(), headers), ("127.0.0.1", "/connect", 6));
+    assert_eq!(
+        (ip.as_str(), path.as_str(), headers),
+        ("127.0.0.1", "/connect", 6)
+    );
     let wrong_team = raw_http(addr, upgrade("key=SECRET&team=red", "t0k").as_bytes()).await;
     assert!(wrong_team.starts_with("HTTP/1.1 403"));
     let wrong_header = raw_http(addr, upgrade("key=SECRET&team=blue", "nope").as_bytes()).await;

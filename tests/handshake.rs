@@ -14,10 +14,18 @@ async fn alive_answers_hello_world_with_the_time() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    let answer = raw_http(provider.local_addr(), b"GET /alive HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let answer = raw_http(
+        provider.local_addr(),
+        b"GET /alive HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     let body = answer.split("\r\n\r\n").nth(1).unwrap();
-    let millis: u128 = body.strip_prefix("Hello World @ ").unwrap().parse().unwrap();
+    let millis: u128 = body
+        .strip_prefix("Hello World @ ")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(millis >= before && millis < before + 60_000);
     provider.shutdown().await;
 }
@@ -42,7 +50,10 @@ async fn plain_requests_and_bad_upgrades_get_clear_answers() {
     ];
     for (request, status) in cases {
         let answer = raw_http(addr, &request).await;
-        assert!(answer.starts_with(status), "wanted {status}, got {answer:?}");
+        assert!(
+            answer.starts_with(status),
+            "wanted {status}, got {answer:?}"
+        );
     }
     assert_eq!(provider.connection_count(), 0);
     provider.shutdown().await;
@@ -56,12 +67,17 @@ async fn stalled_and_trickling_clients_are_cut_off_and_others_go_on() {
 
     // One client sends half a request and stalls.
     let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stalled.write_all(b"GET /connect HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    stalled
+        .write_all(b"GET /connect HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     // Another sends one byte every 50 ms, forever.
     let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
     let trickler = tokio::spawn(async move {
-        let request = b"GET /connect HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a'));
+        let request = b"GET /connect HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            .iter()
+            .chain(std::iter::repeat(&b'a'));
         for byte in request.take(400) {
             if trickle.write_all(&[*byte]).await.is_err() {
                 return Instant::now();
@@ -76,7 +92,9 @@ async fn stalled_and_trickling_clients_are_cut_off_and_others_go_on() {
     consumer.send("hi").unwrap();
 
     let mut buf = [0u8; 64];
-    let n = within("stalled cut off", stalled.read(&mut buf)).await.unwrap_or(0);
+    let n = within("stalled cut off", stalled.read(&mut buf))
+        .await
+        .unwrap_or(0);
     assert_eq!(n, 0, "the server closes without an answer");
     let cut_at = within("trickler cut off", trickler).await.unwrap();
     let took = cut_at - started;

@@ -81,7 +81,8 @@ async fn our_consumer_answers_pings_and_stays() {
     assert_eq!(provider.connection_count(), 1);
     assert!(conn.strikes() <= 1);
     // No PING/PONG ever surfaced as a provider message.
-    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(1), events.recv()).await {
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(1), events.recv()).await
+    {
         assert!(!matches!(event, ProviderEvent::Message(..)), "{event:?}");
     }
     consumer.shutdown().await;
@@ -98,7 +99,9 @@ async fn consumer_watchdog_reconnects_when_pings_stop() {
         for _ in 0..2 {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            ws.send(WsMessage::text("PROVIDER_HEARTBEAT|100")).await.unwrap();
+            ws.send(WsMessage::text("PROVIDER_HEARTBEAT|100"))
+                .await
+                .unwrap();
             sockets.push(ws);
         }
         // Keep them open (and silent) until the test ends.
@@ -126,7 +129,10 @@ async fn consumer_watchdog_reconnects_when_pings_stop() {
     let info = disconnect.expect("a disconnect before the reconnect");
     assert_eq!(info.reason, "heartbeat timeout");
     assert!(started.elapsed() >= Duration::from_millis(190));
-    assert_eq!(consumer.heartbeat_cutoff(), Some(Duration::from_millis(200)));
+    assert_eq!(
+        consumer.heartbeat_cutoff(),
+        Some(Duration::from_millis(200))
+    );
     consumer.destroy();
     server.abort();
 }

@@ -33,7 +33,11 @@ impl NodePeer {
             .expect("node is installed (see README)");
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self { child, stdin, lines }
+        Self {
+            child,
+            stdin,
+            lines,
+        }
     }
 
     /// The next JSON line whose "event" is `name`, skipping others.
@@ -170,13 +174,8 @@ async fn node_provider(args: &[&str]) -> (NodePeer, u16) {
 
 #[tokio::test]
 async fn our_consumer_joins_a_node_provider() {
-    let (mut node, port) = node_provider(&[
-        "--auth",
-        "key=SECRET_KEY",
-        "--heartbeat-ms",
-        "100",
-    ])
-    .await;
+    let (mut node, port) =
+        node_provider(&["--auth", "key=SECRET_KEY", "--heartbeat-ms", "100"]).await;
     let consumer = Consumer::builder()
         .host("127.0.0.1")
         .port(port)
@@ -215,7 +214,10 @@ async fn our_consumer_joins_a_node_provider() {
     node.command(json!({"echo": false})).await;
     consumer.send(vec![9u8, 8]).unwrap();
     assert_eq!(node.expect("binary").await["hex"], "0908");
-    assert_eq!(consumer.heartbeat_duration(), Some(Duration::from_millis(100)));
+    assert_eq!(
+        consumer.heartbeat_duration(),
+        Some(Duration::from_millis(100))
+    );
 
     // Heartbeats answered across several cycles: no close for our connection.
     let mut last = consumer.last_heartbeat();

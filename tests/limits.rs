@@ -41,7 +41,10 @@ async fn payload_limit_is_inclusive_and_closes_with_1009() {
     let mut socket = raw_connect(&url).await;
     let conn = open_conn(&mut events).await;
 
-    socket.send(WsMessage::text("a".repeat(32768))).await.unwrap();
+    socket
+        .send(WsMessage::text("a".repeat(32768)))
+        .await
+        .unwrap();
     let got = next_event(&mut events, |e| match e {
         ProviderEvent::Message(_, m) => Some(m),
         _ => None,
@@ -49,7 +52,10 @@ async fn payload_limit_is_inclusive_and_closes_with_1009() {
     .await;
     assert_eq!(got.len(), 32768);
 
-    socket.send(WsMessage::text("a".repeat(32769))).await.unwrap();
+    socket
+        .send(WsMessage::text("a".repeat(32769)))
+        .await
+        .unwrap();
     assert_eq!(closed_with(&mut socket).await, 1009);
     assert_eq!(close_code_of(&mut events, conn.id()).await, 1009);
 
@@ -81,7 +87,9 @@ async fn consumer_that_stops_reading_is_closed_for_backpressure() {
     let provider = local().max_backpressure(256 * 1024).bind().await.unwrap();
     let mut events = provider.events();
     // A raw TCP client that upgrades and then never reads again.
-    let mut stalled = tokio::net::TcpStream::connect(provider.local_addr()).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(provider.local_addr())
+        .await
+        .unwrap();
     stalled
         .write_all(b"GET /connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         .await
@@ -105,12 +113,18 @@ async fn consumer_that_stops_reading_is_closed_for_backpressure() {
     };
     assert_eq!(error.kind(), SendErrorKind::Backpressure);
     assert_eq!(close_code_of(&mut events, conn.id()).await, 1008);
-    assert_eq!(conn.send("late").unwrap_err().kind(), SendErrorKind::NotConnected);
+    assert_eq!(
+        conn.send("late").unwrap_err().kind(),
+        SendErrorKind::NotConnected
+    );
 
     // The provider and the other consumer go on.
     assert_eq!(provider.send_to_all("after"), 1);
     loop {
-        match within("healthy message", healthy_events.recv()).await.unwrap() {
+        match within("healthy message", healthy_events.recv())
+            .await
+            .unwrap()
+        {
             network_cluster::ConsumerEvent::Message(m) => {
                 assert_eq!(m, Message::from("after"));
                 break;
@@ -147,7 +161,9 @@ async fn protocol_errors_close_only_that_connection() {
         (bad_utf8, 1007),
         (long_ping, 1002),
     ] {
-        let mut tcp = tokio::net::TcpStream::connect(provider.local_addr()).await.unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(provider.local_addr())
+            .await
+            .unwrap();
         tcp.write_all(b"GET /connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
         let conn = open_conn(&mut events).await;
         tcp.write_all(&bytes).await.unwrap();
@@ -180,7 +196,10 @@ async fn control_ping_gets_a_pong_and_pipelined_frames_are_read() {
         .await
         .unwrap();
     let mut socket = raw_connect(&format!("ws://{}/connect", provider.local_addr())).await;
-    socket.send(WsMessage::Ping(b"abc".to_vec().into())).await.unwrap();
+    socket
+        .send(WsMessage::Ping(b"abc".to_vec().into()))
+        .await
+        .unwrap();
     socket.send(WsMessage::text("one")).await.unwrap();
     let mut got_pong = false;
     let mut texts = Vec::new();

@@ -46,8 +46,14 @@ async fn text_and_binary_round_trip_with_parameters() {
     }
     assert_eq!(got[0], Message::from("hello"));
     assert_eq!(got[1], Message::from(vec![0u8, 1, 2, 255]));
-    assert_eq!(consumer.heartbeat_duration().map(|d| d.as_millis()), Some(30_000));
-    assert_eq!(consumer.heartbeat_cutoff().map(|d| d.as_millis()), Some(60_000));
+    assert_eq!(
+        consumer.heartbeat_duration().map(|d| d.as_millis()),
+        Some(30_000)
+    );
+    assert_eq!(
+        consumer.heartbeat_cutoff().map(|d| d.as_millis()),
+        Some(60_000)
+    );
     consumer.shutdown().await;
     provider.shutdown().await;
 }
@@ -70,9 +76,15 @@ async fn reserved_messages_are_refused_by_send() {
     let mut provider_events = provider.events();
     let consumer = consumer_for(&provider).build();
     for reserved in ["PING", "PONG", "PROVIDER_HEARTBEAT|5"] {
-        assert_eq!(consumer.send(reserved).unwrap_err().kind(), SendErrorKind::Reserved);
+        assert_eq!(
+            consumer.send(reserved).unwrap_err().kind(),
+            SendErrorKind::Reserved
+        );
     }
-    assert_eq!(consumer.send("early").unwrap_err().kind(), SendErrorKind::NotConnected);
+    assert_eq!(
+        consumer.send("early").unwrap_err().kind(),
+        SendErrorKind::NotConnected
+    );
     consumer.connect().await.unwrap();
     let conn = next_event(&mut provider_events, |e| match e {
         ProviderEvent::Open(c) => Some(c),

@@ -21,7 +21,10 @@ async fn consumer_reconnects_after_provider_restart_on_the_same_port() {
     let consumer = consumer_for(&first).max_attempts(100).build();
     let mut events = consumer.events();
     consumer.connect().await.unwrap();
-    assert_eq!(within("open", events.recv()).await, Some(ConsumerEvent::Open));
+    assert_eq!(
+        within("open", events.recv()).await,
+        Some(ConsumerEvent::Open)
+    );
 
     first.shutdown().await;
     match within("disconnect", events.recv()).await.unwrap() {
@@ -85,5 +88,5 @@ async fn gives_up_after_max_attempts() {
         }
     }
     assert_eq!(disconnects, 4, "the first attempt and three retries");
-    assert!(matches!(*consumer.state().borrow(), ConsumerState::Closed(_)));
+    assert!(matches!(consumer.state(), ConsumerState::Closed(_)));
 }

@@ -12,14 +12,19 @@ async fn a_thousand_consumers_connect_and_all_receive() {
     let mut consumers = Vec::new();
     let mut streams = Vec::new();
     for i in 0..1000 {
-        let c = consumer_for(&provider).parameter("n", i.to_string()).build();
+        let c = consumer_for(&provider)
+            .parameter("n", i.to_string())
+            .build();
         streams.push(c.events());
         consumers.push(c);
     }
     let connects = consumers.iter().map(|c| c.connect());
-    within("1000 connects", futures_util::future::try_join_all(connects))
-        .await
-        .unwrap();
+    within(
+        "1000 connects",
+        futures_util::future::try_join_all(connects),
+    )
+    .await
+    .unwrap();
     assert_eq!(provider.connection_count(), 1000);
     let mut ns: Vec<usize> = provider
         .connections()

@@ -46,6 +46,11 @@ impl UpgradeRequest {
     pub fn parameters(&self) -> &Parameters {
         &self.parameters
     }
+
+    /// The parameters alone; the rest of the request is dropped.
+    pub(crate) fn into_parameters(self) -> Parameters {
+        self.parameters
+    }
 }
 
 impl fmt::Debug for UpgradeRequest {

@@ -144,21 +144,33 @@ impl Connection {
     /// does not read can never make the provider's memory grow without bound.
     pub fn send<'a>(&self, message: impl Into<MessageRef<'a>>) -> Result<(), SendError> {
         let message = message.into();
-        if let MessageRef::Text(text) = message {
-            if self.shared.reserves_texts && is_reserved(text) {
-                return Err(SendError::new(SendErrorKind::Reserved));
-            }
+        if self.is_reserved(message) {
+            return Err(SendError::new(SendErrorKind::Reserved));
         }
         self.send_frame(message)
     }
 
     /// Queues a frame without the reserved-text check (the heartbeat's own messages).
     pub(crate) fn send_frame(&self, message: MessageRef<'_>) -> Result<(), SendError> {
-        let (opcode, payload) = match message {
-            MessageRef::Text(t) => (OpCode::Text, t.as_bytes()),
-            MessageRef::Binary(b) => (OpCode::Binary, b),
-        };
-        let len = frame::frame_len(payload.len());
+        let (opcode, payload) = encode_parts(message);
+        self.push(frame::frame_len(payload.len()), |buf| {
+            frame::encode_header(opcode, payload.len(), buf);
+            buf.extend_from_slice(payload);
+        })
+    }
+
+    /// Queues a frame encoded once for many connections ([`encode_frame`]).
+    pub(crate) fn send_encoded(&self, frame: &[u8]) -> Result<(), SendError> {
+        self.push(frame.len(), |buf| buf.extend_from_slice(frame))
+    }
+
+    /// Whether `message` is protocol text on this connection.
+    pub(crate) fn is_reserved(&self, message: MessageRef<'_>) -> bool {
+        self.shared.reserves_texts && matches!(message, MessageRef::Text(t) if is_reserved(t))
+    }
+
+    /// Appends `len` bytes written by `write` to the outbox, within `max_backpressure`.
+    fn push(&self, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), SendError> {
         if len > self.shared.max_backpressure {
             return Err(SendError::new(SendErrorKind::PayloadTooLarge));
         }
@@ -177,8 +189,7 @@ impl Connection {
             wake(waker);
             return Err(SendError::new(SendErrorKind::Backpressure));
         }
-        frame::encode_header(opcode, payload.len(), &mut outbox.buf);
-        outbox.buf.extend_from_slice(payload);
+        write(&mut outbox.buf);
         let waker = outbox.waker.take();
         drop(outbox);
         wake(waker);
@@ -244,6 +255,22 @@ impl Connection {
     }
 }
 
+fn encode_parts(message: MessageRef<'_>) -> (OpCode, &[u8]) {
+    match message {
+        MessageRef::Text(t) => (OpCode::Text, t.as_bytes()),
+        MessageRef::Binary(b) => (OpCode::Binary, b),
+    }
+}
+
+/// Encodes a whole server frame once, for sending to many connections.
+pub(crate) fn encode_frame(message: MessageRef<'_>) -> Vec<u8> {
+    let (opcode, payload) = encode_parts(message);
+    let mut out = Vec::with_capacity(frame::frame_len(payload.len()));
+    frame::encode_header(opcode, payload.len(), &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
 /// What the heartbeat cycle does to one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeartbeatStep {
@@ -289,7 +316,10 @@ impl fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("id", &self.shared.id)
             .field("ip", &self.shared.ip)
-            .field("parameters", &self.shared.parameters.keys().collect::<Vec<_>>())
+            .field(
+                "parameters",
+                &self.shared.parameters.keys().collect::<Vec<_>>(),
+            )
             .field("strikes", &self.strikes())
             .finish()
     }
@@ -300,7 +330,12 @@ mod tests {
     use super::*;
 
     fn conn(max_backpressure: usize) -> Connection {
-        Connection::new(IpAddr::from([127, 0, 0, 1]), Parameters::new(), max_backpressure, true)
+        Connection::new(
+            IpAddr::from([127, 0, 0, 1]),
+            Parameters::new(),
+            max_backpressure,
+            true,
+        )
     }
 
     #[test]
@@ -327,7 +362,10 @@ mod tests {
         );
         assert!(!c.is_open());
         assert_eq!(c.lock().close.as_ref().map(|r| r.code), Some(1008));
-        assert_eq!(c.send("late").unwrap_err().kind(), SendErrorKind::NotConnected);
+        assert_eq!(
+            c.send("late").unwrap_err().kind(),
+            SendErrorKind::NotConnected
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Where a consumer is in its life. Watch it with [`Consumer::state`].
+/// Where a consumer is in its life: [`Consumer::state`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ConsumerState {
@@ -65,7 +65,7 @@ struct ConsumerListeners {
 struct ConsumerShared {
     options: ConsumerOptions,
     listeners: RwLock<Arc<ConsumerListeners>>,
-    state: watch::Sender<ConsumerState>,
+    status: watch::Sender<Status>,
     outbox: Mutex<Outbox>,
     outbox_ready: Notify,
     in_flight: AtomicBool,
@@ -74,6 +74,14 @@ struct ConsumerShared {
     started: AtomicBool,
     stop: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// The state plus how many times the consumer has connected, so a waiter cannot miss a
+/// connection that opened and dropped before it looked.
+#[derive(Debug)]
+struct Status {
+    state: ConsumerState,
+    opens: u64,
 }
 
 #[derive(Default)]
@@ -138,7 +146,12 @@ impl ConsumerShared {
     }
 
     fn set_state(&self, state: ConsumerState) {
-        self.state.send_replace(state);
+        self.status.send_modify(|status| {
+            if matches!(state, ConsumerState::Connected) {
+                status.opens += 1;
+            }
+            status.state = state;
+        });
     }
 }
 
@@ -236,7 +249,10 @@ impl ConsumerBuilder {
     }
 
     /// Calls `f` for every message from the provider.
-    pub fn on_message(mut self, f: impl for<'a> Fn(MessageRef<'a>) + Send + Sync + 'static) -> Self {
+    pub fn on_message(
+        mut self,
+        f: impl for<'a> Fn(MessageRef<'a>) + Send + Sync + 'static,
+    ) -> Self {
         self.listeners.message.push(Callback::on(Arc::new(f)));
         self
     }
@@ -270,13 +286,16 @@ impl ConsumerBuilder {
 
     /// Builds the consumer without connecting; call [`Consumer::connect`] next.
     pub fn build(self) -> Consumer {
-        let (state, _) = watch::channel(ConsumerState::Idle);
+        let (status, _) = watch::channel(Status {
+            state: ConsumerState::Idle,
+            opens: 0,
+        });
         Consumer {
             inner: Arc::new(ConsumerInner {
                 shared: Arc::new(ConsumerShared {
                     options: self.options,
                     listeners: RwLock::new(Arc::new(self.listeners)),
-                    state,
+                    status,
                     outbox: Mutex::new(Outbox::default()),
                     outbox_ready: Notify::new(),
                     in_flight: AtomicBool::new(false),
@@ -341,16 +360,16 @@ impl Consumer {
     /// [`Destroyed`](ConnectErrorKind::Destroyed) if destroyed meanwhile.
     pub async fn connect(&self) -> Result<(), ConnectError> {
         let shared = self.shared();
+        let opens_before = shared.status.borrow().opens;
         if !shared.started.swap(true, Ordering::AcqRel) {
             shared.set_state(ConsumerState::Connecting);
-            let span = tracing::debug_span!("consumer", server.host = %shared.options.host, server.port = shared.options.port);
-            shared.tracker.spawn(tracing::Instrument::instrument(
-                session::run(Arc::clone(shared)),
-                span,
-            ));
+            tracing::debug!(server.host = %shared.options.host, server.port = shared.options.port, "consumer starting");
+            shared.tracker.spawn(session::run(Arc::clone(shared)));
             shared.tracker.close();
+        } else if self.is_connected() {
+            return Ok(());
         }
-        self.ready().await
+        self.wait_for_open(opens_before).await
     }
 
     /// Resolves when connected (at once if connected now); fails if the consumer closed.
@@ -358,14 +377,30 @@ impl Consumer {
     /// # Errors
     /// The reason the consumer closed, as in [`connect`](Self::connect).
     pub async fn ready(&self) -> Result<(), ConnectError> {
-        let mut state = self.shared().state.subscribe();
-        loop {
-            match &*state.borrow_and_update() {
-                ConsumerState::Connected => return Ok(()),
-                ConsumerState::Closed(error) => return Err(error.clone()),
-                ConsumerState::Idle | ConsumerState::Connecting => {}
+        let opens = {
+            let status = self.shared().status.borrow();
+            if matches!(status.state, ConsumerState::Connected) {
+                return Ok(());
             }
-            if state.changed().await.is_err() {
+            status.opens
+        };
+        self.wait_for_open(opens).await
+    }
+
+    /// Waits until the consumer has connected more than `opens` times, or closed.
+    async fn wait_for_open(&self, opens: u64) -> Result<(), ConnectError> {
+        let mut status = self.shared().status.subscribe();
+        loop {
+            {
+                let now = status.borrow_and_update();
+                if now.opens > opens {
+                    return Ok(());
+                }
+                if let ConsumerState::Closed(error) = &now.state {
+                    return Err(error.clone());
+                }
+            }
+            if status.changed().await.is_err() {
                 return Err(ConnectError::new(ConnectErrorKind::Destroyed));
             }
         }
@@ -411,12 +446,15 @@ impl Consumer {
 
     /// Whether connected to the provider now (the seed's `connected`).
     pub fn is_connected(&self) -> bool {
-        matches!(*self.shared().state.borrow(), ConsumerState::Connected)
+        matches!(
+            self.shared().status.borrow().state,
+            ConsumerState::Connected
+        )
     }
 
-    /// The state now, and a receiver to watch it change.
-    pub fn state(&self) -> watch::Receiver<ConsumerState> {
-        self.shared().state.subscribe()
+    /// The state now.
+    pub fn state(&self) -> ConsumerState {
+        self.shared().status.borrow().state.clone()
     }
 
     /// The heartbeat interval the provider announced (`PROVIDER_HEARTBEAT|ms`).
@@ -446,47 +484,59 @@ impl Consumer {
 
     /// Calls `f` on every (re)connect from now on.
     pub fn on_open(&self, f: impl Fn() + Send + Sync + 'static) {
-        self.shared().update_listeners(|l| l.open.push(Callback::on(Arc::new(f))));
+        self.shared()
+            .update_listeners(|l| l.open.push(Callback::on(Arc::new(f))));
     }
 
     /// Calls `f` on the next (re)connect only.
     pub fn once_open(&self, f: impl Fn() + Send + Sync + 'static) {
-        self.shared().update_listeners(|l| l.open.push(Callback::once(Arc::new(f))));
+        self.shared()
+            .update_listeners(|l| l.open.push(Callback::once(Arc::new(f))));
     }
 
     /// Calls `f` for every message from now on.
     pub fn on_message(&self, f: impl for<'a> Fn(MessageRef<'a>) + Send + Sync + 'static) {
-        self.shared().update_listeners(|l| l.message.push(Callback::on(Arc::new(f))));
+        self.shared()
+            .update_listeners(|l| l.message.push(Callback::on(Arc::new(f))));
     }
 
     /// Calls `f` for the next message only.
     pub fn once_message(&self, f: impl for<'a> Fn(MessageRef<'a>) + Send + Sync + 'static) {
-        self.shared().update_listeners(|l| l.message.push(Callback::once(Arc::new(f))));
+        self.shared()
+            .update_listeners(|l| l.message.push(Callback::once(Arc::new(f))));
     }
 
     /// Calls `f` on every drop and failed attempt from now on.
     pub fn on_disconnect(&self, f: impl Fn(&CloseInfo) + Send + Sync + 'static) {
-        self.shared().update_listeners(|l| l.disconnect.push(Callback::on(Arc::new(f))));
+        self.shared()
+            .update_listeners(|l| l.disconnect.push(Callback::on(Arc::new(f))));
     }
 
     /// Calls `f` on the next drop or failed attempt only.
     pub fn once_disconnect(&self, f: impl Fn(&CloseInfo) + Send + Sync + 'static) {
-        self.shared().update_listeners(|l| l.disconnect.push(Callback::once(Arc::new(f))));
+        self.shared()
+            .update_listeners(|l| l.disconnect.push(Callback::once(Arc::new(f))));
     }
 
     /// Calls `f` when the consumer closes for good.
     pub fn on_close(&self, f: impl Fn() + Send + Sync + 'static) {
-        self.shared().update_listeners(|l| l.close.push(Callback::on(Arc::new(f))));
+        self.shared()
+            .update_listeners(|l| l.close.push(Callback::on(Arc::new(f))));
     }
 
     /// The seed's `set_error_handler`.
-    pub fn set_error_handler(&self, f: impl Fn(&(dyn std::error::Error + 'static)) + Send + Sync + 'static) {
-        self.shared().update_listeners(|l| l.error = Some(Arc::new(f)));
+    pub fn set_error_handler(
+        &self,
+        f: impl Fn(&(dyn std::error::Error + 'static)) + Send + Sync + 'static,
+    ) {
+        self.shared()
+            .update_listeners(|l| l.error = Some(Arc::new(f)));
     }
 
     /// The seed's `set_debug_logger`.
     pub fn set_debug_logger(&self, f: impl Fn(&str) + Send + Sync + 'static) {
-        self.shared().update_listeners(|l| l.debug = Some(Arc::new(f)));
+        self.shared()
+            .update_listeners(|l| l.debug = Some(Arc::new(f)));
     }
 
     /// Closes for good: sends a close frame (1000) if connected and stops reconnecting.
@@ -500,7 +550,9 @@ impl Consumer {
         let shared = self.shared();
         shared.stop.cancel();
         if !shared.started.swap(true, Ordering::AcqRel) {
-            shared.set_state(ConsumerState::Closed(ConnectError::new(ConnectErrorKind::Destroyed)));
+            shared.set_state(ConsumerState::Closed(ConnectError::new(
+                ConnectErrorKind::Destroyed,
+            )));
         }
         shared.tracker.close();
         shared.tracker.wait().await;
@@ -511,7 +563,7 @@ impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
             .field("options", &self.shared().options)
-            .field("state", &*self.shared().state.borrow())
+            .field("state", &self.shared().status.borrow().state)
             .finish()
     }
 }

@@ -108,7 +108,9 @@ impl ConnectError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self.kind,
-            ConnectErrorKind::Rejected | ConnectErrorKind::Destroyed | ConnectErrorKind::MaxAttempts
+            ConnectErrorKind::Rejected
+                | ConnectErrorKind::Destroyed
+                | ConnectErrorKind::MaxAttempts
         )
     }
 }

@@ -185,7 +185,11 @@ where
     F: Fn(&Connection) + Send + Sync + 'static,
 {
     let f: Arc<OpenFn> = Arc::new(f);
-    ProviderCallback::Open(if once { Callback::once(f) } else { Callback::on(f) })
+    ProviderCallback::Open(if once {
+        Callback::once(f)
+    } else {
+        Callback::on(f)
+    })
 }
 
 pub(crate) fn message_callback<F>(f: F, once: bool) -> ProviderCallback
@@ -193,7 +197,11 @@ where
     F: for<'a> Fn(&Connection, MessageRef<'a>) + Send + Sync + 'static,
 {
     let f: Arc<MessageFn> = Arc::new(f);
-    ProviderCallback::Message(if once { Callback::once(f) } else { Callback::on(f) })
+    ProviderCallback::Message(if once {
+        Callback::once(f)
+    } else {
+        Callback::on(f)
+    })
 }
 
 pub(crate) fn close_callback<F>(f: F, once: bool) -> ProviderCallback
@@ -201,7 +209,11 @@ where
     F: Fn(&Connection, &CloseInfo) + Send + Sync + 'static,
 {
     let f: Arc<CloseFn> = Arc::new(f);
-    ProviderCallback::Close(if once { Callback::once(f) } else { Callback::on(f) })
+    ProviderCallback::Close(if once {
+        Callback::once(f)
+    } else {
+        Callback::on(f)
+    })
 }
 
 #[cfg(test)]

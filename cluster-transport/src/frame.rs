@@ -254,18 +254,37 @@ mod tests {
     fn incomplete_headers_ask_for_more() {
         let f = masked_frame(true, OpCode::Binary, &[0u8; 70_000], [9, 9, 9, 9]);
         for cut in 0..14 {
-            assert_eq!(parse_header(&f[..cut], true, u64::MAX), Ok(None), "cut {cut}");
+            assert_eq!(
+                parse_header(&f[..cut], true, u64::MAX),
+                Ok(None),
+                "cut {cut}"
+            );
         }
         assert!(parse_header(&f[..14], true, u64::MAX).unwrap().is_some());
     }
 
     #[test]
     fn protocol_violations() {
-        assert_eq!(parse_header(&[0xC1, 0x80], true, 10), Err(FrameError::ReservedBits));
-        assert_eq!(parse_header(&[0x83, 0x80], true, 10), Err(FrameError::UnknownOpcode));
-        assert_eq!(parse_header(&[0x81, 0x00], true, 10), Err(FrameError::Unmasked));
-        assert_eq!(parse_header(&[0x09, 0x80], true, 10), Err(FrameError::BadControlFrame));
-        assert_eq!(parse_header(&[0x89, 0xFE], true, 10), Err(FrameError::BadControlFrame));
+        assert_eq!(
+            parse_header(&[0xC1, 0x80], true, 10),
+            Err(FrameError::ReservedBits)
+        );
+        assert_eq!(
+            parse_header(&[0x83, 0x80], true, 10),
+            Err(FrameError::UnknownOpcode)
+        );
+        assert_eq!(
+            parse_header(&[0x81, 0x00], true, 10),
+            Err(FrameError::Unmasked)
+        );
+        assert_eq!(
+            parse_header(&[0x09, 0x80], true, 10),
+            Err(FrameError::BadControlFrame)
+        );
+        assert_eq!(
+            parse_header(&[0x89, 0xFE], true, 10),
+            Err(FrameError::BadControlFrame)
+        );
         assert_eq!(
             parse_header(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], true, u64::MAX),
             Err(FrameError::BadLength)

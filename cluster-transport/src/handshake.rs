@@ -329,31 +329,58 @@ mod tests {
                 query: "key=a%20b".into()
             }
         );
-        assert_eq!(route(&parse(UPGRADE), "/other"), Route::Reject(Reject::NotFound));
-        assert_eq!(route(&parse("GET /alive HTTP/1.1\r\n\r\n"), "/connect"), Route::Alive);
+        assert_eq!(
+            route(&parse(UPGRADE), "/other"),
+            Route::Reject(Reject::NotFound)
+        );
+        assert_eq!(
+            route(&parse("GET /alive HTTP/1.1\r\n\r\n"), "/connect"),
+            Route::Alive
+        );
         assert_eq!(
             route(&parse("GET /x HTTP/1.1\r\n\r\n"), "/connect"),
             Route::Reject(Reject::NotFound)
         );
         let old = UPGRADE.replace("Version: 13", "Version: 8");
-        assert_eq!(route(&parse(&old), "/connect"), Route::Reject(Reject::UpgradeRequired));
+        assert_eq!(
+            route(&parse(&old), "/connect"),
+            Route::Reject(Reject::UpgradeRequired)
+        );
         let no_key = UPGRADE.replace("Sec-WebSocket-Key", "X-Key");
-        assert_eq!(route(&parse(&no_key), "/connect"), Route::Reject(Reject::BadRequest));
+        assert_eq!(
+            route(&parse(&no_key), "/connect"),
+            Route::Reject(Reject::BadRequest)
+        );
     }
 
     #[test]
     fn limits() {
         let limits = HandshakeOptions::default();
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\n", &limits), Ok(None));
-        assert_eq!(parse_request(b"\x00\x01garbage\r\n\r\n", &limits), Err(Reject::BadRequest));
+        assert_eq!(
+            parse_request(b"\x00\x01garbage\r\n\r\n", &limits),
+            Err(Reject::BadRequest)
+        );
         let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(5000));
-        assert_eq!(parse_request(long_target.as_bytes(), &limits), Err(Reject::UriTooLong));
+        assert_eq!(
+            parse_request(long_target.as_bytes(), &limits),
+            Err(Reject::UriTooLong)
+        );
         let endless_line = format!("GET /{}", "a".repeat(5000));
-        assert_eq!(parse_request(endless_line.as_bytes(), &limits), Err(Reject::UriTooLong));
+        assert_eq!(
+            parse_request(endless_line.as_bytes(), &limits),
+            Err(Reject::UriTooLong)
+        );
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(40));
-        assert_eq!(parse_request(many.as_bytes(), &limits), Err(Reject::HeadersTooLarge));
+        assert_eq!(
+            parse_request(many.as_bytes(), &limits),
+            Err(Reject::HeadersTooLarge)
+        );
         let big = format!("GET / HTTP/1.1\r\nA: {}", "b".repeat(9000));
-        assert_eq!(parse_request(big.as_bytes(), &limits), Err(Reject::HeadersTooLarge));
+        assert_eq!(
+            parse_request(big.as_bytes(), &limits),
+            Err(Reject::HeadersTooLarge)
+        );
     }
 
     #[test]

@@ -89,7 +89,9 @@ pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerState};
 pub use error::{BindError, BoxError, ConnectError, ConnectErrorKind, SendError, SendErrorKind};
 pub use event::{ConsumerEvent, EventStream, ProviderEvent};
-pub use message::{close_code, is_reserved, CloseInfo, Message, MessageRef, PING, PONG, PROVIDER_HEARTBEAT_PREFIX};
+pub use message::{
+    close_code, is_reserved, CloseInfo, Message, MessageRef, PING, PONG, PROVIDER_HEARTBEAT_PREFIX,
+};
 pub use options::{
     AuthOptions, ConsumerOptions, HandshakeOptions, HeartbeatOptions, ProviderOptions,
     ReconnectOptions, WsOptions, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_ATTEMPTS,

@@ -25,8 +25,8 @@ use crate::auth::{auth_handler, AuthHandler, UpgradeRequest};
 use crate::connection::{CloseMode, CloseRequest, Connection};
 use crate::error::BindError;
 use crate::event::{
-    close_callback, message_callback, open_callback, EventStream, ProviderCallback,
-    ProviderEvent, ProviderListeners,
+    close_callback, message_callback, open_callback, EventStream, ProviderCallback, ProviderEvent,
+    ProviderListeners,
 };
 use crate::message::{close_code, CloseInfo, MessageRef, PROVIDER_HEARTBEAT_PREFIX};
 use crate::options::ProviderOptions;
@@ -62,7 +62,10 @@ impl ProviderShared {
     /// The current listeners and their generation.
     pub(crate) fn listeners(&self) -> (Arc<ProviderListeners>, u64) {
         let guard = self.listeners.read().unwrap_or_else(|p| p.into_inner());
-        (Arc::clone(&guard), self.listeners_gen.load(Ordering::Acquire))
+        (
+            Arc::clone(&guard),
+            self.listeners_gen.load(Ordering::Acquire),
+        )
     }
 
     pub(crate) fn listeners_gen(&self) -> u64 {
@@ -115,7 +118,14 @@ impl ProviderShared {
 
     pub(crate) async fn emit_close(&self, conn: &Connection, info: CloseInfo) {
         let (listeners, _) = self.listeners();
-        listeners.debug(|| format!("connection {} closed: {} {}", conn.id(), info.code, info.reason));
+        listeners.debug(|| {
+            format!(
+                "connection {} closed: {} {}",
+                conn.id(),
+                info.code,
+                info.reason
+            )
+        });
         for callback in &listeners.close {
             if let Some(f) = callback.take() {
                 f(conn, &info);
@@ -181,7 +191,10 @@ impl ProviderBuilder {
 
     /// Requires every consumer to send `key=value` in its URL parameters.
     pub fn auth_parameter(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.options.auth.parameters.insert(key.into(), value.into());
+        self.options
+            .auth
+            .parameters
+            .insert(key.into(), value.into());
         self
     }
 
@@ -289,13 +302,20 @@ impl ProviderBuilder {
     pub async fn bind(self) -> Result<Provider, BindError> {
         let options = self.options;
         if !options.path.starts_with('/') {
-            return Err(BindError::Options(format!("path must start with '/': {:?}", options.path)));
+            return Err(BindError::Options(format!(
+                "path must start with '/': {:?}",
+                options.path
+            )));
         }
         if options.max_connections == 0 || options.event_capacity == 0 {
-            return Err(BindError::Options("max_connections and event_capacity must be at least 1".into()));
+            return Err(BindError::Options(
+                "max_connections and event_capacity must be at least 1".into(),
+            ));
         }
         if options.heartbeat.enabled && options.heartbeat.interval.is_zero() {
-            return Err(BindError::Options("heartbeat interval must not be zero".into()));
+            return Err(BindError::Options(
+                "heartbeat interval must not be zero".into(),
+            ));
         }
         let addr = format!("{}:{}", options.host, options.port);
         let listener = TcpListener::bind(&addr)
@@ -394,10 +414,22 @@ impl Provider {
 
     /// Sends a message to every open connection; returns how many took it. Never waits on a
     /// slow consumer: one over its backpressure limit is closed, the others go on.
+    /// Reserved texts (`PING`, …) are refused by every connection, so none takes them.
     pub fn send_to_all<'a>(&self, message: impl Into<MessageRef<'a>>) -> usize {
         let message = message.into();
         let conns = self.inner.shared.snapshot();
-        conns.iter().filter(|c| c.send(message).is_ok()).count()
+        let Some(first) = conns.first() else {
+            return 0;
+        };
+        if first.is_reserved(message) {
+            return 0;
+        }
+        // Encoded once, copied into each outbox.
+        let frame = crate::connection::encode_frame(message);
+        conns
+            .iter()
+            .filter(|c| c.send_encoded(&frame).is_ok())
+            .count()
     }
 
     /// A bounded receiver of every event from now on. Each call makes a new receiver that
@@ -419,12 +451,18 @@ impl Provider {
     }
 
     /// Calls `f` for every message from now on.
-    pub fn on_message(&self, f: impl for<'a> Fn(&Connection, MessageRef<'a>) + Send + Sync + 'static) {
+    pub fn on_message(
+        &self,
+        f: impl for<'a> Fn(&Connection, MessageRef<'a>) + Send + Sync + 'static,
+    ) {
         self.add(message_callback(f, false));
     }
 
     /// Calls `f` for the next message only.
-    pub fn once_message(&self, f: impl for<'a> Fn(&Connection, MessageRef<'a>) + Send + Sync + 'static) {
+    pub fn once_message(
+        &self,
+        f: impl for<'a> Fn(&Connection, MessageRef<'a>) + Send + Sync + 'static,
+    ) {
         self.add(message_callback(f, true));
     }
 
@@ -439,7 +477,10 @@ impl Provider {
     }
 
     /// The seed's `set_error_handler`.
-    pub fn set_error_handler(&self, f: impl Fn(&(dyn std::error::Error + 'static)) + Send + Sync + 'static) {
+    pub fn set_error_handler(
+        &self,
+        f: impl Fn(&(dyn std::error::Error + 'static)) + Send + Sync + 'static,
+    ) {
         self.add(ProviderCallback::Error(Arc::new(f)));
     }
 
@@ -474,7 +515,10 @@ impl Provider {
         }
         shared.tracker.close();
         let grace = shared.options.close_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
             for conn in shared.snapshot() {
                 conn.terminate();
             }

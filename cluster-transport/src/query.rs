@@ -44,7 +44,9 @@ pub fn encode_uri_component(value: &str) -> String {
 
 /// Builds the query string the original consumer sends: keys as they are, values
 /// encoded, and no `?` at all without parameters.
-pub(crate) fn encode_query<'a>(params: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+pub(crate) fn encode_query<'a>(
+    params: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> String {
     let mut out = String::new();
     for (k, v) in params {
         out.push(if out.is_empty() { '?' } else { '&' });

@@ -120,6 +120,11 @@ fn print_close(conn: &Connection, info: &CloseInfo, json: bool) {
             .to_string(),
         );
     } else {
-        print_line(&format!("close {} {} {}", conn.id(), info.code, info.reason));
+        print_line(&format!(
+            "close {} {} {}",
+            conn.id(),
+            info.code,
+            info.reason
+        ));
     }
 }

@@ -24,8 +24,6 @@ use tokio::time::Sleep;
 
 /// Size of the per-thread read buffer. One read takes at most this many bytes.
 const READ_BUF_SIZE: usize = 64 * 1024;
-/// A drained write buffer larger than this is freed rather than kept for reuse.
-const KEEP_WRITE_CAPACITY: usize = 64 * 1024;
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF_SIZE]);
@@ -135,9 +133,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
     }
 
-    /// The socket, for the final FIN.
-    pub(crate) fn into_stream(self) -> S {
-        self.stream
+    /// The socket (for the final FIN) and the connection.
+    pub(crate) fn into_parts(self) -> (S, Connection) {
+        (self.stream, self.conn)
     }
 
     /// Runs the connection until it ends.
@@ -187,7 +185,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     return Poll::Ready(self.ended_abnormally());
                 }
             }
-            if self.blocked.is_none() && !self.read_eof && !matches!(self.state, State::Finishing(_))
+            if self.blocked.is_none()
+                && !self.read_eof
+                && !matches!(self.state, State::Finishing(_))
             {
                 match self.poll_read(cx) {
                     Poll::Ready(Ok(())) => progress = true,
@@ -206,6 +206,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             let nothing_to_take = outbox.buf.is_empty() || !self.writing.is_empty();
             if nothing_to_take && outbox.close.is_none() {
                 outbox.waker = Some(cx.waker().clone());
+                // Parked with nothing queued: hold no write buffers while idle.
+                if outbox.buf.is_empty() {
+                    outbox.buf = Vec::new();
+                }
+                drop(outbox);
+                if self.writing.is_empty() {
+                    self.writing = Vec::new();
+                }
                 return Poll::Pending;
             }
         }
@@ -262,7 +270,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             return Poll::Ready(Ok(false));
         }
         while self.written < self.writing.len() {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.writing[self.written..]))?;
+            let n =
+                ready!(Pin::new(&mut self.stream).poll_write(cx, &self.writing[self.written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -271,9 +280,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
         self.writing.clear();
         self.written = 0;
-        if self.writing.capacity() > KEEP_WRITE_CAPACITY {
-            self.writing = Vec::new();
-        }
         Poll::Ready(Ok(true))
     }
 
@@ -301,7 +307,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        let shared_buf = READ_BUF.with(|cell| cell.try_borrow_mut().ok().map(|mut b| std::mem::take(&mut *b)));
+        let shared_buf = READ_BUF.with(|cell| {
+            cell.try_borrow_mut()
+                .ok()
+                .map(|mut b| std::mem::take(&mut *b))
+        });
         let mut buf = match shared_buf {
             Some(b) if !b.is_empty() => b,
             _ => vec![0; READ_BUF_SIZE],
@@ -348,7 +358,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         match frame::parse_header(&self.partial, true, u64::MAX) {
             Ok(Some(h)) => {
                 let total = h.header_len as u64 + h.payload_len;
-                usize::try_from(total).unwrap_or(usize::MAX).saturating_sub(self.partial.len())
+                usize::try_from(total)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(self.partial.len())
             }
             _ => 14,
         }
@@ -358,7 +370,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn process(&mut self, data: &mut [u8]) -> usize {
         let max = self.shared.options.ws.max_payload_length as u64;
         let mut pos = 0;
-        while pos < data.len() && self.blocked.is_none() && !matches!(self.state, State::Finishing(_)) {
+        while pos < data.len()
+            && self.blocked.is_none()
+            && !matches!(self.state, State::Finishing(_))
+        {
             let rest = &mut data[pos..];
             let header = match frame::parse_header(rest, true, max) {
                 Ok(Some(h)) => h,
@@ -401,7 +416,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         self.fragment = None;
     }
 
-    fn handle_frame(&mut self, header: FrameHeader, payload: &[u8]) -> Result<(), (u16, &'static str)> {
+    fn handle_frame(
+        &mut self,
+        header: FrameHeader,
+        payload: &[u8],
+    ) -> Result<(), (u16, &'static str)> {
         let protocol = |e: FrameError| (e.close_code(), e.reason());
         match header.opcode {
             OpCode::Text | OpCode::Binary => {

@@ -72,7 +72,10 @@ pub(super) async fn run(shared: Arc<ConsumerShared>) {
                 tracing::debug!(cause = %error, failures, "connect attempt failed");
                 shared.error(&error);
                 shared
-                    .emit(ConsumerEvent::Disconnect(CloseInfo::new(close_code::ABNORMAL, error.to_string())))
+                    .emit(ConsumerEvent::Disconnect(CloseInfo::new(
+                        close_code::ABNORMAL,
+                        error.to_string(),
+                    )))
                     .await;
                 if failures > reconnect.max_attempts {
                     break ConnectError::new(ConnectErrorKind::MaxAttempts)
@@ -107,9 +110,11 @@ pub(crate) fn url(options: &crate::ConsumerOptions, scheme: &str) -> String {
 
 async fn connect_once(shared: &ConsumerShared) -> Result<Socket, ConnectError> {
     let options = &shared.options;
-    let request = url(options, "ws")
-        .into_client_request()
-        .map_err(|e| ConnectError::new(ConnectErrorKind::Io).with_detail("invalid url").with_source(e))?;
+    let request = url(options, "ws").into_client_request().map_err(|e| {
+        ConnectError::new(ConnectErrorKind::Io)
+            .with_detail("invalid url")
+            .with_source(e)
+    })?;
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = 32 * 1024;
     config.write_buffer_size = 0;
@@ -164,7 +169,7 @@ async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
             frame = socket.next() => {
                 let message = match frame {
                     Some(Ok(m)) => m,
-                    Some(Err(e)) => return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, e.to_string())),
+                    Some(Err(e)) => return ExitReason::Disconnected(fail(&mut socket, e).await),
                     None => return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, "")),
                 };
                 match message {
@@ -216,7 +221,10 @@ fn cutoff(shared: &ConsumerShared) -> Option<Duration> {
 }
 
 /// Writes everything queued in one batch.
-async fn flush_outbox(shared: &ConsumerShared, socket: &mut Socket) -> Result<(), tungstenite::Error> {
+async fn flush_outbox(
+    shared: &ConsumerShared,
+    socket: &mut Socket,
+) -> Result<(), tungstenite::Error> {
     loop {
         let batch: Vec<_> = {
             let mut outbox = shared.outbox();
@@ -234,6 +242,24 @@ async fn flush_outbox(shared: &ConsumerShared, socket: &mut Socket) -> Result<()
             socket.feed(frame).await?;
         }
     }
+}
+
+/// Fails the connection after a read error: a close frame with the code that says why
+/// (invalid UTF-8 1007, protocol 1002, too big 1009) when the socket still takes one.
+async fn fail(socket: &mut Socket, error: tungstenite::Error) -> CloseInfo {
+    let code = match &error {
+        tungstenite::Error::Utf8(_) => CloseCode::Invalid,
+        tungstenite::Error::Protocol(_) => CloseCode::Protocol,
+        tungstenite::Error::Capacity(_) => CloseCode::Size,
+        _ => return CloseInfo::new(close_code::ABNORMAL, error.to_string()),
+    };
+    let reason = error.to_string();
+    let frame = CloseFrame {
+        code,
+        reason: reason.as_str().into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(Some(frame))).await;
+    CloseInfo::new(u16::from(code), reason)
 }
 
 async fn close(socket: &mut Socket) {
@@ -261,6 +287,9 @@ mod tests {
         assert_eq!(url(&options, "ws"), "ws://127.0.0.1:9000/connect");
         options.parameters.insert("key".into(), "a b&c/é".into());
         options.host = "::1".into();
-        assert_eq!(url(&options, "ws"), "ws://[::1]:9000/connect?key=a%20b%26c%2F%C3%A9");
+        assert_eq!(
+            url(&options, "ws"),
+            "ws://[::1]:9000/connect?key=a%20b%26c%2F%C3%A9"
+        );
     }
 }

@@ -2,7 +2,8 @@
 
 use crate::connection::driver::Driver;
 use crate::connection::Connection;
-use crate::handshake::{self, HandshakeEnd};
+use crate::handshake::{self, HandshakeEnd, Upgraded};
+use crate::message::CloseInfo;
 use crate::provider::ProviderShared;
 use std::future::poll_fn;
 use std::net::IpAddr;
@@ -11,7 +12,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::Instrument;
 
 /// Accepts until the provider stops. A failed accept (out of file descriptors, say) is
 /// retried with backoff; it never ends the provider.
@@ -36,10 +36,11 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<ProviderShare
                 // Small frames go out at once; batching happens in the outbox instead.
                 let _ = stream.set_nodelay(true);
                 let ip = addr.ip().to_canonical();
-                let span = tracing::debug_span!("conn", peer.addr = %addr);
-                shared.tracker.spawn(
-                    serve_connection(stream, ip, Arc::clone(&shared), permit).instrument(span),
-                );
+                // No span per connection: a span costs bytes for the connection's whole
+                // life; events carry `conn.id` and `peer.ip` fields instead.
+                shared
+                    .tracker
+                    .spawn(serve_connection(stream, ip, Arc::clone(&shared), permit));
             }
             Err(error) => {
                 tracing::warn!(cause = %error, "accept failed; retrying");
@@ -55,53 +56,71 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<ProviderShare
 
 /// One connection from its first byte to its cleanup. Generic over the stream, so plain
 /// TCP, TLS and in-memory pipes share this path.
+///
+/// This future lives as long as the connection, so it is kept small: the handshake and
+/// the cleanup run in boxed futures of their own and only the driver stays inline.
 pub(crate) async fn serve_connection<S>(
-    mut stream: S,
+    stream: S,
     ip: IpAddr,
     shared: Arc<ProviderShared>,
     permit: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // Boxed: the handshake's state is large and must not stay in this future for the
-    // connection's whole life.
-    let limit = shared.options.handshake.timeout;
-    let handshake = Box::pin(tokio::time::timeout(
-        limit,
-        handshake::accept(&mut stream, ip, &shared),
-    ))
-    .await;
-    let upgraded = match handshake {
-        Ok(Ok(upgraded)) => upgraded,
-        Ok(Err(end)) => {
-            log_handshake_end(&shared, ip, &end);
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(peer.ip = %ip, "handshake timed out");
-            return;
-        }
+    let Some(mut driver) = Box::pin(open(stream, ip, &shared)).await else {
+        return;
     };
+    let info = poll_fn(|cx| driver.poll_drive(cx)).await;
+    drop(permit);
+    Box::pin(finish(driver, &shared, info)).await;
+}
+
+/// Handshake, registration and the open event; `None` when no connection came of it.
+async fn open<S>(mut stream: S, ip: IpAddr, shared: &Arc<ProviderShared>) -> Option<Driver<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limit = shared.options.handshake.timeout;
+    let upgraded =
+        match tokio::time::timeout(limit, handshake::accept(&mut stream, ip, shared)).await {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(end)) => {
+                log_handshake_end(shared, ip, &end);
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(peer.ip = %ip, "handshake timed out");
+                return None;
+            }
+        };
+    // Keep only the parameters: headers and path are dropped here, not at close.
+    let Upgraded { request, leftover } = upgraded;
     let options = &shared.options;
     let conn = Connection::new(
         ip,
-        upgraded.request.parameters,
+        request.into_parameters(),
         options.ws.max_backpressure,
         options.heartbeat.enabled,
     );
+    tracing::debug!(conn.id = %conn.id(), peer.ip = %ip, "connection open");
     shared.register(&conn);
-    Box::pin(shared.emit_open(&conn)).await;
-    let mut driver = Driver::new(stream, conn.clone(), Arc::clone(&shared), upgraded.leftover);
-    let info = poll_fn(|cx| driver.poll_drive(cx)).await;
+    shared.emit_open(&conn).await;
+    Some(Driver::new(stream, conn, Arc::clone(shared), leftover))
+}
+
+/// Unregisters, sends the FIN and emits the close event.
+async fn finish<S>(driver: Driver<S>, shared: &ProviderShared, info: CloseInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut stream, conn) = driver.into_parts();
     conn.lock().closing = true;
     shared.unregister(&conn);
-    drop(permit);
-    let mut stream = driver.into_stream();
     // The FIN: best effort, the peer may be gone already.
-    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), stream.shutdown())).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     drop(stream);
     tracing::debug!(conn.id = %conn.id(), code = info.code, "connection closed");
-    Box::pin(shared.emit_close(&conn, info)).await;
+    shared.emit_close(&conn, info).await;
 }
 
 fn log_handshake_end(shared: &ProviderShared, ip: IpAddr, end: &HandshakeEnd) {
@@ -111,8 +130,12 @@ fn log_handshake_end(shared: &ProviderShared, ip: IpAddr, end: &HandshakeEnd) {
             let (listeners, _) = shared.listeners();
             listeners.debug(|| format!("rejected unauthorized upgrade from {ip}"));
         }
-        HandshakeEnd::Answered(reject) => tracing::debug!(peer.ip = %ip, ?reject, "http request answered"),
+        HandshakeEnd::Answered(reject) => {
+            tracing::debug!(peer.ip = %ip, ?reject, "http request answered")
+        }
         HandshakeEnd::Alive => tracing::trace!(peer.ip = %ip, "alive answered"),
-        HandshakeEnd::Io(error) => tracing::debug!(peer.ip = %ip, cause = %error, "handshake failed"),
+        HandshakeEnd::Io(error) => {
+            tracing::debug!(peer.ip = %ip, cause = %error, "handshake failed")
+        }
     }
 }

@@ -2,8 +2,14 @@
 //! the crate's examples. One task per connection runs a select loop over the split
 //! reader and writer; other tasks reach a connection through its bounded tokio mpsc
 //! channel, kept in a registry. Read and write buffers are 4096 bytes.
+//!
+//! W3 paces its broadcast as [`ours`](super::ours) does: [`BROADCAST_BATCH`] rounds of
+//! `try_send`, then a wait until every channel is under [`LOW_WATER`] messages. (With
+//! `send().await` per message instead, tokio's cooperative budget makes the broadcaster
+//! yield every 128 sends and each connection task then flushes one or two messages per
+//! syscall: 15x slower, which would measure the pattern rather than the server.)
 
-use super::server::{wait_for_conns, Mode};
+use super::server::{wait_for_conns, Mode, BROADCAST_BATCH, DRAIN_WAIT};
 use super::spec::PAYLOAD;
 use super::tally;
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +24,10 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 /// Messages a connection's channel holds before senders wait.
-const QUEUE: usize = 1024;
+const QUEUE: usize = 8192;
+/// W3 waits while any channel holds more than this many messages (about as many bytes as
+/// `ours` allows: 4096 frames of 66 bytes).
+const LOW_WATER: usize = 4096;
 
 /// The websocket configuration: 4 KiB read and write buffers.
 fn config() -> WebSocketConfig {
@@ -84,16 +93,48 @@ impl Server {
     pub(crate) async fn broadcast(&self, k: u64, conns: usize) -> anyhow::Result<Duration> {
         wait_for_conns(|| self.peers.len(), conns).await?;
         let message = Message::Text(Utf8Bytes::from_static(PAYLOAD));
+        let watched = self.peers.snapshot();
         let start = Instant::now();
-        for _ in 0..k {
-            for tx in self.peers.snapshot() {
-                tx.send(message.clone())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("a connection closed during the broadcast"))?;
+        let mut sent = 0;
+        while sent < k {
+            wait_for_room(&watched).await?;
+            let rounds = BROADCAST_BATCH.min(k - sent);
+            for _ in 0..rounds {
+                for tx in self.peers.snapshot() {
+                    send(&tx, message.clone()).await?;
+                }
             }
+            sent += rounds;
         }
         Ok(start.elapsed())
     }
+}
+
+/// Queues one message, waiting only if the channel is full.
+async fn send(tx: &mpsc::Sender<Message>, message: Message) -> anyhow::Result<()> {
+    let closed = || anyhow::anyhow!("a connection closed during the broadcast");
+    match tx.try_send(message) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(message)) => {
+            tx.send(message).await.map_err(|_| closed())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+    }
+}
+
+/// Waits until no channel holds more than [`LOW_WATER`] messages.
+async fn wait_for_room(senders: &[mpsc::Sender<Message>]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while senders
+        .iter()
+        .any(|tx| tx.max_capacity() - tx.capacity() > LOW_WATER)
+    {
+        if Instant::now() > deadline {
+            anyhow::bail!("a connection's channel did not drain in {DRAIN_WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
 }
 
 async fn accept_loop(listener: TcpListener, peers: Arc<Peers>, mode: Mode) {

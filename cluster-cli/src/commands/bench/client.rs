@@ -4,19 +4,22 @@
 //!
 //! Lines to the parent: `CONNECTED` (W1, W3), `ECHO <n> <total ns> <p50 ns> <p99 ns>
 //! <p999 ns>` (W2), `BROADCAST <deliveries> <ns>` (W3), `READY <conns> <connect ns>` (W6).
-//! From the parent: `GO` (W1). The process ends when stdin does.
+//! From the parent: `GO` (W1) and `CPU` (answered `CPU <ns>`). The process ends when
+//! stdin does.
 
-use super::spec::{ClientKind, ClientSpec, Workload, INGEST_DATA, INGEST_END, PAYLOAD, PAYLOAD_LEN};
+use super::spec::{
+    ClientKind, ClientSpec, Workload, INGEST_DATA, INGEST_END, PAYLOAD, PAYLOAD_LEN,
+};
 use super::{consumer_client, sys};
 use crate::commands::print_line;
 use anyhow::Context;
 use cluster_transport::{PING, PONG, PROVIDER_HEARTBEAT_PREFIX};
-use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt, TryStreamExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
@@ -26,6 +29,10 @@ type Ws = WebSocketStream<TcpStream>;
 
 /// Connections opened at once.
 const CONNECT_CONCURRENCY: usize = 64;
+/// Read buffer of a client connection. tungstenite zero-fills the whole read buffer before
+/// each read, so its default 128 KiB made the clients spend most of their time in memset
+/// when frames arrive one or two per read (W3); 8 KiB still takes 120 frames per read.
+const CLIENT_READ_BUFFER: usize = 8 * 1024;
 /// Longest wait for one connect or one message.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -33,18 +40,30 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) fn main(spec: ClientSpec) -> anyhow::Result<()> {
     sys::runtime()?.block_on(async move {
         let mut stdin = sys::stdin_lines();
+        let mut go = None;
         match (spec.workload, spec.client) {
             (Workload::W2, ClientKind::Consumer) => consumer_client::echo(&spec).await?,
             (_, ClientKind::Consumer) => anyhow::bail!("our consumer only runs W2"),
-            (Workload::W1, ClientKind::Lean) => ingest(&spec, &mut stdin).await?,
+            (Workload::W1, ClientKind::Lean) => go = Some(ingest(&spec).await?),
             (Workload::W2, ClientKind::Lean) => echo(&spec).await?,
             (Workload::W3, ClientKind::Lean) => broadcast(&spec).await?,
             (Workload::W6, ClientKind::Lean) => idle_connections(&spec).await?,
         }
         // Stay connected (answering heartbeats) until the parent closes stdin.
-        while stdin.recv().await.is_some() {}
+        while let Some(line) = stdin.recv().await {
+            match (line.trim(), &go) {
+                ("GO", Some(go)) => go.send(true)?,
+                ("CPU", _) => print_line(&format!("CPU {}", sys::cpu_ns()?)),
+                _ => anyhow::bail!("unexpected command {line:?}"),
+            }
+        }
         Ok(())
     })
+}
+
+/// The clients' websocket configuration for W1–W3.
+fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER)
 }
 
 /// Opens one connection to `ws://127.0.0.1:PORT/connect`.
@@ -53,7 +72,8 @@ async fn connect(port: u16, config: WebSocketConfig) -> anyhow::Result<Ws> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
         let url = format!("ws://127.0.0.1:{port}/connect");
-        let (ws, _response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
         anyhow::Ok(ws)
     };
     tokio::time::timeout(IO_TIMEOUT, connecting)
@@ -73,10 +93,15 @@ async fn connect_all(port: u16, n: usize, config: WebSocketConfig) -> anyhow::Re
 /// The next data message, answering the provider's heartbeat on the way.
 async fn next_data(ws: &mut Ws) -> anyhow::Result<Message> {
     loop {
-        let message = tokio::time::timeout(IO_TIMEOUT, ws.next())
-            .await
-            .context("no message in time")?
-            .context("connection ended")??;
+        // A timer per message would cost the clients more than parsing it: frames already
+        // read or readable are taken without one.
+        let next = match ws.next().now_or_never() {
+            Some(next) => next,
+            None => tokio::time::timeout(IO_TIMEOUT, ws.next())
+                .await
+                .context("no message in time")?,
+        };
+        let message = next.context("connection ended")??;
         match &message {
             Message::Text(text) if text.as_str() == PING => ws.send(Message::text(PONG)).await?,
             Message::Text(text) if text.starts_with(PROVIDER_HEARTBEAT_PREFIX) => {}
@@ -111,10 +136,10 @@ fn spawn_or_fail(task: impl std::future::Future<Output = anyhow::Result<()>> + S
     });
 }
 
-/// W1: every connection sends `count` messages back-to-back after `GO`, the last one an
-/// end marker.
-async fn ingest(spec: &ClientSpec, stdin: &mut mpsc::UnboundedReceiver<String>) -> anyhow::Result<()> {
-    let conns = connect_all(spec.port, spec.conns, WebSocketConfig::default()).await?;
+/// W1: every connection sends `count` messages back-to-back once the returned sender
+/// says go, the last one an end marker.
+async fn ingest(spec: &ClientSpec) -> anyhow::Result<watch::Sender<bool>> {
+    let conns = connect_all(spec.port, spec.conns, client_config()).await?;
     let (go_tx, go_rx) = watch::channel(false);
     for ws in conns {
         let mut go = go_rx.clone();
@@ -127,9 +152,7 @@ async fn ingest(spec: &ClientSpec, stdin: &mut mpsc::UnboundedReceiver<String>) 
         });
     }
     print_line("CONNECTED");
-    sys::wait_for_line(stdin, "GO").await?;
-    go_tx.send(true)?;
-    Ok(())
+    Ok(go_tx)
 }
 
 /// Sends `count` messages, the last one an end marker, then flushes.
@@ -138,7 +161,8 @@ async fn send_stream(mut ws: Ws, count: u64) -> anyhow::Result<Ws> {
     for _ in 1..count {
         ws.feed(data.clone()).await?;
     }
-    ws.feed(Message::Text(Utf8Bytes::from_static(INGEST_END))).await?;
+    ws.feed(Message::Text(Utf8Bytes::from_static(INGEST_END)))
+        .await?;
     ws.flush().await?;
     Ok(ws)
 }
@@ -147,13 +171,17 @@ async fn send_stream(mut ws: Ws, count: u64) -> anyhow::Result<Ws> {
 async fn round_trip(ws: &mut Ws, message: &Message) -> anyhow::Result<()> {
     ws.send(message.clone()).await?;
     let reply = next_data(ws).await?;
-    anyhow::ensure!(reply.len() == PAYLOAD_LEN, "echo of {} bytes, sent {PAYLOAD_LEN}", reply.len());
+    anyhow::ensure!(
+        reply.len() == PAYLOAD_LEN,
+        "echo of {} bytes, sent {PAYLOAD_LEN}",
+        reply.len()
+    );
     Ok(())
 }
 
 /// W2: sequential round trips on one connection.
 async fn echo(spec: &ClientSpec) -> anyhow::Result<()> {
-    let mut ws = connect(spec.port, WebSocketConfig::default()).await?;
+    let mut ws = connect(spec.port, client_config()).await?;
     let message = Message::Text(Utf8Bytes::from_static(PAYLOAD));
     for _ in 0..spec.warmup {
         round_trip(&mut ws, &message).await?;
@@ -171,20 +199,25 @@ async fn echo(spec: &ClientSpec) -> anyhow::Result<()> {
 }
 
 /// Prints the W2 result line from the round-trip times.
-pub(super) fn report_echo(mut samples: Vec<Duration>, total: Duration) {
+pub(super) fn report_echo(samples: Vec<Duration>, total: Duration) {
+    print_line(&echo_line(samples, total));
+}
+
+/// `ECHO <n> <total ns> <p50 ns> <p99 ns> <p999 ns>`.
+fn echo_line(mut samples: Vec<Duration>, total: Duration) -> String {
     samples.sort_unstable();
     let at = |per_mille: usize| {
         let i = (samples.len() * per_mille / 1000).min(samples.len().saturating_sub(1));
         samples.get(i).map_or(0, Duration::as_nanos)
     };
-    print_line(&format!(
+    format!(
         "ECHO {} {} {} {} {}",
         samples.len(),
         total.as_nanos(),
         at(500),
         at(990),
         at(999)
-    ));
+    )
 }
 
 /// W3's progress over every connection.
@@ -200,7 +233,10 @@ impl Deliveries {
     /// One connection received everything: the last one reports.
     fn conn_done(&self) {
         if self.done_conns.fetch_add(1, Ordering::AcqRel) + 1 == self.conns {
-            let nanos = self.first.get().map_or(0, |first| first.elapsed().as_nanos());
+            let nanos = self
+                .first
+                .get()
+                .map_or(0, |first| first.elapsed().as_nanos());
             let total = self.per_conn * self.conns as u64;
             print_line(&format!("BROADCAST {total} {nanos}"));
         }
@@ -209,7 +245,7 @@ impl Deliveries {
 
 /// W3: every connection counts the server's messages until it has `count`.
 async fn broadcast(spec: &ClientSpec) -> anyhow::Result<()> {
-    let conns = connect_all(spec.port, spec.conns, WebSocketConfig::default()).await?;
+    let conns = connect_all(spec.port, spec.conns, client_config()).await?;
     let progress = Arc::new(Deliveries {
         per_conn: spec.count,
         conns: conns.len(),
@@ -253,7 +289,11 @@ async fn idle_connections(spec: &ClientSpec) -> anyhow::Result<()> {
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()
         .await?;
-    print_line(&format!("READY {} {}", conns.len(), connect_time.as_nanos()));
+    print_line(&format!(
+        "READY {} {}",
+        conns.len(),
+        connect_time.as_nanos()
+    ));
     for ws in conns {
         tokio::spawn(idle(ws));
     }
@@ -265,10 +305,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn report_picks_percentiles() {
+    fn echo_line_picks_percentiles() {
         let samples: Vec<Duration> = (1..=1000).rev().map(Duration::from_micros).collect();
-        // Only checks it does not panic on edge sizes; the line goes to stdout.
-        report_echo(samples, Duration::from_secs(1));
-        report_echo(Vec::new(), Duration::from_secs(1));
+        assert_eq!(
+            echo_line(samples, Duration::from_secs(1)),
+            "ECHO 1000 1000000000 501000 991000 1000000"
+        );
+        assert_eq!(
+            echo_line(Vec::new(), Duration::from_secs(1)),
+            "ECHO 0 1000000000 0 0 0"
+        );
     }
 }

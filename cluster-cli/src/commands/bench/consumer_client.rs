@@ -31,11 +31,17 @@ pub(super) async fn echo(spec: &ClientSpec) -> anyhow::Result<()> {
     }
     report_echo(samples, start.elapsed());
     // Kept open (answering heartbeats by itself) until the process ends.
-    std::mem::forget(consumer);
+    tokio::spawn(async move {
+        let _open = consumer;
+        std::future::pending::<()>().await;
+    });
     Ok(())
 }
 
-async fn round_trip(consumer: &Consumer, events: &mut EventStream<ConsumerEvent>) -> anyhow::Result<()> {
+async fn round_trip(
+    consumer: &Consumer,
+    events: &mut EventStream<ConsumerEvent>,
+) -> anyhow::Result<()> {
     consumer.send(PAYLOAD)?;
     loop {
         let event = tokio::time::timeout(REPLY_TIMEOUT, events.recv())
@@ -44,10 +50,16 @@ async fn round_trip(consumer: &Consumer, events: &mut EventStream<ConsumerEvent>
             .context("consumer ended")?;
         match event {
             ConsumerEvent::Message(message) => {
-                anyhow::ensure!(message.len() == PAYLOAD_LEN, "echo of {} bytes", message.len());
+                anyhow::ensure!(
+                    message.len() == PAYLOAD_LEN,
+                    "echo of {} bytes",
+                    message.len()
+                );
                 return Ok(());
             }
-            ConsumerEvent::Disconnect(info) => anyhow::bail!("disconnected: {} {}", info.code, info.reason),
+            ConsumerEvent::Disconnect(info) => {
+                anyhow::bail!("disconnected: {} {}", info.code, info.reason)
+            }
             ConsumerEvent::Close => anyhow::bail!("consumer closed"),
             _ => {}
         }

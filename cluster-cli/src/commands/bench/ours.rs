@@ -1,19 +1,15 @@
 //! The `network-cluster` side: our provider, heartbeat on, default limits.
 
-use super::server::{wait_for_conns, Mode};
+use super::server::{wait_for_conns, Mode, BROADCAST_BATCH, DRAIN_WAIT};
 use super::spec::PAYLOAD;
 use super::tally;
 use cluster_transport::{Connection, Provider};
 use std::time::{Duration, Instant};
 
-/// W3 sends this many rounds between looks at the connections' queues.
-const BATCH: u64 = 2048;
-/// W3 waits while any connection has more than this many bytes queued. With `BATCH`
-/// rounds of 66-byte frames on top this stays well under the default 1 MiB
-/// `max_backpressure`, so the provider never closes a consumer for being slow.
+/// W3 waits while any connection has more than this many bytes queued. With
+/// [`BROADCAST_BATCH`] rounds of 66-byte frames on top this stays well under the default
+/// 1 MiB `max_backpressure`, so the provider never closes a consumer for being slow.
 const LOW_WATER: usize = 256 * 1024;
-/// Longest wait for a connection's queue to drain.
-const DRAIN_WAIT: Duration = Duration::from_secs(20);
 
 /// Our provider, running.
 #[derive(Debug)]
@@ -56,11 +52,14 @@ impl Server {
         let mut sent = 0;
         while sent < k {
             wait_for_room(&connections).await?;
-            let rounds = BATCH.min(k - sent);
+            let rounds = BROADCAST_BATCH.min(k - sent);
             for _ in 0..rounds {
                 let took = self.provider.send_to_all(PAYLOAD);
                 if took != connections.len() {
-                    anyhow::bail!("send_to_all reached {took} of {} connections", connections.len());
+                    anyhow::bail!(
+                        "send_to_all reached {took} of {} connections",
+                        connections.len()
+                    );
                 }
             }
             sent += rounds;

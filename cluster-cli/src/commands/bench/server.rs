@@ -2,6 +2,7 @@
 //! answers the parent's stdin commands:
 //!
 //! - `RSS` → `RSS <KiB>`
+//! - `CPU` → `CPU <ns>` (CPU time of the process so far)
 //! - `BROADCAST <k> <conns>` → waits for `conns` connections, sends `k` messages to each,
 //!   then `BROADCAST_SENT <nanos>`
 //!
@@ -15,6 +16,10 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// W3 sends this many rounds between looks at the connections' queues (both systems).
+pub(crate) const BROADCAST_BATCH: u64 = 2048;
+/// Longest W3 wait for a connection's queue to drain.
+pub(crate) const DRAIN_WAIT: Duration = Duration::from_secs(20);
 /// How long a broadcast waits for its connections to be registered.
 const CONNS_WAIT: Duration = Duration::from_secs(20);
 
@@ -77,6 +82,7 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["RSS"] => print_line(&format!("RSS {}", sys::rss_kib()?)),
+            ["CPU"] => print_line(&format!("CPU {}", sys::cpu_ns()?)),
             ["BROADCAST", k, conns] => {
                 let k: u64 = k.parse().context("BROADCAST k")?;
                 let conns: usize = conns.parse().context("BROADCAST conns")?;
@@ -99,7 +105,10 @@ pub(crate) async fn wait_for_conns(count: impl Fn() -> usize, conns: usize) -> a
     let deadline = Instant::now() + CONNS_WAIT;
     while count() < conns {
         if Instant::now() > deadline {
-            anyhow::bail!("only {} of {conns} connections after {CONNS_WAIT:?}", count());
+            anyhow::bail!(
+                "only {} of {conns} connections after {CONNS_WAIT:?}",
+                count()
+            );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

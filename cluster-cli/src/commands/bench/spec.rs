@@ -15,8 +15,7 @@ pub(crate) const INGEST_END: &str =
 /// First byte of [`INGEST_END`].
 pub(crate) const END_MARK: u8 = b'E';
 /// The W2/W3/W6 payload: 64 bytes.
-pub(crate) const PAYLOAD: &str =
-    "Pxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+pub(crate) const PAYLOAD: &str = "Pxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// A workload of BENCH.md that `cluster bench` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

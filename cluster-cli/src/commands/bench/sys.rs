@@ -35,13 +35,34 @@ pub(crate) fn die_with_parent() {
 
 /// This process's resident set size in KiB (`VmRSS` of `/proc/self/status`).
 pub(crate) fn rss_kib() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kb| kb.parse().ok())
         .context("no VmRSS in /proc/self/status")
+}
+
+/// CPU time this process's live threads have run, in ns (the first field of each
+/// `/proc/self/task/*/schedstat`).
+pub(crate) fn cpu_ns() -> anyhow::Result<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").context("reading /proc/self/task")? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between listing and reading.
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let run: u64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .with_context(|| format!("bad {}", path.display()))?;
+        total += run;
+    }
+    Ok(total)
 }
 
 /// The lines the parent writes to this child's stdin. When stdin ends (the parent closed
@@ -59,20 +80,12 @@ pub(crate) fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
     rx
 }
 
-/// Waits for the parent to write `word` on stdin.
-pub(crate) async fn wait_for_line(lines: &mut mpsc::UnboundedReceiver<String>, word: &str) -> anyhow::Result<()> {
-    while let Some(line) = lines.recv().await {
-        if line.trim() == word {
-            return Ok(());
-        }
-    }
-    anyhow::bail!("stdin ended before {word}")
-}
-
 /// A multi-threaded runtime with the default worker count (one per CPU this process may
 /// run on, so `taskset` shrinks it).
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Reports a failure to the parent as one `ERROR` line and ends the process.
@@ -92,8 +105,21 @@ mod tests {
     }
 
     #[test]
+    fn reads_own_cpu_time() {
+        let before = cpu_ns().unwrap();
+        let mut x = 0u64;
+        for i in 0..10_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
+        }
+        std::hint::black_box(x);
+        assert!(cpu_ns().unwrap() > before);
+    }
+
+    #[test]
     fn nofile_is_at_least_what_it_was() {
-        let before = rustix::process::getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+        let before = rustix::process::getrlimit(Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
         assert!(raise_nofile() >= before.min(UNLIMITED_FALLBACK));
     }
 }

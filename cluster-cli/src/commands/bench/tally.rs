@@ -25,7 +25,10 @@ thread_local! {
 /// Adds one to this thread's count. Only this thread writes its slot, so a plain
 /// load and store suffice.
 fn count_one() {
-    MINE.with(|slot| slot.0.store(slot.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed));
+    MINE.with(|slot| {
+        slot.0
+            .store(slot.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed)
+    });
 }
 
 /// The sum of every thread's count.

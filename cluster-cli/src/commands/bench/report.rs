@@ -1,0 +1,317 @@
+//! Results: per-run figures, medians, the JSON lines of BENCH.md and the table for people.
+
+use super::spec::{System, Workload};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// What one run measured. Fields that do not apply are `None` (null in JSON).
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct RunFigures {
+    /// The case's rate in its unit.
+    pub(crate) rate: f64,
+    /// Messages, round trips, deliveries or connections counted.
+    pub(crate) count: u64,
+    /// Seconds the rate was measured over.
+    pub(crate) secs: f64,
+    /// W2: median round trip, µs.
+    pub(crate) p50_us: Option<f64>,
+    /// W2: 99th percentile, µs.
+    pub(crate) p99_us: Option<f64>,
+    /// W2: 99.9th percentile, µs.
+    pub(crate) p999_us: Option<f64>,
+    /// W6: server RSS per connection, KiB.
+    pub(crate) kb_per_conn: Option<f64>,
+    /// W1, W3: CPU time of the server process per message, ns.
+    pub(crate) server_cpu_ns: Option<f64>,
+    /// W1, W3: CPU time of the clients process per message, ns (near the run's wall time
+    /// per message on 2 cores means the clients, not the server, set the pace).
+    pub(crate) client_cpu_ns: Option<f64>,
+}
+
+/// One row: a case against one system, as BENCH.md's JSON line.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CaseResult {
+    /// `network-cluster` or `baseline`.
+    pub(crate) system: &'static str,
+    /// `W1` …
+    pub(crate) workload: &'static str,
+    /// The case's name, e.g. `W1 ingest C=16`.
+    pub(crate) case: String,
+    /// Unit of `median_rate`.
+    pub(crate) unit: &'static str,
+    /// Median rate over the runs.
+    pub(crate) median_rate: Option<f64>,
+    /// Median of the runs' p50.
+    pub(crate) p50_us: Option<f64>,
+    /// Median of the runs' p99.
+    pub(crate) p99_us: Option<f64>,
+    /// Median of the runs' p999.
+    pub(crate) p999_us: Option<f64>,
+    /// Median of the runs' KiB per connection.
+    pub(crate) kb_per_conn: Option<f64>,
+    /// Every run.
+    pub(crate) runs: Vec<RunFigures>,
+    /// Why the case failed (a run errored or timed out); absent when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+impl CaseResult {
+    /// A row from its runs; the medians are left empty when a run failed.
+    pub(crate) fn new(
+        system: System,
+        workload: Workload,
+        case: &str,
+        unit: &'static str,
+        runs: Vec<RunFigures>,
+        error: Option<String>,
+    ) -> Self {
+        let ok = error.is_none() && !runs.is_empty();
+        let med = |f: fn(&RunFigures) -> Option<f64>| {
+            if ok {
+                median(runs.iter().filter_map(f))
+            } else {
+                None
+            }
+        };
+        Self {
+            system: system.name(),
+            workload: workload.name(),
+            case: case.to_owned(),
+            unit,
+            median_rate: med(|r| Some(r.rate)),
+            p50_us: med(|r| r.p50_us),
+            p99_us: med(|r| r.p99_us),
+            p999_us: med(|r| r.p999_us),
+            kb_per_conn: med(|r| r.kb_per_conn),
+            runs,
+            error,
+        }
+    }
+
+    /// The JSON line.
+    pub(crate) fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// The median (mean of the middle two for an even count); `None` for no values.
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+/// A rate with a k/M suffix.
+pub(crate) fn si(value: f64) -> String {
+    if value >= 1e6 {
+        format!("{:.2} M ", value / 1e6)
+    } else if value >= 1e3 {
+        format!("{:.1} k ", value / 1e3)
+    } else {
+        format!("{value:.1} ")
+    }
+}
+
+/// The row's main figure for people.
+fn figure(row: &CaseResult) -> String {
+    if let Some(error) = &row.error {
+        return format!("ERROR: {error}");
+    }
+    let rate = row
+        .median_rate
+        .map_or_else(|| "-".to_owned(), |r| format!("{}{}", si(r), row.unit));
+    match row.workload {
+        "W2" => format!(
+            "p50 {:.1} µs, p99 {:.1}, p999 {:.1}; {rate}",
+            row.p50_us.unwrap_or(f64::NAN),
+            row.p99_us.unwrap_or(f64::NAN),
+            row.p999_us.unwrap_or(f64::NAN)
+        ),
+        "W6" => format!("{:.2} KB/conn; {rate}", row.kb_per_conn.unwrap_or(f64::NAN)),
+        _ => match median(row.runs.iter().filter_map(|r| r.server_cpu_ns)) {
+            Some(cpu) => format!("{rate} (server CPU {cpu:.0} ns/msg)"),
+            None => rate,
+        },
+    }
+}
+
+/// The baseline row `row` is compared with: the same case, or plain W2 echo for the
+/// "our consumer" row.
+fn baseline_of<'a>(row: &CaseResult, rows: &'a [CaseResult]) -> Option<&'a CaseResult> {
+    let case = if row.workload == "W2" {
+        "W2 echo"
+    } else {
+        row.case.as_str()
+    };
+    rows.iter()
+        .find(|r| r.system == System::Baseline.name() && r.case == case && r.error.is_none())
+}
+
+/// Ours over baseline on the figure the target is about, with the target and whether it
+/// was met.
+fn ratio(row: &CaseResult, rows: &[CaseResult]) -> (String, String) {
+    if row.system != System::Ours.name() || row.error.is_some() {
+        return (String::new(), String::new());
+    }
+    let base = baseline_of(row, rows);
+    let ratio_of = |f: fn(&CaseResult) -> Option<f64>| match (f(row), base.and_then(f)) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let show = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    match row.workload {
+        "W1" | "W3" => {
+            let r = ratio_of(|c| c.median_rate);
+            let target = r.map_or(String::new(), |r| format!(">= 1.5x: {}", verdict(r >= 1.5)));
+            (format!("rate {}", show(r)), target)
+        }
+        "W2" => {
+            let r = ratio_of(|c| c.p50_us);
+            let target = if row.case == "W2 echo" {
+                r.map_or(String::new(), |r| {
+                    format!("p50 <= 1.1x (pinned): {}", verdict(r <= 1.1))
+                })
+            } else {
+                String::new()
+            };
+            (format!("p50 {}", show(r)), target)
+        }
+        "W6" => {
+            let r = ratio_of(|c| c.kb_per_conn);
+            let kb = row.kb_per_conn.unwrap_or(f64::NAN);
+            (
+                format!("KB {}", show(r)),
+                format!("<= 2 KB/conn: {}", verdict(kb <= 2.0)),
+            )
+        }
+        _ => (String::new(), String::new()),
+    }
+}
+
+/// The table for people.
+pub(crate) fn table(rows: &[CaseResult]) -> String {
+    let header = [
+        "case",
+        "system",
+        "figure (median)",
+        "ours/baseline",
+        "target",
+    ];
+    let body: Vec<[String; 5]> = rows
+        .iter()
+        .map(|row| {
+            let (r, target) = ratio(row, rows);
+            [
+                row.case.clone(),
+                row.system.to_owned(),
+                figure(row),
+                r,
+                target,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for line in &body {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push = |cells: &[String]| {
+        let mut line = String::from("|");
+        for (cell, w) in cells.iter().zip(widths) {
+            let pad = w - cell.chars().count();
+            let _ = write!(line, " {cell}{} |", " ".repeat(pad));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    };
+    push(&header.map(str::to_owned));
+    push(&widths.map(|w| "-".repeat(w)));
+    for line in &body {
+        push(line);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rate: f64) -> RunFigures {
+        RunFigures {
+            rate,
+            ..RunFigures::default()
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
+        assert_eq!(median([4.0, 1.0].into_iter()), Some(2.5));
+        assert_eq!(median(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn json_has_bench_md_fields_and_nulls() {
+        let row = CaseResult::new(
+            System::Ours,
+            Workload::W1,
+            "W1 ingest C=1",
+            "messages/s",
+            vec![run(2.0), run(1.0), run(3.0)],
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&row.json()).unwrap();
+        assert_eq!(v["system"], "network-cluster");
+        assert_eq!(v["median_rate"], 2.0);
+        assert!(v["p50_us"].is_null());
+        assert!(v["kb_per_conn"].is_null());
+        assert_eq!(v["runs"].as_array().unwrap().len(), 3);
+        assert!(v.get("error").is_none());
+    }
+
+    #[test]
+    fn table_shows_ratio_against_baseline() {
+        let rows = vec![
+            CaseResult::new(
+                System::Ours,
+                Workload::W1,
+                "W1 ingest C=1",
+                "messages/s",
+                vec![run(3e6)],
+                None,
+            ),
+            CaseResult::new(
+                System::Baseline,
+                Workload::W1,
+                "W1 ingest C=1",
+                "messages/s",
+                vec![run(1e6)],
+                None,
+            ),
+            CaseResult::new(
+                System::Ours,
+                Workload::W3,
+                "W3 broadcast",
+                "deliveries/s",
+                vec![],
+                Some("timed out".into()),
+            ),
+        ];
+        let t = table(&rows);
+        assert!(t.contains("3.00x"), "{t}");
+        assert!(t.contains(">= 1.5x: met"), "{t}");
+        assert!(t.contains("ERROR: timed out"), "{t}");
+    }
+}
