@@ -30,8 +30,11 @@ async fn run(builder: ConsumerBuilder, echo: bool) -> Vec<Message> {
     if consumer.connect().await.is_err() {
         return received;
     }
+    let mut opened = false;
     while let Some(event) = events.recv().await {
         match event {
+            // Failed attempts before the first open (the server still starting).
+            ConsumerEvent::Disconnect(_) if !opened => {}
             ConsumerEvent::Message(message) => {
                 if echo {
                     let _ = consumer.send(message.clone());
@@ -39,7 +42,7 @@ async fn run(builder: ConsumerBuilder, echo: bool) -> Vec<Message> {
                 received.push(message);
             }
             ConsumerEvent::Disconnect(_) | ConsumerEvent::Close => break,
-            ConsumerEvent::Open => {}
+            ConsumerEvent::Open => opened = true,
             _ => {}
         }
     }
@@ -54,7 +57,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|p| p.parse())
         .transpose()?
         .unwrap_or(9002);
-    let count = run(consumer(port, "/getCaseCount"), false).await;
+    // The fuzzing server may still be starting: retry this first connection for 20 s.
+    let first = consumer(port, "/getCaseCount")
+        .reconnect_interval(Duration::from_millis(200))
+        .max_attempts(100);
+    let count = run(first, false).await;
     let count: u32 = match count.first().and_then(Message::as_text) {
         Some(n) => n.trim().parse()?,
         None => return Err("no case count from the fuzzing server".into()),

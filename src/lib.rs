@@ -47,3 +47,8 @@ pub mod prelude {
         Connection, Consumer, ConsumerEvent, Message, MessageRef, Provider, ProviderEvent,
     };
 }
+
+/// The README's code blocks, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

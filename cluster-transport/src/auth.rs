@@ -68,6 +68,29 @@ impl fmt::Debug for UpgradeRequest {
     }
 }
 
+/// A refusal of an upgrade with a status and a body of its own, from an
+/// [`upgrade_check`](crate::ProviderBuilder::upgrade_check): say, 406 for a codec the
+/// provider does not speak. The consumer treats it as a fatal rejection and its error
+/// carries the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+}
+
+impl Refusal {
+    /// A refusal with an HTTP status (4xx) and a body telling the client why.
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+        }
+    }
+}
+
+/// A synchronous check of an upgrade request after auth.
+pub(crate) type UpgradeCheck = Arc<dyn Fn(&UpgradeRequest) -> Result<(), Refusal> + Send + Sync>;
+
 /// An async verdict on an upgrade request: `true` accepts.
 pub(crate) type AuthHandler = Arc<dyn Fn(UpgradeRequest) -> BoxFuture<'static, bool> + Send + Sync>;
 

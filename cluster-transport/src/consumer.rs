@@ -67,7 +67,10 @@ struct ConsumerShared {
     listeners: RwLock<Arc<ConsumerListeners>>,
     status: watch::Sender<Status>,
     outbox: Mutex<Outbox>,
+    /// Wakes the session: something queued, or a reconnect asked for.
     outbox_ready: Notify,
+    /// A close of the current connection someone asked for (then the policy reconnects).
+    drop_request: Mutex<Option<CloseInfo>>,
     in_flight: AtomicBool,
     heartbeat_duration: AtomicU64,
     last_heartbeat: AtomicU64,
@@ -298,6 +301,7 @@ impl ConsumerBuilder {
                     status,
                     outbox: Mutex::new(Outbox::default()),
                     outbox_ready: Notify::new(),
+                    drop_request: Mutex::new(None),
                     in_flight: AtomicBool::new(false),
                     heartbeat_duration: AtomicU64::new(0),
                     last_heartbeat: AtomicU64::new(0),
@@ -537,6 +541,17 @@ impl Consumer {
     pub fn set_debug_logger(&self, f: impl Fn(&str) + Send + Sync + 'static) {
         self.shared()
             .update_listeners(|l| l.debug = Some(Arc::new(f)));
+    }
+
+    /// Closes the current connection with `code` and `reason` (say, because the provider
+    /// sent something unreadable) and lets the reconnect policy connect again.
+    pub fn reconnect(&self, code: u16, reason: &str) {
+        let shared = self.shared();
+        *shared
+            .drop_request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(CloseInfo::new(code, reason));
+        shared.outbox_ready.notify_one();
     }
 
     /// Closes for good: sends a close frame (1000) if connected and stops reconnecting.

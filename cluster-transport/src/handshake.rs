@@ -89,6 +89,21 @@ fn http_response(status: &str, extra_headers: &str, body: &str) -> String {
     )
 }
 
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        406 => "Not Acceptable",
+        409 => "Conflict",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Refused",
+    }
+}
+
 /// Parses a request head from `buf`. `Ok(None)` means more bytes are needed.
 /// On success also returns how many bytes the head took.
 pub(crate) fn parse_request(
@@ -204,6 +219,8 @@ pub(crate) enum HandshakeEnd {
     Answered(Reject),
     /// `GET /alive` was answered.
     Alive,
+    /// An upgrade check refused the request with this status.
+    Refused(u16),
     /// The client went away or the socket failed.
     Io(std::io::Error),
 }
@@ -260,6 +277,14 @@ where
     };
     if !authorised(&request, shared).await {
         return Err(answer(stream, Reject::Unauthorized).await);
+    }
+    if let Some(check) = &shared.upgrade_check {
+        if let Err(refusal) = check(&request) {
+            let status = format!("{} {}", refusal.status, reason_phrase(refusal.status));
+            let response = http_response(&status, "", &refusal.body);
+            write_and_close(stream, response.as_bytes()).await;
+            return Err(HandshakeEnd::Refused(refusal.status));
+        }
     }
     // permessage-deflate and other offers are ignored here: with no extension accepted the
     // 101 carries no Sec-WebSocket-Extensions header, and the client sends uncompressed.

@@ -84,7 +84,7 @@ mod options;
 mod provider;
 mod query;
 
-pub use auth::UpgradeRequest;
+pub use auth::{Refusal, UpgradeRequest};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerState};
 pub use error::{BindError, BoxError, ConnectError, ConnectErrorKind, SendError, SendErrorKind};

@@ -205,6 +205,8 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// A protocol error.
     pub const PROTOCOL: u16 = 1002;
+    /// Data of a kind the endpoint cannot accept (an unknown envelope version).
+    pub const UNSUPPORTED_DATA: u16 = 1003;
     /// A close frame without a status code.
     pub const NO_STATUS: u16 = 1005;
     /// The connection dropped without a close frame.

@@ -21,7 +21,7 @@
 
 mod accept;
 
-use crate::auth::{auth_handler, AuthHandler, UpgradeRequest};
+use crate::auth::{auth_handler, AuthHandler, Refusal, UpgradeCheck, UpgradeRequest};
 use crate::connection::{CloseMode, CloseRequest, Connection};
 use crate::error::BindError;
 use crate::event::{
@@ -47,6 +47,7 @@ use uuid::Uuid;
 pub(crate) struct ProviderShared {
     pub(crate) options: ProviderOptions,
     pub(crate) auth_handler: Option<AuthHandler>,
+    pub(crate) upgrade_check: Option<UpgradeCheck>,
     listeners: RwLock<Arc<ProviderListeners>>,
     listeners_gen: AtomicU64,
     registry: Mutex<HashMap<Uuid, Connection>>,
@@ -144,6 +145,7 @@ impl ProviderShared {
 pub struct ProviderBuilder {
     options: ProviderOptions,
     auth_handler: Option<AuthHandler>,
+    upgrade_check: Option<UpgradeCheck>,
     listeners: ProviderListeners,
 }
 
@@ -162,6 +164,7 @@ impl ProviderBuilder {
         Self {
             options,
             auth_handler: None,
+            upgrade_check: None,
             listeners: ProviderListeners::default(),
         }
     }
@@ -206,6 +209,17 @@ impl ProviderBuilder {
         Fut: Future<Output = bool> + Send + 'static,
     {
         self.auth_handler = Some(auth_handler(handler));
+        self
+    }
+
+    /// A check of every upgrade request after auth passed, refusing with its own status
+    /// and body (auth failures stay `403 Unauthorized`). Layers on top of the transport use
+    /// it to refuse what they cannot speak at connect time, with a reason.
+    pub fn upgrade_check(
+        mut self,
+        check: impl Fn(&UpgradeRequest) -> Result<(), Refusal> + Send + Sync + 'static,
+    ) -> Self {
+        self.upgrade_check = Some(Arc::new(check));
         self
     }
 
@@ -332,6 +346,7 @@ impl ProviderBuilder {
             ),
             options,
             auth_handler: self.auth_handler,
+            upgrade_check: self.upgrade_check,
             listeners: RwLock::new(Arc::new(self.listeners)),
             listeners_gen: AtomicU64::new(0),
             registry: Mutex::new(HashMap::new()),

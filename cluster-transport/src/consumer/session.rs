@@ -131,12 +131,25 @@ fn classify(error: tungstenite::Error) -> ConnectError {
     match error {
         tungstenite::Error::Http(response) => {
             let status = response.status();
-            let kind = if status.as_u16() == 401 || status.as_u16() == 403 {
+            // 401/403 (auth) and the refusals of an upgrade check (other 4xx but a
+            // timeout or a rate limit) cannot be fixed by trying again.
+            let code = status.as_u16();
+            let fatal = (400..500).contains(&code) && code != 404 && code != 408 && code != 429;
+            let kind = if fatal {
                 ConnectErrorKind::Rejected
             } else {
                 ConnectErrorKind::Io
             };
-            ConnectError::new(kind).with_detail(format!("unexpected server response: {status}"))
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .filter(|b| !b.is_empty() && code != 401 && code != 403);
+            let detail = match body {
+                Some(body) => format!("unexpected server response: {status}: {body}"),
+                None => format!("unexpected server response: {status}"),
+            };
+            ConnectError::new(kind).with_detail(detail)
         }
         tungstenite::Error::Io(e) => ConnectError::new(ConnectErrorKind::Io)
             .with_detail(e.to_string())
@@ -162,6 +175,15 @@ async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
                 return ExitReason::Destroyed;
             }
             _ = shared.outbox_ready.notified() => {
+                let dropping = shared.drop_request.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(info) = dropping {
+                    let frame = CloseFrame {
+                        code: CloseCode::from(info.code),
+                        reason: info.reason.as_str().into(),
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(Some(frame))).await;
+                    return ExitReason::Disconnected(info);
+                }
                 if let Err(e) = flush_outbox(shared, &mut socket).await {
                     return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, e.to_string()));
                 }

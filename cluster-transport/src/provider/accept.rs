@@ -134,6 +134,9 @@ fn log_handshake_end(shared: &ProviderShared, ip: IpAddr, end: &HandshakeEnd) {
             tracing::debug!(peer.ip = %ip, ?reject, "http request answered")
         }
         HandshakeEnd::Alive => tracing::trace!(peer.ip = %ip, "alive answered"),
+        HandshakeEnd::Refused(status) => {
+            tracing::warn!(peer.ip = %ip, status, "upgrade refused by check");
+        }
         HandshakeEnd::Io(error) => {
             tracing::debug!(peer.ip = %ip, cause = %error, "handshake failed")
         }
