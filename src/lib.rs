@@ -6,7 +6,8 @@
 //! wire protocol of the Node package `network-cluster`, so Node consumers can join a Rust
 //! provider and the other way round.
 //!
-//! This crate is the facade: it re-exports the transport ([`transport`]).
+//! This crate is the facade: it re-exports the transport ([`transport`]), the typed layer
+//! ([`rpc`]: hubs, members, broadcast, pub/sub) and the [`cluster_service`] macro.
 //!
 //! ```
 //! use network_cluster::prelude::*;
@@ -32,8 +33,51 @@
 
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub use cluster_rpc as rpc;
 pub use cluster_transport as transport;
 
+/// Turns a trait of `async fn` methods into a cluster service: a typed `{Trait}Client`, a
+/// `{Trait}Server` to serve it with, and the `{Trait}Request`/`{Trait}Response` enums.
+///
+/// ```
+/// use network_cluster::prelude::*;
+///
+/// /// Hashes data.
+/// #[cluster_service]
+/// pub trait Hasher {
+///     /// 64-bit FNV-1a.
+///     async fn fnv(&self, data: Vec<u8>) -> u64;
+/// }
+///
+/// struct Fnv;
+/// impl Hasher for Fnv {
+///     async fn fnv(&self, data: Vec<u8>) -> u64 {
+///         data.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+///     }
+/// }
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = Hub::builder(Provider::builder().host("127.0.0.1").port(0)).start().await?;
+/// let worker = Member::builder(Consumer::builder().host("127.0.0.1").port(hub.provider().port()))
+///     .serve(HasherServer::new(Fnv))
+///     .connect()
+///     .await?;
+/// # while hub.members_serving("Hasher").is_empty() { tokio::task::yield_now().await; }
+/// let hash = hub.any::<HasherClient>()?.fnv(b"hello".to_vec()).await?;
+/// assert_eq!(hash, 0xa430d84680aabd0b);
+/// # worker.shutdown().await; hub.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub use cluster_macros::cluster_service;
+
+/// What generated code needs, so users of the macro need no dependencies of ours.
+#[doc(hidden)]
+pub mod __private {
+    pub use cluster_rpc::__private::*;
+}
+
+#[doc(inline)]
+pub use cluster_rpc::{Broadcast, Caller, CodecKind, Hub, Member, Published, RpcError, Subscription};
 #[doc(inline)]
 pub use cluster_transport::{
     CloseInfo, ConnectError, ConnectErrorKind, Connection, Consumer, ConsumerEvent,
@@ -43,6 +87,8 @@ pub use cluster_transport::{
 
 /// The handful of types most programs need: `use network_cluster::prelude::*;`.
 pub mod prelude {
+    pub use crate::cluster_service;
+    pub use cluster_rpc::{Hub, Member, RpcError, ServiceClient};
     pub use cluster_transport::{
         Connection, Consumer, ConsumerEvent, Message, MessageRef, Provider, ProviderEvent,
     };

@@ -3,6 +3,7 @@
 pub(crate) mod bench;
 pub(crate) mod consumer;
 pub(crate) mod provider;
+pub(crate) mod pubsub;
 
 /// Parses `KEY=VALUE` for repeated flags.
 pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {

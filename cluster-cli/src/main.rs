@@ -21,6 +21,10 @@ enum Command {
     Provider(commands::provider::Args),
     /// Join a provider: stdin lines are sent, received messages printed.
     Consumer(commands::consumer::Args),
+    /// Publish one message on a subject through a running provider.
+    Pub(commands::pubsub::PubArgs),
+    /// Print every message published on subjects matching a pattern.
+    Sub(commands::pubsub::SubArgs),
     /// Run the benchmark workloads of BENCH.md.
     Bench(commands::bench::Args),
 }
@@ -37,6 +41,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Provider(args) => runtime()?.block_on(commands::provider::run(args)),
         Command::Consumer(args) => runtime()?.block_on(commands::consumer::run(args)),
+        Command::Pub(args) => runtime()?.block_on(commands::pubsub::publish(args)),
+        Command::Sub(args) => runtime()?.block_on(commands::pubsub::subscribe(args)),
         Command::Bench(args) => commands::bench::run(args),
     }
 }

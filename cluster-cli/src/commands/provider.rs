@@ -1,6 +1,9 @@
-//! `cluster provider`: a provider in the foreground, printing its events.
+//! `cluster provider`: a provider in the foreground, printing its events. It runs as a
+//! hub of the typed layer too, so `cluster pub`/`cluster sub` and RPC members can join it;
+//! their binary frames are the hub's business and are not printed or echoed.
 
 use super::{hex, key_value, print_line, shutdown_signal};
+use cluster_rpc::Hub;
 use cluster_transport::{CloseInfo, Connection, MessageRef, Provider};
 use serde_json::json;
 use std::time::Duration;
@@ -32,7 +35,7 @@ pub(crate) struct Args {
     /// Most bytes queued for one connection.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_backpressure: usize,
-    /// Send every message back to its sender.
+    /// Send every text message back to its sender.
     #[arg(long)]
     echo: bool,
     /// Print one JSON object per line for each event.
@@ -53,6 +56,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .max_backpressure(args.max_backpressure)
         .on_open(move |conn| print_open(conn, json))
         .on_message(move |conn, message| {
+            if message.is_binary() {
+                return;
+            }
             print_message(conn, message, json);
             if echo {
                 if let Err(error) = conn.send(message) {
@@ -64,7 +70,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for (key, value) in args.auth {
         builder = builder.auth_parameter(key, value);
     }
-    let provider = builder.bind().await?;
+    let hub = Hub::builder(builder).start().await?;
+    let provider = hub.provider();
     if json {
         print_line(&json!({"event": "listening", "port": provider.port()}).to_string());
     } else {

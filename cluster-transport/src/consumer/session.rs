@@ -171,6 +171,8 @@ async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
         tokio::select! {
             biased;
             _ = shared.stop.cancelled() => {
+                // What was sent before the destroy still goes out, then the close frame.
+                let _ = tokio::time::timeout(Duration::from_secs(1), flush_outbox(shared, &mut socket)).await;
                 close(&mut socket).await;
                 return ExitReason::Destroyed;
             }
