@@ -15,7 +15,9 @@ struct Order {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let hub = Hub::builder(Provider::builder().host("127.0.0.1").port(0)).start().await?;
+    let hub = Hub::builder(Provider::builder().host("127.0.0.1").port(0))
+        .start()
+        .await?;
     let port = hub.provider().port();
     let member = |name: &str| {
         Member::builder(
@@ -37,9 +39,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    shop.publish("orders.eu.created", &Order { id: 1, region: "eu".into() })?;
-    shop.publish("orders.us.created", &Order { id: 2, region: "us".into() })?;
-    hub.publish("orders.eu.shipped", &Order { id: 1, region: "eu".into() })?;
+    shop.publish(
+        "orders.eu.created",
+        &Order {
+            id: 1,
+            region: "eu".into(),
+        },
+    )?;
+    shop.publish(
+        "orders.us.created",
+        &Order {
+            id: 2,
+            region: "us".into(),
+        },
+    )?;
+    hub.publish(
+        "orders.eu.shipped",
+        &Order {
+            id: 1,
+            region: "eu".into(),
+        },
+    )?;
 
     for _ in 0..2 {
         let p = created_in_eu.recv().await.ok_or("hub gone")??;

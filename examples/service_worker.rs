@@ -20,8 +20,9 @@ struct Worker(String);
 
 impl Hasher for Worker {
     async fn fnv(&self, data: Vec<u8>) -> u64 {
-        data.iter()
-            .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+        data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
     }
 
     async fn name(&self) -> String {
@@ -83,7 +84,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One by one: each call goes to the next worker.
     for _ in 0..3 {
         let worker: HasherClient = hub.any()?;
-        println!("{} hashed 'hello' to {:#x}", worker.name().await?, worker.fnv(b"hello".to_vec()).await?);
+        println!(
+            "{} hashed 'hello' to {:#x}",
+            worker.name().await?,
+            worker.fnv(b"hello".to_vec()).await?
+        );
     }
 
     // 30,000 calls spread over the workers, 64 in flight at a time.
@@ -92,10 +97,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let worker: Result<HasherClient, _> = hub.any();
         async move { worker?.fnv(i.to_le_bytes().to_vec()).await }
     });
-    let results: Vec<_> = futures_util::StreamExt::collect(futures_util::StreamExt::buffer_unordered(
-        futures_util::stream::iter(calls),
-        64,
-    ))
+    let results: Vec<_> = futures_util::StreamExt::collect(
+        futures_util::StreamExt::buffer_unordered(futures_util::stream::iter(calls), 64),
+    )
     .await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     println!("{ok} calls in {:.2?}", started.elapsed());

@@ -77,7 +77,9 @@ pub mod __private {
 }
 
 #[doc(inline)]
-pub use cluster_rpc::{Broadcast, Caller, CodecKind, Hub, Member, Published, RpcError, Subscription};
+pub use cluster_rpc::{
+    Broadcast, Caller, CodecKind, Hub, Member, Published, RpcError, Subscription,
+};
 #[doc(inline)]
 pub use cluster_transport::{
     CloseInfo, ConnectError, ConnectErrorKind, Connection, Consumer, ConsumerEvent,

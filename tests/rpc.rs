@@ -74,7 +74,11 @@ impl Calc for CalcImpl {
     }
 
     async fn sleep(&self, ms: u64) -> u64 {
-        let mut probe = DropProbe(Arc::clone(&self.dropped), Arc::clone(&self.dropped_signal), false);
+        let mut probe = DropProbe(
+            Arc::clone(&self.dropped),
+            Arc::clone(&self.dropped_signal),
+            false,
+        );
         tokio::time::sleep(Duration::from_millis(ms)).await;
         probe.2 = true;
         ms
@@ -96,7 +100,11 @@ impl Whoami for Named {
 async fn hub_with_calc() -> (Hub, Arc<AtomicUsize>, Arc<Notify>) {
     let calc = CalcImpl::default();
     let (dropped, signal) = (Arc::clone(&calc.dropped), Arc::clone(&calc.dropped_signal));
-    let hub = Hub::builder(local()).serve(CalcServer::new(calc)).start().await.unwrap();
+    let hub = Hub::builder(local())
+        .serve(CalcServer::new(calc))
+        .start()
+        .await
+        .unwrap();
     (hub, dropped, signal)
 }
 
@@ -168,7 +176,10 @@ async fn typed_errors_panics_and_unknown_services() {
     assert_eq!(calc.add(1, 2).await.unwrap(), 3);
     // The hub serves no Whoami.
     let who: WhoamiClient = member.client().unwrap();
-    assert_eq!(who.name().await, Err(RpcError::NoSuchService("Whoami".into())));
+    assert_eq!(
+        who.name().await,
+        Err(RpcError::NoSuchService("Whoami".into()))
+    );
     let error = who.name().await.unwrap_err();
     assert_eq!(error.to_string(), "no such service: Whoami");
     member.shutdown().await;
@@ -239,7 +250,10 @@ async fn a_codec_the_hub_does_not_speak_is_refused_at_connect() {
         .unwrap_err();
     assert_eq!(error.kind(), ConnectErrorKind::Rejected);
     let message = error.to_string();
-    assert!(message.contains("406") && message.contains("bincode") && message.contains("msgpack"), "{message}");
+    assert!(
+        message.contains("406") && message.contains("bincode") && message.contains("msgpack"),
+        "{message}"
+    );
     // A bincode hub and member work together.
     let bincode_hub = Hub::builder(local())
         .codec(CodecKind::Bincode)
@@ -247,7 +261,11 @@ async fn a_codec_the_hub_does_not_speak_is_refused_at_connect() {
         .start()
         .await
         .unwrap();
-    let member = member_of(&bincode_hub).codec(CodecKind::Bincode).connect().await.unwrap();
+    let member = member_of(&bincode_hub)
+        .codec(CodecKind::Bincode)
+        .connect()
+        .await
+        .unwrap();
     let calc: CalcClient = member.client().unwrap();
     assert_eq!(calc.add(2, 3).await, Ok(5));
     member.shutdown().await;
@@ -301,7 +319,10 @@ async fn broadcast_reports_every_member_including_one_killed_mid_call() {
     let mut child = spawn_member_process(hub.provider().port());
     wait_for_members(&hub, "Whoami", 4).await;
 
-    let outcomes = hub.broadcast(|_| true, |who: WhoamiClient| async move { who.name().await });
+    let outcomes = hub.broadcast(
+        |_| true,
+        |who: WhoamiClient| async move { who.name().await },
+    );
     assert_eq!(outcomes.len(), 4);
     let killer = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -336,7 +357,13 @@ async fn broadcast_reports_every_member_including_one_killed_mid_call() {
 /// Starts this test binary again as a member process serving a slow `Whoami`.
 fn spawn_member_process(port: u16) -> tokio::process::Child {
     tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "member_process", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "member_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("RPC_TEST_MEMBER_PORT", port.to_string())
         .kill_on_drop(true)
         .stdout(std::process::Stdio::null())
@@ -357,11 +384,15 @@ async fn member_process() {
             "never".into()
         }
     }
-    let member = Member::builder(Consumer::builder().host("127.0.0.1").port(port.parse().unwrap()))
-        .serve(WhoamiServer::new(Slow))
-        .connect()
-        .await
-        .unwrap();
+    let member = Member::builder(
+        Consumer::builder()
+            .host("127.0.0.1")
+            .port(port.parse().unwrap()),
+    )
+    .serve(WhoamiServer::new(Slow))
+    .connect()
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
     member.shutdown().await;
 }
@@ -387,12 +418,24 @@ async fn pubsub_wildcards_between_members_and_the_hub() {
     .await;
 
     a.publish("orders.eu.created", "o1").unwrap();
-    assert_eq!(next_published(&mut a_orders).await, ("orders.eu.created".into(), "o1".into()));
-    assert_eq!(next_published(&mut b_all).await, ("orders.eu.created".into(), "o1".into()));
-    assert_eq!(next_published(&mut hub_sub).await, ("orders.eu.created".into(), "o1".into()));
+    assert_eq!(
+        next_published(&mut a_orders).await,
+        ("orders.eu.created".into(), "o1".into())
+    );
+    assert_eq!(
+        next_published(&mut b_all).await,
+        ("orders.eu.created".into(), "o1".into())
+    );
+    assert_eq!(
+        next_published(&mut hub_sub).await,
+        ("orders.eu.created".into(), "o1".into())
+    );
 
     assert_eq!(hub.publish("orders.us.shipped.late", "o2").unwrap(), 1);
-    assert_eq!(next_published(&mut b_all).await, ("orders.us.shipped.late".into(), "o2".into()));
+    assert_eq!(
+        next_published(&mut b_all).await,
+        ("orders.us.shipped.late".into(), "o2".into())
+    );
 
     // Unsubscribe on drop.
     drop(a_orders);
@@ -431,7 +474,10 @@ async fn subscriptions_come_back_after_a_reconnect() {
     })
     .await;
     assert_eq!(hub.publish("news.today", "back").unwrap(), 1);
-    assert_eq!(next_published(&mut sub).await, ("news.today".into(), "back".into()));
+    assert_eq!(
+        next_published(&mut sub).await,
+        ("news.today".into(), "back".into())
+    );
     member.shutdown().await;
     hub.shutdown().await;
 }

@@ -55,16 +55,10 @@ impl Parse for Args {
             }
             input.parse::<Token![=]>()?;
             let lit: LitStr = input.parse().map_err(|e| {
-                syn::Error::new(
-                    e.span(),
-                    "expected a string: `crate = \"cluster_rpc\"`",
-                )
+                syn::Error::new(e.span(), "expected a string: `crate = \"cluster_rpc\"`")
             })?;
             let path = lit.parse_with(Path::parse_mod_style).map_err(|_| {
-                syn::Error::new_spanned(
-                    &lit,
-                    format!("`{}` is not a path to a crate", lit.value()),
-                )
+                syn::Error::new_spanned(&lit, format!("`{}` is not a path to a crate", lit.value()))
             })?;
             krate = Some(absolute(path));
             if input.is_empty() {
@@ -93,7 +87,11 @@ fn absolute(mut path: Path) -> Path {
 /// `::a::b` for a path without generic arguments (what `parse_mod_style` accepts).
 fn path_to_string(path: &Path) -> String {
     let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
-    let leading = if path.leading_colon.is_some() { "::" } else { "" };
+    let leading = if path.leading_colon.is_some() {
+        "::"
+    } else {
+        ""
+    };
     format!("{leading}{}", segments.join("::"))
 }
 
@@ -108,7 +106,10 @@ mod tests {
     #[test]
     fn default_is_the_facade() {
         let args = parse(quote!()).unwrap();
-        assert_eq!(args.private().to_string(), ":: network_cluster :: __private");
+        assert_eq!(
+            args.private().to_string(),
+            ":: network_cluster :: __private"
+        );
         assert_eq!(args.serde_crate(), "::network_cluster::__private::serde");
     }
 
@@ -126,8 +127,14 @@ mod tests {
     fn bad_arguments_are_errors() {
         let message = |tokens| parse(tokens).unwrap_err().to_string();
         assert!(message(quote!(krate = "x")).starts_with("unknown argument `krate`"));
-        assert_eq!(message(quote!(crate = "a", crate = "b")), "duplicate `crate` argument");
+        assert_eq!(
+            message(quote!(crate = "a", crate = "b")),
+            "duplicate `crate` argument"
+        );
         assert!(message(quote!(crate = cluster_rpc)).starts_with("expected a string"));
-        assert_eq!(message(quote!(crate = "a<T>")), "`a<T>` is not a path to a crate");
+        assert_eq!(
+            message(quote!(crate = "a<T>")),
+            "`a<T>` is not a path to a crate"
+        );
     }
 }

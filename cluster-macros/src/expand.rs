@@ -111,7 +111,10 @@ impl<'a> Expansion<'a> {
         );
         let variants = service.methods.iter().map(|method| {
             let cfgs = method.cfgs();
-            let docs = self.docs_or(method, &format!("Arguments of [`{trait_name}::{}`].", method.name()));
+            let docs = self.docs_or(
+                method,
+                &format!("Arguments of [`{trait_name}::{}`].", method.name()),
+            );
             let variant = &method.variant;
             let fields = method.args.iter().map(|arg| {
                 let (ident, ty) = (&arg.ident, &arg.ty);
@@ -235,7 +238,7 @@ impl<'a> Expansion<'a> {
 
             impl<S> ::core::clone::Clone for #server<S> {
                 fn clone(&self) -> Self {
-                    Self { inner: ::std::sync::Arc::clone(&self.inner) }
+                    Self { inner: ::core::clone::Clone::clone(&self.inner) }
                 }
             }
 
@@ -336,7 +339,7 @@ impl<'a> Expansion<'a> {
                     let #request_value: #request = #root::Codec::decode(&#codec, #bytes).map_err(|#e| {
                         #root::RpcError::Decode(::std::string::ToString::to_string(&#e))
                     })?;
-                    let #inner = ::std::sync::Arc::clone(&self.inner);
+                    let #inner = ::core::clone::Clone::clone(&self.inner);
                     match (#method, #request_value) {
                         #(#dispatch_arms)*
                         #[allow(unreachable_patterns)]
@@ -380,7 +383,10 @@ impl<'a> Expansion<'a> {
             let cfgs = m.cfgs();
             let docs = self.docs_or(
                 m,
-                &format!("Calls [`{trait_name}::{}`] on the remote service.", m.name()),
+                &format!(
+                    "Calls [`{trait_name}::{}`] on the remote service.",
+                    m.name()
+                ),
             );
             let errors_doc = "\n# Errors\n\nAn `RpcError` when the call does not complete: \
                               the deadline passes, the connection drops, or no peer serves \
@@ -412,7 +418,7 @@ impl<'a> Expansion<'a> {
                         #response::#variant(#value) => ::core::result::Result::Ok(#value),
                         #[allow(unreachable_patterns)]
                         _ => ::core::result::Result::Err(#root::RpcError::Decode(
-                            ::std::string::String::from(#unexpected),
+                            ::std::borrow::ToOwned::to_owned(#unexpected),
                         )),
                     }
                 }
@@ -506,13 +512,15 @@ impl<'a> Expansion<'a> {
 impl ToTokens for Expansion<'_> {
     fn to_tokens(&self, tokens: &mut TokenStream) {
         tokens.extend([
+            // First, so that rustc reports a type's missing trait here before it reports
+            // the same problem from inside the serde derives.
+            self.assert_bounds(),
             self.trait_service(),
             self.enum_request(),
             self.enum_response(),
             self.struct_server(),
             self.impl_service(),
             self.struct_client(),
-            self.assert_bounds(),
         ]);
     }
 }
@@ -574,10 +582,17 @@ mod tests {
 
     #[test]
     fn argument_and_trait_errors_are_combined() {
-        let errors = expand(quote!(krate = "x"), quote!(trait T { fn f(&self); }))
-            .unwrap_err()
-            .into_iter()
-            .count();
+        let errors = expand(
+            quote!(krate = "x"),
+            quote!(
+                trait T {
+                    fn f(&self);
+                }
+            ),
+        )
+        .unwrap_err()
+        .into_iter()
+        .count();
         assert_eq!(errors, 2);
     }
 }

@@ -111,7 +111,10 @@ impl Service {
             );
         }
         if let Some(where_clause) = &item.generics.where_clause {
-            errors.spanned(where_clause, "a cluster service trait cannot have a `where` clause");
+            errors.spanned(
+                where_clause,
+                "a cluster service trait cannot have a `where` clause",
+            );
         }
         if item.items.is_empty() {
             errors.spanned(&item.ident, "a cluster service needs at least one method");
@@ -208,7 +211,10 @@ impl Method {
             );
         }
         if let Some(where_clause) = &sig.generics.where_clause {
-            errors.spanned(where_clause, "a cluster service method cannot have a `where` clause");
+            errors.spanned(
+                where_clause,
+                "a cluster service method cannot have a `where` clause",
+            );
         }
         if let Some(variadic) = &sig.variadic {
             errors.spanned(variadic, "a cluster service method cannot be variadic");
@@ -218,7 +224,10 @@ impl Method {
         let mut inputs = sig.inputs.into_iter().peekable();
         match inputs.peek() {
             Some(FnArg::Receiver(receiver)) => {
-                let plain_ref = receiver.reference.as_ref().is_some_and(|(_, l)| l.is_none())
+                let plain_ref = receiver
+                    .reference
+                    .as_ref()
+                    .is_some_and(|(_, l)| l.is_none())
                     && receiver.mutability.is_none()
                     && receiver.colon_token.is_none();
                 if !plain_ref {
@@ -249,7 +258,10 @@ impl Method {
                     match *typed.pat {
                         Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
                             // `mut x` is the implementation's business; the trait drops `mut`.
-                            args.push(Arg { ident: pat.ident, ty: *typed.ty });
+                            args.push(Arg {
+                                ident: pat.ident,
+                                ty: *typed.ty,
+                            });
                         }
                         pat => errors.spanned(
                             pat,
@@ -402,8 +414,10 @@ mod tests {
     fn variant_names() {
         let variant = |name: &str| variant_ident(&Ident::new(name, Span::call_site()));
         assert_eq!(variant("div").unwrap(), "Div");
-        assert_eq!(variant("r#type").map(|_| ()).ok(), None, "Ident::new rejects r#");
-        assert_eq!(variant_ident(&syn::parse_str("r#type").unwrap()).unwrap(), "Type");
+        assert_eq!(
+            variant_ident(&syn::parse_str("r#type").unwrap()).unwrap(),
+            "Type"
+        );
         assert!(variant("_1").is_err());
         assert!(variant("self_").is_err());
         assert!(variant("__").is_err());
@@ -414,7 +428,11 @@ mod tests {
     }
 
     fn messages(tokens: proc_macro2::TokenStream) -> Vec<String> {
-        parse(tokens).unwrap_err().into_iter().map(|e| e.to_string()).collect()
+        parse(tokens)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -435,7 +453,11 @@ mod tests {
         assert_eq!(service.supertraits.len(), 1);
         let names: Vec<_> = service.methods.iter().map(Method::name).collect();
         assert_eq!(names, ["fnv", "div", "ping", "type"]);
-        let variants: Vec<_> = service.methods.iter().map(|m| m.variant.to_string()).collect();
+        let variants: Vec<_> = service
+            .methods
+            .iter()
+            .map(|m| m.variant.to_string())
+            .collect();
         assert_eq!(variants, ["Fnv", "Div", "Ping", "Type"]);
         let fnv = &service.methods[0];
         assert!(fnv.has_docs());
@@ -488,11 +510,15 @@ mod tests {
     #[test]
     fn empty_and_non_trait_input() {
         assert_eq!(
-            messages(quote!(trait Empty {})),
+            messages(quote!(
+                trait Empty {}
+            )),
             ["a cluster service needs at least one method"]
         );
         assert_eq!(
-            messages(quote!(struct NotATrait;)),
+            messages(quote!(
+                struct NotATrait;
+            )),
             ["`#[cluster_service]` applies to traits only"]
         );
     }

@@ -1,0 +1,8 @@
+use cluster_macros::cluster_service;
+
+#[cluster_service(crate = "cluster_rpc", crate = "network_cluster")]
+pub trait Hasher {
+    async fn fnv(&self, data: Vec<u8>) -> u64;
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use cluster_macros::cluster_service;
+
+#[cluster_service(krate = "cluster_rpc")]
+pub trait Hasher {
+    async fn fnv(&self, data: Vec<u8>) -> u64;
+}
+
+fn main() {}

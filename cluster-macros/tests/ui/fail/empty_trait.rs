@@ -1,0 +1,6 @@
+use cluster_macros::cluster_service;
+
+#[cluster_service(crate = "cluster_rpc")]
+pub trait Hasher {}
+
+fn main() {}
