@@ -22,6 +22,7 @@ use crate::broadcast::Broadcast;
 use crate::codec::{Codec, CodecKind, CODEC_PARAMETER};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::RpcError;
+use crate::jobs::{Jobs, JobsService, Queue, QueueOptions, JOBS_PARAMETER, JOB_CREDITS_PARAMETER};
 use crate::link::Link;
 use crate::options::NodeConfig;
 use crate::peer::{with_frame, Caller, PeerCore};
@@ -62,6 +63,8 @@ enum Target {
 /// State the transport's callbacks share with the hub handle.
 struct HubState {
     config: NodeConfig,
+    queue: Arc<Queue>,
+    stop: tokio_util::sync::CancellationToken,
     services: Arc<crate::service::Services>,
     peers: Mutex<HashMap<Uuid, HubPeer>>,
     routes: RwLock<SubjectTable<Target>>,
@@ -89,6 +92,29 @@ impl HubState {
             conn: conn.clone(),
             core,
         };
+        {
+            let params = conn.parameters();
+            let jobs: Vec<String> = params
+                .get(JOBS_PARAMETER)
+                .map(|j| {
+                    j.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let credits = params
+                .get(JOB_CREDITS_PARAMETER)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            self.queue.worker_joined(
+                conn.id(),
+                Arc::clone(&peer.core),
+                jobs,
+                credits,
+                params.get("name").cloned(),
+            );
+        }
         self.peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -101,6 +127,7 @@ impl HubState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&conn.id());
+        self.queue.worker_left(conn.id());
         if let Some(peer) = peer {
             peer.core.disconnected(true);
         }
@@ -142,6 +169,11 @@ impl HubState {
                 self.routes.write().unwrap_or_else(|p| p.into_inner()).retain(
                     |t| !matches!(t, Target::Member { conn, sid: s } if conn.id() == id && *s == sid),
                 );
+            }
+            Envelope::Publish { subject, payload } if subject == crate::jobs::PROGRESS_SUBJECT => {
+                if let Ok((id, value)) = self.config.codec.decode::<(u128, f64)>(payload) {
+                    self.queue.progress(id, value);
+                }
             }
             Envelope::Publish { subject, payload } => {
                 if is_valid_subject(subject) {
@@ -193,6 +225,7 @@ impl HubState {
 pub struct HubBuilder {
     provider: ProviderBuilder,
     config: NodeConfig,
+    queue: QueueOptions,
 }
 
 impl fmt::Debug for HubBuilder {
@@ -232,18 +265,40 @@ impl HubBuilder {
         self
     }
 
+    /// Limits and defaults of the job queue. Default: [`QueueOptions::default`].
+    pub fn job_queue(mut self, options: QueueOptions) -> Self {
+        self.queue = options;
+        self
+    }
+
     /// Binds the provider and starts serving.
     ///
     /// # Errors
     /// As [`ProviderBuilder::bind`].
     pub async fn start(self) -> Result<Hub, BindError> {
-        let state = Arc::new(HubState {
-            services: Arc::new(self.config.services.clone()),
-            config: self.config,
-            peers: Mutex::new(HashMap::new()),
-            routes: RwLock::new(SubjectTable::default()),
-            next_sid: AtomicU64::new(1),
-            next_pick: AtomicUsize::new(0),
+        let mut config = self.config;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let state = Arc::new_cyclic(|weak: &std::sync::Weak<HubState>| {
+            let router = weak.clone();
+            let sink: crate::jobs::queue::ProgressSink = Arc::new(move |subject, payload| {
+                if let Some(state) = router.upgrade() {
+                    state.route(subject, payload);
+                }
+            });
+            let queue = Queue::start(self.queue, config.codec, stop.child_token(), sink);
+            config.serve(JobsService {
+                queue: Arc::clone(&queue),
+            });
+            HubState {
+                services: Arc::new(config.services.clone()),
+                config,
+                queue,
+                stop,
+                peers: Mutex::new(HashMap::new()),
+                routes: RwLock::new(SubjectTable::default()),
+                next_sid: AtomicU64::new(1),
+                next_pick: AtomicUsize::new(0),
+            }
         });
         let codec = state.config.codec;
         let (on_open, on_message, on_close) =
@@ -292,6 +347,7 @@ impl Hub {
         HubBuilder {
             provider,
             config: NodeConfig::default(),
+            queue: QueueOptions::default(),
         }
     }
 
@@ -447,9 +503,16 @@ impl Hub {
             .len()
     }
 
-    /// Stops gracefully: see [`Provider::shutdown`]. Calls in flight fail `Disconnected`.
+    /// The job queue: submit jobs, read statistics and dead letters.
+    pub fn jobs(&self) -> Jobs {
+        Jobs::new(Arc::clone(&self.inner.state.queue))
+    }
+
+    /// Stops gracefully: see [`Provider::shutdown`]. Calls in flight fail `Disconnected`,
+    /// jobs still queued resolve with an error.
     pub async fn shutdown(&self) {
         self.inner.provider.shutdown().await;
+        self.inner.state.stop.cancel();
     }
 }
 

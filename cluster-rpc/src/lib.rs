@@ -17,6 +17,8 @@
 //!   an [`RpcError`]. A panicking handler answers [`RpcError::Panicked`] and the connection
 //!   stays up.
 //! - **Pub/sub** ([`pubsub`]): subjects with `*` and `>` wildcards, routed by the hub.
+//! - **Jobs** ([`jobs`]): a distributed job queue owned by the hub, worked by members,
+//!   with credits, priorities, delays, retries with backoff, dead letters and progress.
 //! - **Codecs** ([`codec`]): MessagePack by default, bincode as an option; one codec per
 //!   hub, and a member that names another is refused at connect time (HTTP 406, with a
 //!   body saying which codec the hub speaks).
@@ -53,6 +55,7 @@ pub mod codec;
 pub mod envelope;
 mod error;
 mod hub;
+pub mod jobs;
 mod link;
 mod member;
 mod options;
@@ -64,6 +67,10 @@ pub use broadcast::Broadcast;
 pub use codec::{Bincode, Codec, CodecError, CodecKind, MessagePack};
 pub use error::RpcError;
 pub use hub::{Hub, HubBuilder, SERVICES_PARAMETER};
+pub use jobs::{
+    Job, JobContext, JobError, JobHandle, JobId, JobOptions, JobStats, Jobs, MemberJobs,
+    QueueOptions,
+};
 pub use link::Link;
 pub use member::{Member, MemberBuilder};
 pub use options::{DEFAULT_DEADLINE, DEFAULT_MAX_CONCURRENT_CALLS};

@@ -5,6 +5,9 @@ use crate::codec::{Codec, CodecKind, CODEC_PARAMETER};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::RpcError;
 use crate::hub::SERVICES_PARAMETER;
+use crate::jobs::{
+    Job, JobContext, MemberJobs, WorkerService, JOBS_PARAMETER, JOB_CREDITS_PARAMETER,
+};
 use crate::link::Link;
 use crate::options::NodeConfig;
 use crate::peer::{Caller, PeerCore};
@@ -79,6 +82,8 @@ impl MemberState {
 pub struct MemberBuilder {
     consumer: ConsumerBuilder,
     config: NodeConfig,
+    worker: WorkerService,
+    job_credits: usize,
 }
 
 impl fmt::Debug for MemberBuilder {
@@ -116,6 +121,26 @@ impl MemberBuilder {
         self
     }
 
+    /// Works jobs of type `J` from the hub's job queue with `handler`. A handler's `Err`
+    /// fails the attempt (retried with backoff, then dead-lettered); a panic counts as a
+    /// failure too.
+    pub fn worker<J, F, Fut>(mut self, handler: F) -> Self
+    where
+        J: Job,
+        F: Fn(J, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<J::Output, String>> + Send + 'static,
+    {
+        self.worker.add::<J, F, Fut>(handler);
+        self
+    }
+
+    /// How many jobs this member runs at once (its credits). Default: 16. The hub never
+    /// sends more.
+    pub fn job_credits(mut self, credits: usize) -> Self {
+        self.job_credits = credits;
+        self
+    }
+
     /// Builds the member and connects.
     ///
     /// # Errors
@@ -127,10 +152,20 @@ impl MemberBuilder {
             subscriptions: Mutex::new(HashMap::new()),
             next_sid: AtomicU64::new(1),
         });
-        let config = self.config;
+        let mut config = self.config;
+        let worker_core = Arc::clone(&self.worker.core);
         let mut builder = self
             .consumer
             .parameter(CODEC_PARAMETER, config.codec.name());
+        if !self.worker.is_empty() {
+            builder = builder
+                .parameter(JOBS_PARAMETER, self.worker.names())
+                .parameter(JOB_CREDITS_PARAMETER, self.job_credits.to_string());
+            // Run at least as many hub calls at once as there are credits.
+            config.limits.max_concurrent_calls =
+                config.limits.max_concurrent_calls.max(self.job_credits);
+            config.serve(self.worker);
+        }
         let services = config.services.names();
         if !services.is_empty() {
             builder = builder.parameter(SERVICES_PARAMETER, services);
@@ -153,6 +188,7 @@ impl MemberBuilder {
             Arc::new(config.services),
         );
         // Set before connecting, so the first frames find it.
+        let _ = worker_core.set(Arc::clone(&core));
         let _ = state.core.set(core);
         consumer.connect().await?;
         Ok(Member { state, consumer })
@@ -172,6 +208,8 @@ impl Member {
         MemberBuilder {
             consumer,
             config: NodeConfig::default(),
+            worker: WorkerService::default(),
+            job_credits: 16,
         }
     }
 
@@ -182,6 +220,27 @@ impl Member {
 
     fn core(&self) -> Result<&Arc<PeerCore>, RpcError> {
         self.state.core.get().ok_or(RpcError::NotConnected)
+    }
+
+    /// A caller of the hub (for clients built by hand).
+    ///
+    /// # Errors
+    /// Never in practice: the member is connected once built.
+    pub fn caller(&self) -> Result<Caller, RpcError> {
+        Ok(Caller::new(Arc::clone(self.core()?)))
+    }
+
+    /// The codec this member speaks.
+    pub fn codec(&self) -> CodecKind {
+        self.state
+            .core
+            .get()
+            .map_or(CodecKind::default(), |c| c.codec())
+    }
+
+    /// Submitting jobs to the hub's queue.
+    pub fn jobs(&self) -> MemberJobs {
+        MemberJobs::new(self.clone())
     }
 
     /// A client of a service the hub serves.

@@ -1,0 +1,354 @@
+//! A distributed job queue owned by the hub: jobs spread over the members that work them,
+//! and none is lost while a worker is alive.
+//!
+//! - A job is a value of a type implementing [`Job`]; its `NAME` says which workers can
+//!   run it. Workers are members that register a handler
+//!   ([`MemberBuilder::worker`](crate::MemberBuilder::worker)) and declare how many jobs
+//!   they run at once (their credits).
+//! - The hub or any member submits ([`Jobs::submit`], [`MemberJobs::submit`]) and gets a
+//!   [`JobHandle`]: a future of the typed result, with [`cancel`](JobHandle::cancel) and
+//!   the progress the worker reports.
+//! - Dispatch: the job goes to the worker with the most free credits, never beyond its
+//!   credits; higher priority first, first in first out within a priority; a delayed job
+//!   not before its time. With no worker, jobs wait; the queue is bounded and a full
+//!   queue refuses new jobs ([`JobError::QueueFull`]).
+//! - Delivery: at least once to workers, exactly once to the submitter (a job resolves
+//!   once; later answers for it are dropped). A worker that disconnects or dies has its
+//!   jobs requeued at once; a job over its timeout is requeued; a failed job is retried
+//!   with exponential backoff and jitter up to its max attempts, then goes to the dead
+//!   letters with its last error, where it can be inspected and requeued.
+//!
+//! Reserved names: the services `__jobs` (on the hub) and `__worker` (on workers), the
+//! connect parameters `jobs` and `job_credits`, and subjects starting `__jobs.`.
+
+pub(crate) mod queue;
+mod remote;
+mod worker;
+
+pub(crate) use queue::Queue;
+pub use queue::{DeadJob, JobStats, QueueOptions, WorkerStats};
+pub(crate) use remote::JobsService;
+pub use worker::JobContext;
+pub(crate) use worker::{WorkerService, JOBS_PARAMETER, JOB_CREDITS_PARAMETER, PROGRESS_SUBJECT};
+
+use crate::codec::{Codec, CodecKind};
+use crate::error::RpcError;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// A kind of job: its payload type, the name workers register it under, and its output.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// #[derive(Serialize, Deserialize)]
+/// struct Fnv { data: Vec<u8> }
+/// impl cluster_rpc::Job for Fnv {
+///     const NAME: &'static str = "fnv";
+///     type Output = u64;
+/// }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + 'static {
+    /// The name workers register this job under.
+    const NAME: &'static str;
+    /// What a finished job returns.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// A job's id: unique per hub, chosen by the submitter.
+pub type JobId = u128;
+
+/// How one job is run. Defaults come from the queue's [`QueueOptions`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobOptions {
+    /// Higher runs first. Default 0.
+    pub priority: i32,
+    /// Not run before this much time from submission.
+    pub delay: Option<Duration>,
+    /// One attempt's time limit; past it the job is requeued.
+    pub timeout: Option<Duration>,
+    /// Attempts before the job goes to the dead letters.
+    pub max_attempts: Option<u32>,
+}
+
+impl JobOptions {
+    /// Options with a priority.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Options with a delay before the first attempt.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Options with a per-attempt timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Options with a number of attempts.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+}
+
+/// Why a job produced no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum JobError {
+    /// Every attempt failed; the job is in the dead letters.
+    #[error("job failed {attempts} times, last: {last_error}")]
+    Dead {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last_error: String,
+    },
+    /// The job was cancelled.
+    #[error("job cancelled")]
+    Cancelled,
+    /// The queue is at its capacity.
+    #[error("job queue is full ({capacity} jobs)")]
+    QueueFull {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// A job with this id is already queued.
+    #[error("a job with this id is already queued")]
+    Duplicate,
+    /// The output or payload did not decode.
+    #[error("decode error: {0}")]
+    Decode(String),
+    /// Talking to the hub failed (member submissions).
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+/// What the queue answers a submitter: the encoded output, or why not.
+pub(crate) type Outcome = Result<Vec<u8>, JobError>;
+
+/// A submitted job: await it for the typed output. Dropping the handle does not cancel
+/// the job; [`cancel`](Self::cancel) does.
+#[must_use = "a job handle resolves to the job's result"]
+pub struct JobHandle<T> {
+    id: JobId,
+    outcome: oneshot::Receiver<Outcome>,
+    progress: watch::Receiver<f64>,
+    cancel: Arc<dyn Fn() + Send + Sync>,
+    codec: CodecKind,
+    _output: PhantomData<fn() -> T>,
+}
+
+impl<T> JobHandle<T> {
+    pub(crate) fn new(
+        id: JobId,
+        outcome: oneshot::Receiver<Outcome>,
+        progress: watch::Receiver<f64>,
+        cancel: Arc<dyn Fn() + Send + Sync>,
+        codec: CodecKind,
+    ) -> Self {
+        Self {
+            id,
+            outcome,
+            progress,
+            cancel,
+            codec,
+            _output: PhantomData,
+        }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// Cancels the job: a queued job is removed, a running one is stopped on its worker.
+    /// The handle then resolves to [`JobError::Cancelled`].
+    pub fn cancel(&self) {
+        (self.cancel)();
+    }
+
+    /// The last progress the worker reported (0.0 until it reports).
+    pub fn progress(&self) -> f64 {
+        *self.progress.borrow()
+    }
+
+    /// A receiver that changes whenever the worker reports progress.
+    pub fn progress_updates(&self) -> watch::Receiver<f64> {
+        self.progress.clone()
+    }
+}
+
+impl<T: DeserializeOwned> Future for JobHandle<T> {
+    type Output = Result<T, JobError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let outcome = match Pin::new(&mut self.outcome).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(outcome)) => outcome,
+            Poll::Ready(Err(_)) => Err(JobError::Cancelled),
+        };
+        Poll::Ready(outcome.and_then(|bytes| {
+            self.codec
+                .decode(&bytes)
+                .map_err(|e| JobError::Decode(e.to_string()))
+        }))
+    }
+}
+
+impl<T> fmt::Debug for JobHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("id", &self.id)
+            .field("progress", &*self.progress.borrow())
+            .finish()
+    }
+}
+
+/// A new random job id.
+pub(crate) fn new_job_id() -> JobId {
+    uuid::Uuid::new_v4().as_u128()
+}
+
+/// The hub's job queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    queue: Arc<Queue>,
+}
+
+impl Jobs {
+    pub(crate) fn new(queue: Arc<Queue>) -> Self {
+        Self { queue }
+    }
+
+    /// Submits a job with default options.
+    ///
+    /// # Errors
+    /// [`JobError::QueueFull`] when the queue is at capacity.
+    pub fn submit<J: Job>(&self, job: &J) -> Result<JobHandle<J::Output>, JobError> {
+        self.submit_with(job, JobOptions::default())
+    }
+
+    /// Submits a job with options (priority, delay, timeout, attempts).
+    ///
+    /// # Errors
+    /// [`JobError::QueueFull`] when the queue is at capacity.
+    pub fn submit_with<J: Job>(
+        &self,
+        job: &J,
+        options: JobOptions,
+    ) -> Result<JobHandle<J::Output>, JobError> {
+        let mut payload = Vec::new();
+        self.queue
+            .codec()
+            .encode(job, &mut payload)
+            .map_err(|e| JobError::Decode(e.to_string()))?;
+        let id = new_job_id();
+        let (outcome, progress) = self.queue.submit(id, J::NAME, payload, options, None)?;
+        let queue = Arc::clone(&self.queue);
+        let cancel = Arc::new(move || queue.cancel(id));
+        Ok(JobHandle::new(
+            id,
+            outcome,
+            progress,
+            cancel,
+            self.queue.codec(),
+        ))
+    }
+
+    /// Counts and per-worker load.
+    pub fn stats(&self) -> JobStats {
+        self.queue.stats()
+    }
+
+    /// Jobs that failed every attempt, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadJob> {
+        self.queue.dead_letters()
+    }
+
+    /// Puts a dead job back in the queue with fresh attempts; its original submitter's
+    /// handle has resolved already, so the result goes to the returned handle.
+    ///
+    /// # Errors
+    /// [`JobError::QueueFull`], or [`JobError::Decode`] if no dead job has this id.
+    pub fn requeue_dead<T>(&self, id: JobId) -> Result<JobHandle<T>, JobError> {
+        let (outcome, progress) = self.queue.requeue_dead(id)?;
+        let queue = Arc::clone(&self.queue);
+        let cancel = Arc::new(move || queue.cancel(id));
+        Ok(JobHandle::new(
+            id,
+            outcome,
+            progress,
+            cancel,
+            self.queue.codec(),
+        ))
+    }
+}
+
+impl fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Jobs")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Submitting jobs from a member: the hub queues them, workers run them.
+#[derive(Clone)]
+pub struct MemberJobs {
+    member: crate::Member,
+}
+
+impl MemberJobs {
+    pub(crate) fn new(member: crate::Member) -> Self {
+        Self { member }
+    }
+
+    /// Submits a job with default options.
+    ///
+    /// # Errors
+    /// [`JobError::Decode`] if the job does not encode; queue errors arrive through the
+    /// handle.
+    pub fn submit<J: Job>(&self, job: &J) -> Result<JobHandle<J::Output>, JobError> {
+        self.submit_with(job, JobOptions::default())
+    }
+
+    /// Submits a job with options.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub fn submit_with<J: Job>(
+        &self,
+        job: &J,
+        options: JobOptions,
+    ) -> Result<JobHandle<J::Output>, JobError> {
+        remote::submit_from_member(&self.member, job, J::NAME, options)
+    }
+
+    /// The hub queue's counts and per-worker load.
+    ///
+    /// # Errors
+    /// When the hub cannot be asked.
+    pub async fn stats(&self) -> Result<JobStats, RpcError> {
+        remote::stats(&self.member).await
+    }
+}
+
+impl fmt::Debug for MemberJobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemberJobs").finish_non_exhaustive()
+    }
+}
