@@ -2,6 +2,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod consumer;
+pub(crate) mod jobs;
 pub(crate) mod provider;
 pub(crate) mod pubsub;
 

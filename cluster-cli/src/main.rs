@@ -25,17 +25,25 @@ enum Command {
     Pub(commands::pubsub::PubArgs),
     /// Print every message published on subjects matching a pattern.
     Sub(commands::pubsub::SubArgs),
+    /// Inspect the job queue of a running provider.
+    Jobs(commands::jobs::Args),
     /// Run the benchmark workloads of BENCH.md.
     Bench(commands::bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // An empty RUST_LOG means "not set", not "everything".
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"))
+        // tungstenite logs its whole client request, auth values included, at trace:
+        // never let that through (see cluster-transport's security review).
+        .add_directive("tungstenite::handshake::client=warn".parse()?);
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
@@ -43,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Consumer(args) => runtime()?.block_on(commands::consumer::run(args)),
         Command::Pub(args) => runtime()?.block_on(commands::pubsub::publish(args)),
         Command::Sub(args) => runtime()?.block_on(commands::pubsub::subscribe(args)),
+        Command::Jobs(args) => runtime()?.block_on(commands::jobs::run(args)),
         Command::Bench(args) => commands::bench::run(args),
     }
 }

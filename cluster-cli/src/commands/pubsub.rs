@@ -24,7 +24,7 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    async fn member(self) -> anyhow::Result<Member> {
+    pub(crate) async fn member(self) -> anyhow::Result<Member> {
         let mut consumer = Consumer::builder()
             .host(self.host)
             .port(self.port)
