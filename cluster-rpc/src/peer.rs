@@ -13,9 +13,12 @@ use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -255,6 +258,14 @@ impl PeerCore {
             Ok(f) => f,
             Err(error) => return self.fail(id, &error),
         };
+        // Most handlers answer at once (no I/O): poll once in place and skip the task, the
+        // timer and the registration. A handler that is not done yet moves to a task,
+        // which polls it again with a real waker (futures must tolerate that extra poll).
+        let mut running = AssertUnwindSafe(future).catch_unwind();
+        let first = Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));
+        if let Poll::Ready(outcome) = first {
+            return self.reply(id, outcome);
+        }
         let (handle, registration) = AbortHandle::new_pair();
         {
             let mut calls = self.calls();
@@ -269,34 +280,41 @@ impl PeerCore {
         let span = tracing::debug_span!("rpc", rpc.id = id, rpc.method = %method);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let running = Abortable::new(AssertUnwindSafe(future).catch_unwind(), registration);
-                let outcome = tokio::time::timeout(deadline, running).await;
+                let outcome =
+                    tokio::time::timeout(deadline, Abortable::new(running, registration)).await;
                 let finished = peer.calls().incoming.remove(&id).is_some();
                 match outcome {
                     // Cancelled by the caller or by a disconnect: nobody to answer.
                     Ok(Err(_aborted)) => {}
                     _ if !finished => {}
-                    Ok(Ok(Ok(Ok(bytes)))) => {
-                        let _ = with_frame(
-                            |buf| {
-                                Envelope::Response { id, payload: &[] }.encode(buf);
-                                buf.extend_from_slice(&bytes);
-                                Ok(())
-                            },
-                            |frame| peer.link.send_frame(frame),
-                        );
-                    }
-                    Ok(Ok(Ok(Err(error)))) => peer.fail(id, &error),
-                    Ok(Ok(Err(panic))) => {
-                        let message = panic_message(panic.as_ref());
-                        tracing::error!(rpc.id = id, panic = %message, "handler panicked");
-                        peer.fail(id, &RpcError::Panicked(message));
-                    }
+                    Ok(Ok(outcome)) => peer.reply(id, outcome),
                     Err(_elapsed) => peer.fail(id, &RpcError::Timeout),
                 }
             },
             span,
         ));
+    }
+
+    /// Answers call `id` with its handler's outcome.
+    fn reply(&self, id: u64, outcome: std::thread::Result<Result<Vec<u8>, RpcError>>) {
+        match outcome {
+            Ok(Ok(bytes)) => {
+                let _ = with_frame(
+                    |buf| {
+                        Envelope::Response { id, payload: &[] }.encode(buf);
+                        buf.extend_from_slice(&bytes);
+                        Ok(())
+                    },
+                    |frame| self.link.send_frame(frame),
+                );
+            }
+            Ok(Err(error)) => self.fail(id, &error),
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(rpc.id = id, panic = %message, "handler panicked");
+                self.fail(id, &RpcError::Panicked(message));
+            }
+        }
     }
 }
 
