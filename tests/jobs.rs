@@ -427,10 +427,13 @@ async fn cancelling_a_queued_and_a_running_job() {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
+    let started = Arc::new(AtomicUsize::new(0));
     let probe = Arc::clone(&stopped);
+    let starts = Arc::clone(&started);
     let member = Member::builder(consumer_of(&hub))
         .worker(move |job: Fnv, _| {
             let probe = Probe(Arc::clone(&probe));
+            starts.fetch_add(1, Ordering::SeqCst);
             async move {
                 tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
                 drop(probe);
@@ -448,12 +451,13 @@ async fn cancelling_a_queued_and_a_running_job() {
             sleep_ms: 60_000,
         })
         .unwrap();
-    within("running", async {
-        while hub.jobs().stats().active < 1 {
+    within("running on the worker", async {
+        while started.load(Ordering::SeqCst) < 1 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
     .await;
+    assert_eq!(hub.jobs().stats().active, 1);
     running.cancel();
     assert_eq!(within("cancelled", running).await, Err(JobError::Cancelled));
     // The handler on the worker was dropped (cancelled), not left running.

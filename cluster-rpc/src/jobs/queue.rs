@@ -241,7 +241,7 @@ impl Queue {
 
     /// Queues a job; returns where its outcome and progress arrive.
     pub(crate) fn submit(
-        &self,
+        self: &Arc<Self>,
         id: JobId,
         name: &str,
         payload: Vec<u8>,
@@ -275,12 +275,18 @@ impl Queue {
                 },
             );
             match delay {
-                Some(d) if !d.is_zero() => st.schedule(id, Instant::now() + d),
-                _ => st.make_ready(id),
+                Some(d) if !d.is_zero() => {
+                    st.schedule(id, Instant::now() + d);
+                    // The dispatcher may have to wake earlier than it planned.
+                    self.wake.notify_one();
+                }
+                _ => {
+                    st.make_ready(id);
+                    self.dispatch_in(&mut st);
+                }
             }
         }
         tracing::debug!(job.id = %Uuid::from_u128(id), job.name = name, "job queued");
-        self.wake.notify_one();
         Ok((rx, progress_rx))
     }
 
@@ -389,7 +395,7 @@ impl Queue {
     }
 
     pub(crate) fn requeue_dead(
-        &self,
+        self: &Arc<Self>,
         id: JobId,
     ) -> Result<(oneshot::Receiver<Outcome>, watch::Receiver<f64>), JobError> {
         let dead = {
@@ -443,6 +449,12 @@ impl Queue {
     /// Starts every job that can start now; returns when the next delayed job is due.
     fn dispatch(self: &Arc<Self>) -> Option<Instant> {
         let mut st = self.state();
+        self.dispatch_in(&mut st)
+    }
+
+    /// [`dispatch`](Self::dispatch) with the state locked already: submissions and
+    /// finished attempts dispatch in place, without waking the dispatcher task.
+    fn dispatch_in(self: &Arc<Self>, st: &mut State) -> Option<Instant> {
         let now = Instant::now();
         while let Some(Reverse((at, _, id))) = st.delayed.peek().copied() {
             if at > now {
@@ -477,7 +489,7 @@ impl Queue {
                 break;
             };
             st.ready.pop();
-            self.start_attempt(&mut st, id, worker_id);
+            self.start_attempt(st, id, worker_id);
         }
         st.delayed.peek().map(|Reverse((at, _, _))| *at)
     }
@@ -521,7 +533,7 @@ impl Queue {
     }
 
     /// Takes an attempt's outcome: complete, retry, requeue or bury the job.
-    fn finish(&self, id: JobId, worker_id: Uuid, outcome: Result<Vec<u8>, RpcError>) {
+    fn finish(self: &Arc<Self>, id: JobId, worker_id: Uuid, outcome: Result<Vec<u8>, RpcError>) {
         let mut st = self.state();
         let running_here = matches!(
             st.jobs.get(&id).map(|e| &e.status),
@@ -567,8 +579,7 @@ impl Queue {
             Ok(Err(error)) => self.retry_or_bury(&mut st, id, error, true),
             Err(error) => self.retry_or_bury(&mut st, id, error.to_string(), true),
         }
-        drop(st);
-        self.wake.notify_one();
+        self.dispatch_in(&mut st);
     }
 
     fn retry_or_bury(&self, st: &mut State, id: JobId, error: String, backoff: bool) {
@@ -607,6 +618,7 @@ impl Queue {
         if backoff {
             let delay = backoff_delay(&self.options, entry.attempts);
             st.schedule(id, Instant::now() + delay);
+            self.wake.notify_one();
         } else {
             st.make_ready(id);
         }
