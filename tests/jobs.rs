@@ -393,7 +393,7 @@ async fn priorities_order_delays_and_the_bound() {
         within("job", h).await.unwrap();
     }
     within("delayed", delayed).await.unwrap();
-    let order = order.lock().unwrap();
+    let order = order.lock().unwrap().clone();
     let tags: Vec<u8> = order.iter().map(|(t, _)| *t).collect();
     assert_eq!(&tags[..5], [90, 50, 51, 11, 10]);
     let (_, ran_at) = order.iter().find(|(t, _)| *t == 7).unwrap();
@@ -401,7 +401,6 @@ async fn priorities_order_delays_and_the_bound() {
         *ran_at - delayed_at >= Duration::from_millis(300),
         "delayed job ran early"
     );
-    drop(order);
     member.shutdown().await;
     hub.shutdown().await;
 }
