@@ -30,8 +30,9 @@ impl Job for Fnv {
 }
 
 fn fnv(data: &[u8]) -> u64 {
-    data.iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn payload(i: usize) -> Vec<u8> {
@@ -67,7 +68,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return worker(port, args.get(3).map_or("worker", String::as_str)).await;
     }
 
-    let hub = Hub::builder(Provider::builder().host("127.0.0.1").port(0)).start().await?;
+    let hub = Hub::builder(Provider::builder().host("127.0.0.1").port(0))
+        .start()
+        .await?;
     let port = hub.provider().port();
     let exe = std::env::current_exe()?;
     let mut workers = Vec::new();
@@ -130,21 +133,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     indexes.dedup();
     println!();
     println!("jobs submitted      {JOBS}");
-    println!("answers received    {} ({} distinct jobs)", answers.len(), indexes.len());
+    println!(
+        "answers received    {} ({} distinct jobs)",
+        answers.len(),
+        indexes.len()
+    );
     println!("lost                {}", JOBS - indexes.len());
     println!("answered twice      {answered_twice}");
     println!("wrong results       {wrong}");
-    println!("worker killed       {}", killed.as_deref().unwrap_or("none"));
-    println!("queue               completed {}, failed attempts {}, dead {}", stats.completed, stats.failed, stats.dead);
+    println!(
+        "worker killed       {}",
+        killed.as_deref().unwrap_or("none")
+    );
+    println!(
+        "queue               completed {}, failed attempts {}, dead {}",
+        stats.completed, stats.failed, stats.dead
+    );
     for w in &stats.workers {
-        println!("  {:<10} completed {:>6}", w.name.as_deref().unwrap_or("?"), w.completed);
+        println!(
+            "  {:<10} completed {:>6}",
+            w.name.as_deref().unwrap_or("?"),
+            w.completed
+        );
     }
     println!(
         "throughput          {:.0} jobs/s ({JOBS} jobs in {elapsed:.2?})",
         JOBS as f64 / elapsed.as_secs_f64()
     );
     let ok = indexes.len() == JOBS && answered_twice == 0 && wrong == 0;
-    println!("{}", if ok { "OK: no job lost, none answered twice" } else { "FAILED" });
+    println!(
+        "{}",
+        if ok {
+            "OK: no job lost, none answered twice"
+        } else {
+            "FAILED"
+        }
+    );
 
     hub.shutdown().await;
     for (_, mut child) in workers {
