@@ -23,3 +23,4 @@ cargo test --workspace --doc
 echo "== Autobahn (RFC 6455), cases 1-10"
 cargo build --release --example echo_server --example autobahn_client
 scripts/autobahn-run.sh
+bash scripts/fuzz.sh

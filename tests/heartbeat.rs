@@ -136,3 +136,36 @@ async fn consumer_watchdog_reconnects_when_pings_stop() {
     consumer.destroy();
     server.abort();
 }
+
+/// The interval in `PROVIDER_HEARTBEAT|<ms>` comes from the network: the largest one a
+/// provider can send leaves the consumer working (its watchdog deadline is computed with
+/// checked arithmetic, found in the security review).
+#[tokio::test]
+async fn consumer_survives_an_absurd_heartbeat_interval() {
+    // A plain websocket provider may send what it likes, reserved texts included.
+    let provider = local()
+        .without_heartbeat()
+        .on_open(|conn| {
+            let _ = conn.send("PROVIDER_HEARTBEAT|18446744073709551615");
+            let _ = conn.send("after");
+        })
+        .bind()
+        .await
+        .unwrap();
+    let consumer = consumer_for(&provider).build();
+    let mut events = consumer.events();
+    consumer.connect().await.unwrap();
+    within("the message after the heartbeat frame", async {
+        loop {
+            if let Some(ConsumerEvent::Message(m)) = events.recv().await {
+                assert_eq!(m.as_text(), Some("after"));
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(consumer.heartbeat_cutoff().is_some());
+    assert!(consumer.is_connected());
+    consumer.shutdown().await;
+    provider.shutdown().await;
+}

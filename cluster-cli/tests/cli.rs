@@ -1,5 +1,5 @@
 //! The `cluster` binary as other tools drive it: JSON event lines, echo, stdin to
-//! messages, 403 failing at once, and the benchmark's smoke run.
+//! messages, 403 failing at once, TLS, and the benchmark's smoke run.
 
 use serde_json::Value;
 use std::process::Stdio;
@@ -135,6 +135,106 @@ async fn rejected_consumer_exits_at_once_naming_the_403() {
     assert!(stderr.contains("403"), "{stderr}");
 }
 
+/// A self-signed certificate for 127.0.0.1 and its key, encrypted with `passphrase`
+/// (PKCS#8, PBES2), in a fresh directory.
+fn tls_files(passphrase: &str) -> std::path::PathBuf {
+    use pkcs8::der::pem::LineEnding;
+    let dir = std::env::temp_dir().join(format!("cluster-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let der = cert.key_pair.serialize_der();
+    let params =
+        pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(2048, b"salt", &[1; 16]).unwrap();
+    let encrypted = pkcs8::PrivateKeyInfo::try_from(der.as_slice())
+        .unwrap()
+        .encrypt_with_params(params, passphrase)
+        .unwrap()
+        .to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF)
+        .unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), encrypted.as_bytes()).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn tls_provider_and_consumer_talk() {
+    let dir = tls_files("cli passphrase");
+    let cert = dir.join("cert.pem");
+    let (mut provider, mut plines) = spawn(
+        cluster()
+            .args(["provider", "--port", "0", "--echo", "--json", "--tls-cert"])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(dir.join("key.pem"))
+            .env("CLUSTER_TLS_PASSPHRASE", "cli passphrase"),
+    );
+    let listening = next_json(&mut plines, "listening").await;
+    assert_eq!(listening["tls"], true);
+    let port = listening["port"].as_u64().unwrap().to_string();
+
+    let (mut consumer, mut clines) = spawn(
+        cluster()
+            .args([
+                "consumer",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--json",
+                "--ca",
+            ])
+            .arg(&cert),
+    );
+    next_json(&mut clines, "open").await;
+    let stdin = consumer.stdin.as_mut().unwrap();
+    stdin.write_all(b"over tls\n").await.unwrap();
+    let echoed = next_json(&mut clines, "message").await;
+    assert_eq!(echoed["message"], "over tls");
+    drop(consumer.stdin.take());
+    let status = tokio::time::timeout(WAIT, consumer.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Without the CA, the consumer refuses the self-signed certificate at once.
+    let output = tokio::time::timeout(
+        WAIT,
+        cluster()
+            .args(["consumer", "--host", "127.0.0.1", "--port", &port, "--ssl"])
+            .output(),
+    )
+    .await
+    .expect("a refused certificate is not retried")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tls error"), "{stderr}");
+
+    // A wrong passphrase: the provider does not start, and says why without the secret.
+    let output = tokio::time::timeout(
+        WAIT,
+        cluster()
+            .args(["provider", "--port", "0", "--tls-cert"])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(dir.join("key.pem"))
+            .args(["--tls-passphrase", "not it"])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("wrong passphrase"), "{stderr}");
+    assert!(!stderr.contains("not it"), "{stderr}");
+
+    provider.start_kill().unwrap();
+    let _ = provider.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn bench_quick_prints_json_for_every_workload() {
     let output = tokio::time::timeout(
@@ -170,4 +270,74 @@ async fn bench_quick_prints_json_for_every_workload() {
             );
         }
     }
+    // W4 and W7 run on our typed layer only: no baseline rows.
+    for (workload, cases) in [
+        ("W4", &["W4 rpc in-flight 1", "W4 rpc 64 in flight"][..]),
+        ("W7", &["W7 pub/sub"][..]),
+    ] {
+        for case in cases {
+            let row = rows
+                .iter()
+                .find(|r| r["case"] == *case && r["system"] == "network-cluster")
+                .unwrap_or_else(|| panic!("no {case} row: {stdout}"));
+            assert_eq!(row["workload"], workload, "{row}");
+            assert!(row["median_rate"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+            assert!(row.get("error").is_none(), "{row}");
+        }
+        assert!(
+            !rows
+                .iter()
+                .any(|r| r["workload"] == workload && r["system"] == "baseline"),
+            "{stdout}"
+        );
+    }
+    let latency = rows
+        .iter()
+        .find(|r| r["case"] == "W4 rpc in-flight 1")
+        .unwrap();
+    assert!(latency["p50_us"].as_f64().unwrap_or(0.0) > 0.0, "{latency}");
+}
+
+#[tokio::test]
+async fn pub_sub_and_jobs_stats_against_a_running_provider() {
+    let (_provider, mut plines) = spawn(cluster().args(["provider", "--port", "0", "--json"]));
+    let port = next_json(&mut plines, "listening").await["port"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let (_sub, mut slines) = spawn(cluster().args(["sub", "--port", &port, "orders.>", "--json"]));
+    next_json(&mut slines, "subscribed").await;
+    // The subscription travels to the hub asynchronously: publish until it arrives.
+    let received = tokio::time::timeout(WAIT, async {
+        loop {
+            let status = cluster()
+                .args(["pub", "--port", &port, "orders.eu.created", r#"{"id":1}"#])
+                .status()
+                .await
+                .unwrap();
+            assert!(status.success());
+            let next = tokio::time::timeout(Duration::from_millis(500), slines.next_line()).await;
+            if let Ok(Ok(Some(line))) = next {
+                return serde_json::from_str::<Value>(&line).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a publication reaches the subscriber");
+    assert_eq!(received["subject"], "orders.eu.created");
+    assert_eq!(received["message"]["id"], 1);
+
+    let output = cluster()
+        .args(["jobs", "stats", "--port", &port, "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stats["completed"], 0);
+    assert!(stats["workers"].as_array().unwrap().is_empty());
 }

@@ -26,6 +26,7 @@ use crate::message::{is_reserved, CloseInfo, Message, MessageRef};
 use crate::options::ConsumerOptions;
 use std::collections::VecDeque;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -215,6 +216,25 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Connects with TLS (`wss://`), verifying the provider's certificate against the
+    /// system's root certificates (or the [`ca_file`](Self::ca_file)). The seed's `ssl`.
+    /// Default: false.
+    ///
+    /// A certificate that cannot be verified fails the connect with
+    /// [`ConnectErrorKind::Tls`], which is never retried.
+    pub fn ssl(mut self, ssl: bool) -> Self {
+        self.options.ssl = ssl;
+        self
+    }
+
+    /// Trusts the CA certificates in this PEM file instead of the system's roots (a
+    /// private CA, or a self-signed provider certificate), and turns [`ssl`](Self::ssl) on.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.options.ca = Some(path.into());
+        self.options.ssl = true;
+        self
+    }
+
     /// Wait before each reconnect attempt. Default: 1 s.
     pub fn reconnect_interval(mut self, interval: Duration) -> Self {
         self.options.reconnect.interval = interval;
@@ -360,6 +380,9 @@ impl Consumer {
     ///
     /// # Errors
     /// [`Rejected`](ConnectErrorKind::Rejected) at once on HTTP 401/403, never retried;
+    /// [`Tls`](ConnectErrorKind::Tls) at once when the provider's certificate cannot be
+    /// verified (or the provider does not speak TLS, or the CA file is unusable), never
+    /// retried;
     /// [`MaxAttempts`](ConnectErrorKind::MaxAttempts) when every attempt failed;
     /// [`Destroyed`](ConnectErrorKind::Destroyed) if destroyed meanwhile.
     pub async fn connect(&self) -> Result<(), ConnectError> {
@@ -471,7 +494,8 @@ impl Consumer {
 
     /// Longest silence allowed between heartbeat `PING`s: twice the duration.
     pub fn heartbeat_cutoff(&self) -> Option<Duration> {
-        self.heartbeat_duration().map(|d| d * 2)
+        // Saturating: the duration is whatever number the provider sent.
+        self.heartbeat_duration().map(|d| d.saturating_mul(2))
     }
 
     /// When the last `PING` arrived, in ms since the Unix epoch (0: none yet).

@@ -62,7 +62,9 @@ pub enum ConnectErrorKind {
     Rejected,
     /// The attempt did not finish in time.
     TimedOut,
-    /// TLS failed (certificate, handshake).
+    /// TLS failed: the provider's certificate cannot be verified, the provider does not
+    /// speak TLS, or the CA file cannot be used. Fatal: never retried, as trying again
+    /// cannot change any of these (a provider that is down fails with `Io` instead).
     Tls,
     /// The network failed (refused, reset, DNS, a bad HTTP answer).
     Io,
@@ -104,11 +106,13 @@ impl ConnectError {
         self.kind
     }
 
-    /// Whether reconnecting can never help (the provider rejected us, or we were destroyed).
+    /// Whether reconnecting can never help (the provider rejected us or its certificate,
+    /// or we were destroyed).
     pub fn is_fatal(&self) -> bool {
         matches!(
             self.kind,
             ConnectErrorKind::Rejected
+                | ConnectErrorKind::Tls
                 | ConnectErrorKind::Destroyed
                 | ConnectErrorKind::MaxAttempts
         )
@@ -166,4 +170,15 @@ pub enum BindError {
     /// The options are inconsistent.
     #[error("invalid provider options: {0}")]
     Options(String),
+    /// The TLS certificate or key cannot be used: a file cannot be read or holds no
+    /// certificate or key, the passphrase is wrong or missing, or the key does not match
+    /// the certificate. The message names the file; it never holds the passphrase.
+    #[error("tls setup failed: {reason}")]
+    Tls {
+        /// What is wrong, naming the file concerned.
+        reason: String,
+        /// The underlying error (I/O, PEM, PKCS#8, rustls), when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
 }

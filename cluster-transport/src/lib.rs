@@ -13,6 +13,9 @@
 //!   bound), handshake time and size limits, `max_connections`.
 //! - Events come as callbacks (`on_message`, …, as the seed's `on`/`once`) and as bounded
 //!   async receivers ([`Provider::events`], [`Consumer::events`]).
+//! - TLS (`wss://`) with rustls on both sides: the provider serves PEM certificate and key
+//!   files (an encrypted key with the seed's `passphrase`), the consumer verifies against
+//!   the system's roots or a CA file. See [TLS](#tls).
 //!
 //! # Example
 //!
@@ -63,11 +66,56 @@
 //! | `in_flight`, `connected`, `heartbeat_duration`, `heartbeat_cutoff`, `last_heartbeat` | methods of the same names ([`Consumer::is_connected`]) |
 //! | Connection `id`, `ip`, `parameters`, `last_ping`, `strikes` | methods of [`Connection`] |
 //!
+//! | Provider `ssl: { key, cert, passphrase, dh_params, prefer_low_memory_usage }` | [`ProviderOptions::ssl`] ([`SslOptions`]), [`ProviderBuilder::tls`] |
+//! | Consumer `ssl: true` | [`ConsumerOptions::ssl`], [`ConsumerBuilder::ssl`], plus [`ConsumerBuilder::ca_file`] |
+//!
 //! Not carried over: the seed's `events` (an `EventEmitter`), `server` (a HyperExpress
 //! server) and the consumer's `ws` are the Node objects underneath; here the callbacks,
-//! [`EventStream`]s and [`Provider::local_addr`] play their parts. The seed's `ssl` and
-//! `ws.compressor` options arrive with TLS and compression support.
-
+//! [`EventStream`]s and [`Provider::local_addr`] play their parts. The seed's
+//! `ws.compressor` option arrives with compression support.
+//!
+//! # TLS
+//!
+//! The provider serves `wss://` when given a certificate and key ([`SslOptions`], PEM
+//! files, loaded and checked by [`bind`](ProviderBuilder::bind)); the consumer connects
+//! with [`ssl(true)`](ConsumerBuilder::ssl), verifying the provider's certificate against
+//! the system's root certificates or, with [`ca_file`](ConsumerBuilder::ca_file), a CA
+//! of your own. rustls with its `ring` provider does the work on both sides (TLS 1.2 and
+//! 1.3, ECDHE key exchange only).
+//!
+//! ```
+//! # use cluster_transport::{Consumer, Provider, SslOptions};
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = std::env::temp_dir().join(format!("cluster-doc-tls-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+//! # std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
+//! # std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem())?;
+//! let provider = Provider::builder()
+//!     .host("127.0.0.1")
+//!     .port(0)
+//!     .tls(SslOptions::new(dir.join("cert.pem"), dir.join("key.pem")))
+//!     .bind()
+//!     .await?;
+//! let consumer = Consumer::builder()
+//!     .host("localhost") // the name the certificate is for
+//!     .port(provider.port())
+//!     .ca_file(dir.join("cert.pem")) // a self-signed certificate is its own CA
+//!     .connect()
+//!     .await?;
+//! consumer.send("over TLS")?;
+//! # consumer.shutdown().await;
+//! # provider.shutdown().await;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(()) }
+//! ```
+//!
+//! A consumer that cannot verify the certificate (or finds no TLS on the port) fails with
+//! [`ConnectErrorKind::Tls`] carrying rustls' reason, and does not retry. A plaintext
+//! client on a TLS port, or a TLS client on a plain one, fails its own handshake; no other
+//! connection notices.
+//!
+#![doc = include_str!("../docs/security.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
@@ -83,6 +131,15 @@ mod message;
 mod options;
 mod provider;
 mod query;
+mod tls;
+
+/// Entry points for the cargo-fuzz targets in `fuzz/`. **Not a public API**: hidden, for
+/// fuzzing only, and may change in any release.
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::fuzzing::{frames, query, upgrade_request};
+}
+mod fuzzing;
 
 pub use auth::{Refusal, UpgradeRequest};
 pub use connection::Connection;
@@ -94,7 +151,7 @@ pub use message::{
 };
 pub use options::{
     AuthOptions, ConsumerOptions, HandshakeOptions, HeartbeatOptions, ProviderOptions,
-    ReconnectOptions, WsOptions, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_ATTEMPTS,
+    ReconnectOptions, SslOptions, WsOptions, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BACKPRESSURE, DEFAULT_MAX_PAYLOAD_LENGTH, DEFAULT_MAX_STRIKES, DEFAULT_PATH,
     DEFAULT_PORT, DEFAULT_RECONNECT_INTERVAL,
 };

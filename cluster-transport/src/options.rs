@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The seed's default port.
@@ -65,6 +66,8 @@ pub struct ProviderOptions {
     /// How long a graceful close waits for the peer's close frame, in ms. Default: 5000.
     #[serde(with = "millis")]
     pub close_timeout: Duration,
+    /// TLS (`wss://`): the certificate and key to serve with. Default: none, plain `ws://`.
+    pub ssl: Option<SslOptions>,
 }
 
 impl Default for ProviderOptions {
@@ -80,6 +83,7 @@ impl Default for ProviderOptions {
             max_connections: 100_000,
             event_capacity: 1024,
             close_timeout: Duration::from_secs(5),
+            ssl: None,
         }
     }
 }
@@ -97,6 +101,86 @@ impl fmt::Debug for ProviderOptions {
             .field("max_connections", &self.max_connections)
             .field("event_capacity", &self.event_capacity)
             .field("close_timeout", &self.close_timeout)
+            .field("ssl", &self.ssl)
+            .finish()
+    }
+}
+
+/// The seed's `ssl` options: TLS for the provider, with rustls.
+///
+/// `cert` and `key` are PEM files. The certificate file holds the server's certificate
+/// first, then any intermediates. The key file holds one private key: PKCS#8
+/// (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`), or an encrypted
+/// PKCS#8 key (`ENCRYPTED PRIVATE KEY`, PBES2: PBKDF2 or scrypt with AES-CBC, what
+/// `openssl pkcs8 -topk8 -v2 aes-256-cbc` and `openssl genpkey -aes256` write), which is
+/// decrypted with `passphrase`. Both files are read and checked when the provider binds:
+/// a missing file, a wrong passphrase or a key that does not match the certificate fail
+/// [`bind`](crate::ProviderBuilder::bind) with [`BindError::Tls`](crate::BindError::Tls).
+///
+/// Two seed options have no meaning under rustls; they are accepted, so a config written
+/// for the original loads, and ignored (the provider logs that at bind):
+/// - `dh_params`: a file of finite-field Diffie-Hellman parameters for OpenSSL's `DHE`
+///   cipher suites. rustls implements no `DHE` suites at all; its key exchange is
+///   elliptic-curve only (`ECDHE` with X25519, P-256 or P-384), which needs no parameter
+///   file.
+/// - `prefer_low_memory_usage`: uWebSockets' switch for OpenSSL's `SSL_MODE_RELEASE_BUFFERS`
+///   (free a connection's TLS buffers while it is idle). rustls has no such switch; it
+///   already shrinks a connection's receive buffer back to 4 KiB once no record is pending,
+///   so a large message does not stay resident.
+///
+/// ```
+/// use cluster_transport::SslOptions;
+/// let ssl: SslOptions = serde_json::from_str(r#"{
+///     "cert": "misc/cert.pem", "key": "misc/key.pem", "passphrase": "SOME_RANDOM_PASSPHRASE"
+/// }"#).unwrap();
+/// assert!(!format!("{ssl:?}").contains("SOME_RANDOM"));
+/// let same = SslOptions::new("misc/cert.pem", "misc/key.pem").passphrase("SOME_RANDOM_PASSPHRASE");
+/// assert_eq!(same.cert, ssl.cert);
+/// ```
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SslOptions {
+    /// Path of the PEM private key file. Required.
+    pub key: PathBuf,
+    /// Path of the PEM certificate (chain) file. Required.
+    pub cert: PathBuf,
+    /// Decrypts an encrypted key (`ENCRYPTED PRIVATE KEY`); ignored for a plain key, as
+    /// OpenSSL ignores it. Never shown by `Debug` nor in errors. Default: none.
+    pub passphrase: Option<String>,
+    /// Accepted for the seed's sake and ignored: rustls has no finite-field DHE (see above).
+    pub dh_params: Option<PathBuf>,
+    /// Accepted for the seed's sake and ignored: rustls has no such mode (see above).
+    pub prefer_low_memory_usage: bool,
+}
+
+impl SslOptions {
+    /// A certificate (chain) file and its key file, both PEM.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The passphrase of an encrypted key file.
+    #[must_use]
+    pub fn passphrase(mut self, passphrase: impl Into<String>) -> Self {
+        self.passphrase = Some(passphrase.into());
+        self
+    }
+}
+
+impl fmt::Debug for SslOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The passphrase never reaches Debug: only whether there is one.
+        f.debug_struct("SslOptions")
+            .field("key", &self.key)
+            .field("cert", &self.cert)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "<hidden>"))
+            .field("dh_params", &self.dh_params)
+            .field("prefer_low_memory_usage", &self.prefer_low_memory_usage)
             .finish()
     }
 }
@@ -234,6 +318,12 @@ pub struct ConsumerOptions {
     pub max_backpressure: usize,
     /// Capacity of each [`events`](crate::Consumer::events) receiver. Default: 1024.
     pub event_capacity: usize,
+    /// Connect with TLS (`wss://`), verifying the provider's certificate against the
+    /// system's root certificates, or against `ca` when given. Default: false.
+    pub ssl: bool,
+    /// A PEM file of CA certificates to trust instead of the system roots (a private CA,
+    /// a self-signed provider). Used with `ssl`. Default: none.
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for ConsumerOptions {
@@ -248,6 +338,8 @@ impl Default for ConsumerOptions {
             max_payload_length: DEFAULT_MAX_PAYLOAD_LENGTH,
             max_backpressure: DEFAULT_MAX_BACKPRESSURE,
             event_capacity: 1024,
+            ssl: false,
+            ca: None,
         }
     }
 }
@@ -264,6 +356,8 @@ impl fmt::Debug for ConsumerOptions {
             .field("max_payload_length", &self.max_payload_length)
             .field("max_backpressure", &self.max_backpressure)
             .field("event_capacity", &self.event_capacity)
+            .field("ssl", &self.ssl)
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -321,6 +415,22 @@ mod tests {
     }
 
     #[test]
+    fn seed_ssl_options_load() {
+        let p: ProviderOptions = serde_json::from_str(
+            r#"{"ssl": {"key": "misc/key.pm", "cert": "misc/cert.pm", "passphrase": "P",
+                "dh_params": "misc/dhparam4096.pm", "prefer_low_memory_usage": true}}"#,
+        )
+        .unwrap();
+        let ssl = p.ssl.unwrap();
+        assert_eq!(ssl.key, PathBuf::from("misc/key.pm"));
+        assert_eq!(ssl.passphrase.as_deref(), Some("P"));
+        assert!(ssl.prefer_low_memory_usage);
+        let c: ConsumerOptions = serde_json::from_str(r#"{"ssl": true, "ca": "ca.pem"}"#).unwrap();
+        assert!(c.ssl);
+        assert!(serde_json::from_str::<ProviderOptions>(r#"{"ssl": {"crt": "x"}}"#).is_err());
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let err = serde_json::from_str::<ProviderOptions>(r#"{"prot": 1}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field"));
@@ -330,9 +440,11 @@ mod tests {
     fn debug_hides_secrets() {
         let mut p = ProviderOptions::default();
         p.auth.parameters.insert("key".into(), "hunter2".into());
+        p.ssl = Some(SslOptions::new("c.pem", "k.pem").passphrase("hunter2"));
         let mut c = ConsumerOptions::default();
         c.parameters.insert("key".into(), "hunter2".into());
         assert!(!format!("{p:?}").contains("hunter2"));
+        assert!(format!("{p:?}").contains("<hidden>"));
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(format!("{c:?}").contains("key"));
     }

@@ -29,11 +29,12 @@ use crate::event::{
     ProviderListeners,
 };
 use crate::message::{close_code, CloseInfo, MessageRef, PROVIDER_HEARTBEAT_PREFIX};
-use crate::options::ProviderOptions;
+use crate::options::{ProviderOptions, SslOptions};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -57,9 +58,35 @@ pub(crate) struct ProviderShared {
     pub(crate) tracker: TaskTracker,
     /// Cancelled to stop accepting and stop the heartbeat.
     pub(crate) stop: CancellationToken,
+    /// Handshakes every connection with TLS when `ssl` is set.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl ProviderShared {
+    pub(crate) fn new(
+        options: ProviderOptions,
+        auth_handler: Option<AuthHandler>,
+        upgrade_check: Option<UpgradeCheck>,
+        listeners: ProviderListeners,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
+        Self {
+            heartbeat_frame: format!(
+                "{PROVIDER_HEARTBEAT_PREFIX}{}",
+                options.heartbeat.interval.as_millis()
+            ),
+            options,
+            auth_handler,
+            upgrade_check,
+            listeners: RwLock::new(Arc::new(listeners)),
+            listeners_gen: AtomicU64::new(0),
+            registry: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            tls,
+        }
+    }
+
     /// The current listeners and their generation.
     pub(crate) fn listeners(&self) -> (Arc<ProviderListeners>, u64) {
         let guard = self.listeners.read().unwrap_or_else(|p| p.into_inner());
@@ -272,6 +299,30 @@ impl ProviderBuilder {
         self
     }
 
+    /// Serves TLS (`wss://`) with this certificate and key; see [`SslOptions`] for the
+    /// formats, the passphrase of an encrypted key, and the seed options rustls ignores.
+    /// The files are loaded and checked by [`bind`](Self::bind).
+    ///
+    /// ```no_run
+    /// use cluster_transport::{Provider, SslOptions};
+    /// # async fn run() -> Result<(), cluster_transport::BindError> {
+    /// let provider = Provider::builder()
+    ///     .tls(SslOptions::new("cert.pem", "key.pem").passphrase("SOME_RANDOM_PASSPHRASE"))
+    ///     .bind()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, ssl: SslOptions) -> Self {
+        self.options.ssl = Some(ssl);
+        self
+    }
+
+    /// Serves TLS with a PEM certificate (chain) file and an unencrypted PEM key file; for
+    /// an encrypted key use [`tls`](Self::tls) with a passphrase.
+    pub fn tls_files(self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls(SslOptions::new(cert, key))
+    }
+
     /// Calls `f` for every new connection.
     pub fn on_open(mut self, f: impl Fn(&Connection) + Send + Sync + 'static) -> Self {
         self.listeners.add(open_callback(f, false));
@@ -312,7 +363,9 @@ impl ProviderBuilder {
     ///
     /// # Errors
     /// [`BindError::Listen`] when the address cannot be bound, [`BindError::Options`] for
-    /// inconsistent options (a path not starting with `/`, zero limits).
+    /// inconsistent options (a path not starting with `/`, zero limits), [`BindError::Tls`]
+    /// when `ssl` is set and its files cannot be used (unreadable, no certificate or key,
+    /// wrong or missing passphrase, a key that does not match the certificate).
     pub async fn bind(self) -> Result<Provider, BindError> {
         let options = self.options;
         if !options.path.starts_with('/') {
@@ -331,6 +384,20 @@ impl ProviderBuilder {
                 "heartbeat interval must not be zero".into(),
             ));
         }
+        // Before the port is taken: a bad certificate must not leave a half-started provider.
+        // Reading files and decrypting a key (a slow KDF on purpose) is blocking work.
+        let tls = match options.ssl.clone() {
+            Some(ssl) => Some({
+                crate::tls::log_ignored(&ssl);
+                tokio::task::spawn_blocking(move || crate::tls::acceptor(&ssl))
+                    .await
+                    .map_err(|e| BindError::Tls {
+                        reason: "loading the certificate and key failed".into(),
+                        source: Some(Box::new(e)),
+                    })??
+            }),
+            None => None,
+        };
         let addr = format!("{}:{}", options.host, options.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -339,21 +406,19 @@ impl ProviderBuilder {
             addr: format!("{}:{}", options.host, options.port),
             source,
         })?;
-        let shared = Arc::new(ProviderShared {
-            heartbeat_frame: format!(
-                "{PROVIDER_HEARTBEAT_PREFIX}{}",
-                options.heartbeat.interval.as_millis()
-            ),
+        let shared = Arc::new(ProviderShared::new(
             options,
-            auth_handler: self.auth_handler,
-            upgrade_check: self.upgrade_check,
-            listeners: RwLock::new(Arc::new(self.listeners)),
-            listeners_gen: AtomicU64::new(0),
-            registry: Mutex::new(HashMap::new()),
-            tracker: TaskTracker::new(),
-            stop: CancellationToken::new(),
-        });
-        tracing::info!(local.addr = %local_addr, path = %shared.options.path, "provider listening");
+            self.auth_handler,
+            self.upgrade_check,
+            self.listeners,
+            tls,
+        ));
+        tracing::info!(
+            local.addr = %local_addr,
+            path = %shared.options.path,
+            tls = shared.tls.is_some(),
+            "provider listening"
+        );
         shared
             .tracker
             .spawn(accept::accept_loop(listener, Arc::clone(&shared)));
@@ -410,6 +475,11 @@ impl Provider {
     /// The path consumers connect to.
     pub fn path(&self) -> &str {
         &self.inner.shared.options.path
+    }
+
+    /// Whether consumers connect with TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.inner.shared.tls.is_some()
     }
 
     /// Every open connection, by id (the seed's `connections`).
@@ -566,6 +636,7 @@ impl fmt::Debug for Provider {
         f.debug_struct("Provider")
             .field("local_addr", &self.inner.local_addr)
             .field("path", &self.path())
+            .field("tls", &self.is_tls())
             .field("connections", &self.connection_count())
             .finish()
     }

@@ -4,6 +4,7 @@ use super::{hex, key_value, print_line, shutdown_signal};
 use anyhow::Context;
 use cluster_transport::{Consumer, ConsumerEvent, Message};
 use serde_json::json;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -28,6 +29,14 @@ pub(crate) struct Args {
     /// Failed attempts in a row before giving up.
     #[arg(long, default_value_t = 10)]
     max_attempts: u32,
+    /// Connect with TLS (wss://), verifying the provider's certificate against the
+    /// system's root certificates (or --ca).
+    #[arg(long)]
+    ssl: bool,
+    /// Trust the CA certificates in this PEM file instead of the system's roots (a private
+    /// CA, or a self-signed provider certificate). Implies --ssl.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print one JSON object per line for each event.
     #[arg(long)]
     json: bool,
@@ -39,7 +48,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .port(args.port)
         .path(args.path)
         .reconnect_interval(Duration::from_millis(args.reconnect_interval_ms))
-        .max_attempts(args.max_attempts);
+        .max_attempts(args.max_attempts)
+        .ssl(args.ssl);
+    if let Some(ca) = args.ca {
+        builder = builder.ca_file(ca);
+    }
     for (key, value) in args.params {
         builder = builder.parameter(key, value);
     }

@@ -4,8 +4,10 @@
 
 use super::{hex, key_value, print_line, shutdown_signal};
 use cluster_rpc::Hub;
-use cluster_transport::{CloseInfo, Connection, MessageRef, Provider};
+use cluster_transport::{CloseInfo, Connection, MessageRef, Provider, SslOptions};
 use serde_json::json;
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Options of `cluster provider`.
@@ -35,12 +37,46 @@ pub(crate) struct Args {
     /// Most bytes queued for one connection.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_backpressure: usize,
+    /// Serve TLS (wss://) with this PEM certificate (chain) file; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert: plain, or encrypted PKCS#8 with --tls-passphrase.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Passphrase of an encrypted --tls-key. Prefer the environment variable, which keeps
+    /// it out of the process list.
+    #[arg(
+        long,
+        value_name = "P",
+        requires = "tls_key",
+        env = "CLUSTER_TLS_PASSPHRASE",
+        hide_env_values = true
+    )]
+    tls_passphrase: Option<Secret>,
     /// Send every text message back to its sender.
     #[arg(long)]
     echo: bool,
     /// Print one JSON object per line for each event.
     #[arg(long)]
     json: bool,
+}
+
+/// A secret from the command line: usable, never shown by `Debug`.
+#[derive(Clone)]
+pub(crate) struct Secret(String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<hidden>")
+    }
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -70,13 +106,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     for (key, value) in args.auth {
         builder = builder.auth_parameter(key, value);
     }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        let mut ssl = SslOptions::new(cert, key);
+        ssl.passphrase = args.tls_passphrase.map(|p| p.0);
+        builder = builder.tls(ssl);
+    }
     let hub = Hub::builder(builder).start().await?;
     let provider = hub.provider();
     if json {
-        print_line(&json!({"event": "listening", "port": provider.port()}).to_string());
+        print_line(
+            &json!({"event": "listening", "port": provider.port(), "tls": provider.is_tls()})
+                .to_string(),
+        );
     } else {
         print_line(&format!(
-            "listening on ws://{}{}",
+            "listening on {}://{}{}",
+            if provider.is_tls() { "wss" } else { "ws" },
             provider.local_addr(),
             provider.path()
         ));

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -31,13 +31,44 @@ enum ExitReason {
 
 /// The whole life of a consumer after `connect()`.
 pub(super) async fn run(shared: Arc<ConsumerShared>) {
+    let end = match tls_connector(&shared).await {
+        Ok(connector) => connect_loop(&shared, connector.as_ref()).await,
+        Err(error) => {
+            tracing::warn!(cause = %error, "tls setup failed");
+            shared.error(&error);
+            error
+        }
+    };
+    shared.set_state(ConsumerState::Closed(end));
+    shared.emit(ConsumerEvent::Close).await;
+}
+
+/// The TLS configuration for `ssl`, built once per consumer (it reads files: the CA file
+/// or the system's roots) on a blocking thread.
+async fn tls_connector(shared: &ConsumerShared) -> Result<Option<Connector>, ConnectError> {
+    if !shared.options.ssl {
+        return Ok(None);
+    }
+    let ca = shared.options.ca.clone();
+    let config = tokio::task::spawn_blocking(move || crate::tls::client_config(ca.as_deref()))
+        .await
+        .map_err(|e| {
+            ConnectError::new(ConnectErrorKind::Tls)
+                .with_detail("loading root certificates failed")
+                .with_source(e)
+        })??;
+    Ok(Some(Connector::Rustls(config)))
+}
+
+/// Connects, runs sessions and reconnects per the policy; returns why it stopped for good.
+async fn connect_loop(shared: &ConsumerShared, connector: Option<&Connector>) -> ConnectError {
     let reconnect = shared.options.reconnect.clone();
     let mut failures = 0u32;
-    let end = loop {
+    loop {
         shared.in_flight.store(true, Ordering::Relaxed);
         let attempt = tokio::select! {
             _ = shared.stop.cancelled() => Err(ConnectError::new(ConnectErrorKind::Destroyed)),
-            attempt = connect_once(&shared) => attempt,
+            attempt = connect_once(shared, connector) => attempt,
         };
         shared.in_flight.store(false, Ordering::Relaxed);
         match attempt {
@@ -46,14 +77,14 @@ pub(super) async fn run(shared: Arc<ConsumerShared>) {
                 shared.set_state(ConsumerState::Connected);
                 shared.debug(|| "connected".to_owned());
                 shared.emit(ConsumerEvent::Open).await;
-                let exit = session(&shared, socket).await;
+                let exit = session(shared, socket).await;
                 {
                     let mut outbox = shared.outbox();
                     outbox.queue.clear();
                     outbox.bytes = 0;
                 }
                 match exit {
-                    ExitReason::Destroyed => break ConnectError::new(ConnectErrorKind::Destroyed),
+                    ExitReason::Destroyed => return ConnectError::new(ConnectErrorKind::Destroyed),
                     ExitReason::Disconnected(info) => {
                         shared.set_state(ConsumerState::Connecting);
                         shared.debug(|| format!("disconnected: {} {}", info.code, info.reason));
@@ -61,11 +92,11 @@ pub(super) async fn run(shared: Arc<ConsumerShared>) {
                     }
                 }
             }
-            Err(error) if error.kind() == ConnectErrorKind::Destroyed => break error,
+            Err(error) if error.kind() == ConnectErrorKind::Destroyed => return error,
             Err(error) if error.is_fatal() => {
                 tracing::warn!(cause = %error, "connection refused for good");
                 shared.error(&error);
-                break error;
+                return error;
             }
             Err(error) => {
                 failures += 1;
@@ -78,19 +109,17 @@ pub(super) async fn run(shared: Arc<ConsumerShared>) {
                     )))
                     .await;
                 if failures > reconnect.max_attempts {
-                    break ConnectError::new(ConnectErrorKind::MaxAttempts)
+                    return ConnectError::new(ConnectErrorKind::MaxAttempts)
                         .with_detail(format!("{failures} attempts, last: {error}"))
                         .with_source(error);
                 }
             }
         }
         tokio::select! {
-            _ = shared.stop.cancelled() => break ConnectError::new(ConnectErrorKind::Destroyed),
+            _ = shared.stop.cancelled() => return ConnectError::new(ConnectErrorKind::Destroyed),
             _ = tokio::time::sleep(reconnect.interval) => {}
         }
-    };
-    shared.set_state(ConsumerState::Closed(end));
-    shared.emit(ConsumerEvent::Close).await;
+    }
 }
 
 /// The URL the original consumer would connect to.
@@ -108,9 +137,13 @@ pub(crate) fn url(options: &crate::ConsumerOptions, scheme: &str) -> String {
     )
 }
 
-async fn connect_once(shared: &ConsumerShared) -> Result<Socket, ConnectError> {
+async fn connect_once(
+    shared: &ConsumerShared,
+    connector: Option<&Connector>,
+) -> Result<Socket, ConnectError> {
     let options = &shared.options;
-    let request = url(options, "ws").into_client_request().map_err(|e| {
+    let scheme = if connector.is_some() { "wss" } else { "ws" };
+    let request = url(options, scheme).into_client_request().map_err(|e| {
         ConnectError::new(ConnectErrorKind::Io)
             .with_detail("invalid url")
             .with_source(e)
@@ -118,16 +151,21 @@ async fn connect_once(shared: &ConsumerShared) -> Result<Socket, ConnectError> {
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = 32 * 1024;
     config.write_buffer_size = 0;
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        true,
+        Some(connector.cloned().unwrap_or(Connector::Plain)),
+    );
     match tokio::time::timeout(options.connect_timeout, connecting).await {
         Err(_) => Err(ConnectError::new(ConnectErrorKind::TimedOut)),
         Ok(Ok((socket, _response))) => Ok(socket),
-        Ok(Err(error)) => Err(classify(error)),
+        Ok(Err(error)) => Err(classify(error, connector.is_some())),
     }
 }
 
 /// Maps a tungstenite handshake error to a connect error kind.
-fn classify(error: tungstenite::Error) -> ConnectError {
+fn classify(error: tungstenite::Error, tls: bool) -> ConnectError {
     match error {
         tungstenite::Error::Http(response) => {
             let status = response.status();
@@ -151,12 +189,25 @@ fn classify(error: tungstenite::Error) -> ConnectError {
             };
             ConnectError::new(kind).with_detail(detail)
         }
-        tungstenite::Error::Io(e) => ConnectError::new(ConnectErrorKind::Io)
-            .with_detail(e.to_string())
-            .with_source(e),
+        tungstenite::Error::Io(e) => match crate::tls::rustls_error(&e) {
+            Some(tls) => crate::tls::handshake_error(tls),
+            None => ConnectError::new(ConnectErrorKind::Io)
+                .with_detail(e.to_string())
+                .with_source(e),
+        },
         tungstenite::Error::Tls(e) => ConnectError::new(ConnectErrorKind::Tls)
             .with_detail(e.to_string())
             .with_source(e),
+        // What a plaintext request gets from a TLS port: a TLS alert where HTTP should be.
+        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::HttparseError(_))
+            if !tls =>
+        {
+            ConnectError::new(ConnectErrorKind::Io)
+                .with_detail(format!(
+                    "{error} (is the provider serving TLS? then connect with ssl)"
+                ))
+                .with_source(error)
+        }
         other => ConnectError::new(ConnectErrorKind::Io)
             .with_detail(other.to_string())
             .with_source(other),
@@ -201,7 +252,7 @@ async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
                         let text = text.as_str();
                         if text == PING {
                             shared.last_heartbeat.store(now_millis(), Ordering::Relaxed);
-                            watchdog = cutoff(shared).map(|c| Instant::now() + c);
+                            watchdog = watchdog_deadline(shared.heartbeat_duration.load(Ordering::Relaxed));
                             if let Err(e) = socket.send(WsMessage::text(PONG)).await {
                                 return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, e.to_string()));
                             }
@@ -209,7 +260,7 @@ async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
                             if let Ok(ms) = ms.parse::<u64>() {
                                 shared.heartbeat_duration.store(ms, Ordering::Relaxed);
                                 shared.last_heartbeat.store(now_millis(), Ordering::Relaxed);
-                                watchdog = cutoff(shared).map(|c| Instant::now() + c);
+                                watchdog = watchdog_deadline(shared.heartbeat_duration.load(Ordering::Relaxed));
                             }
                         } else {
                             shared.emit_message(MessageRef::Text(text)).await;
@@ -237,10 +288,14 @@ async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
     }
 }
 
-fn cutoff(shared: &ConsumerShared) -> Option<Duration> {
-    match shared.heartbeat_duration.load(Ordering::Relaxed) {
+/// When the watchdog fires if no `PING` comes: twice the interval the provider announced
+/// (`PROVIDER_HEARTBEAT|<ms>`). The number comes from the network, and `Instant + Duration`
+/// panics where the sum does not fit (sooner on platforms with a narrower `Instant` than
+/// Linux's): a deadline that cannot be represented means no watchdog.
+fn watchdog_deadline(heartbeat_ms: u64) -> Option<Instant> {
+    match heartbeat_ms {
         0 => None,
-        ms => Some(Duration::from_millis(ms) * 2),
+        ms => Instant::now().checked_add(Duration::from_millis(ms).saturating_mul(2)),
     }
 }
 
@@ -304,11 +359,24 @@ async fn close(socket: &mut Socket) {
 mod tests {
     use super::*;
 
+    /// Any interval a provider announces gives a deadline or none, never a panic.
+    #[tokio::test]
+    async fn any_heartbeat_interval_gives_a_deadline_or_none() {
+        assert!(watchdog_deadline(0).is_none());
+        assert!(watchdog_deadline(1000).is_some());
+        for ms in [u64::MAX, u64::MAX / 2 + 1, u64::MAX / 1000] {
+            let _ = watchdog_deadline(ms);
+        }
+    }
+
     #[test]
     fn url_like_the_original() {
-        let mut options = crate::ConsumerOptions::default();
-        options.port = 9000;
+        let mut options = crate::ConsumerOptions {
+            port: 9000,
+            ..Default::default()
+        };
         assert_eq!(url(&options, "ws"), "ws://127.0.0.1:9000/connect");
+        assert_eq!(url(&options, "wss"), "wss://127.0.0.1:9000/connect");
         options.parameters.insert("key".into(), "a b&c/é".into());
         options.host = "::1".into();
         assert_eq!(

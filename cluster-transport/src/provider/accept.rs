@@ -1,4 +1,8 @@
 //! Accepting: the accept loop and the life of one connection, handshake to cleanup.
+//!
+//! A TLS connection runs the same path on the TLS stream, after a TLS handshake that
+//! shares the upgrade's time limit: an unauthenticated client gets `handshake.timeout`
+//! in all, TLS and HTTP upgrade together, before it has a connection or is dropped.
 
 use crate::connection::driver::Driver;
 use crate::connection::Connection;
@@ -10,8 +14,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Accepts until the provider stops. A failed accept (out of file descriptors, say) is
 /// retried with backoff; it never ends the provider.
@@ -38,9 +43,17 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<ProviderShare
                 let ip = addr.ip().to_canonical();
                 // No span per connection: a span costs bytes for the connection's whole
                 // life; events carry `conn.id` and `peer.ip` fields instead.
-                shared
-                    .tracker
-                    .spawn(serve_connection(stream, ip, Arc::clone(&shared), permit));
+                let conn_shared = Arc::clone(&shared);
+                if shared.tls.is_some() {
+                    shared
+                        .tracker
+                        .spawn(serve_tls(stream, ip, conn_shared, permit));
+                } else {
+                    // Plain connections run exactly the task they ran before TLS existed.
+                    shared
+                        .tracker
+                        .spawn(serve_connection(stream, ip, conn_shared, permit));
+                }
             }
             Err(error) => {
                 tracing::warn!(cause = %error, "accept failed; retrying");
@@ -67,7 +80,7 @@ pub(crate) async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Some(mut driver) = Box::pin(open(stream, ip, &shared)).await else {
+    let Some(mut driver) = Box::pin(open(stream, ip, &shared, None)).await else {
         return;
     };
     let info = poll_fn(|cx| driver.poll_drive(cx)).await;
@@ -75,14 +88,63 @@ pub(crate) async fn serve_connection<S>(
     Box::pin(finish(driver, &shared, info)).await;
 }
 
+/// A TLS connection: the TLS handshake, then the same path as [`serve_connection`] on
+/// the TLS stream. A separate function, so that plain connections do not carry the
+/// (larger) TLS stream type in their tasks.
+async fn serve_tls(
+    stream: TcpStream,
+    ip: IpAddr,
+    shared: Arc<ProviderShared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let Some(mut driver) = Box::pin(open_tls(stream, ip, &shared)).await else {
+        return;
+    };
+    let info = poll_fn(|cx| driver.poll_drive(cx)).await;
+    drop(permit);
+    Box::pin(finish(driver, &shared, info)).await;
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The TLS handshake within the handshake time limit, then [`open`] with what is left.
+async fn open_tls(
+    stream: TcpStream,
+    ip: IpAddr,
+    shared: &Arc<ProviderShared>,
+) -> Option<Driver<TlsStream>> {
+    let acceptor = shared.tls.clone()?;
+    let deadline = Instant::now() + shared.options.handshake.timeout;
+    let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            // Plaintext clients, scanners and clients that distrust our certificate end
+            // here; only they are affected, so this is not worth more than a debug line.
+            tracing::debug!(peer.ip = %ip, cause = %error, "tls handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(peer.ip = %ip, "tls handshake timed out");
+            return None;
+        }
+    };
+    open(stream, ip, shared, Some(deadline)).await
+}
+
 /// Handshake, registration and the open event; `None` when no connection came of it.
-async fn open<S>(mut stream: S, ip: IpAddr, shared: &Arc<ProviderShared>) -> Option<Driver<S>>
+/// The upgrade must be done by `deadline`, else within `handshake.timeout` from now.
+async fn open<S>(
+    mut stream: S,
+    ip: IpAddr,
+    shared: &Arc<ProviderShared>,
+    deadline: Option<Instant>,
+) -> Option<Driver<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let limit = shared.options.handshake.timeout;
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + shared.options.handshake.timeout);
     let upgraded =
-        match tokio::time::timeout(limit, handshake::accept(&mut stream, ip, shared)).await {
+        match tokio::time::timeout_at(deadline, handshake::accept(&mut stream, ip, shared)).await {
             Ok(Ok(upgraded)) => upgraded,
             Ok(Err(end)) => {
                 log_handshake_end(shared, ip, &end);

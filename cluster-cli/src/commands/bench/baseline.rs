@@ -9,7 +9,7 @@
 //! yield every 128 sends and each connection task then flushes one or two messages per
 //! syscall: 15x slower, which would measure the pattern rather than the server.)
 
-use super::server::{wait_for_conns, Mode, BROADCAST_BATCH, DRAIN_WAIT};
+use super::server::{wait_for, Mode, BROADCAST_BATCH, DRAIN_WAIT};
 use super::spec::PAYLOAD;
 use super::tally;
 use futures_util::{SinkExt, StreamExt};
@@ -91,7 +91,7 @@ impl Server {
 
     /// W3: `k` times, sends the payload into every connection's channel.
     pub(crate) async fn broadcast(&self, k: u64, conns: usize) -> anyhow::Result<Duration> {
-        wait_for_conns(|| self.peers.len(), conns).await?;
+        wait_for(|| self.peers.len(), conns, "connections").await?;
         let message = Message::Text(Utf8Bytes::from_static(PAYLOAD));
         let watched = self.peers.snapshot();
         let start = Instant::now();

@@ -4,13 +4,13 @@
 //!
 //! Lines to the parent: `CONNECTED` (W1, W3), `ECHO <n> <total ns> <p50 ns> <p99 ns>
 //! <p999 ns>` (W2), `BROADCAST <deliveries> <ns>` (W3), `READY <conns> <connect ns>` (W6).
-//! From the parent: `GO` (W1) and `CPU` (answered `CPU <ns>`). The process ends when
-//! stdin does.
+//! From the parent: `GO` (W1, W4, W7) and `CPU` (answered `CPU <ns>`). The process ends
+//! when stdin does. W4 and W7 run our `cluster_rpc::Member` instead ([`rpc`], [`pubsub`]).
 
 use super::spec::{
     ClientKind, ClientSpec, Workload, INGEST_DATA, INGEST_END, PAYLOAD, PAYLOAD_LEN,
 };
-use super::{consumer_client, sys};
+use super::{consumer_client, pubsub, rpc, sys};
 use crate::commands::print_line;
 use anyhow::Context;
 use cluster_transport::{PING, PONG, PROVIDER_HEARTBEAT_PREFIX};
@@ -44,6 +44,12 @@ pub(crate) fn main(spec: ClientSpec) -> anyhow::Result<()> {
         match (spec.workload, spec.client) {
             (Workload::W2, ClientKind::Consumer) => consumer_client::echo(&spec).await?,
             (_, ClientKind::Consumer) => anyhow::bail!("our consumer only runs W2"),
+            (Workload::W4, ClientKind::Member) => go = Some(rpc::calls(&spec).await?),
+            (Workload::W7, ClientKind::Member) => go = Some(pubsub::pubsub(&spec).await?),
+            (_, ClientKind::Member) => anyhow::bail!("our member only runs W4 and W7"),
+            (Workload::W4 | Workload::W7, ClientKind::Lean) => {
+                anyhow::bail!("W4 and W7 run on our member only")
+            }
             (Workload::W1, ClientKind::Lean) => go = Some(ingest(&spec).await?),
             (Workload::W2, ClientKind::Lean) => echo(&spec).await?,
             (Workload::W3, ClientKind::Lean) => broadcast(&spec).await?,
@@ -128,7 +134,9 @@ async fn idle(mut ws: Ws) {
 }
 
 /// Runs `task` on its own; a failure is reported to the parent and ends the process.
-fn spawn_or_fail(task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static) {
+pub(super) fn spawn_or_fail(
+    task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) {
     tokio::spawn(async move {
         if let Err(error) = task.await {
             sys::fail(&error);

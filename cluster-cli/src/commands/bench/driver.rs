@@ -19,6 +19,14 @@ const W3_PROBE_K: u64 = 5_000;
 const W1_CONNS: [usize; 3] = [1, 16, 256];
 /// Consumers of W3.
 const W3_CONNS: usize = 100;
+/// W4 calls of a calibration run with many in flight.
+const W4_PROBE_CALLS: u64 = 100_000;
+/// W4 calls in flight in the throughput case.
+const W4_IN_FLIGHT: usize = 64;
+/// W7 subscribers.
+const W7_SUBSCRIBERS: usize = 100;
+/// W7 messages published in a calibration run (each subscriber gets all of them).
+const W7_PROBE_K: u64 = 5_000;
 /// Time W6 leaves the server to settle before reading its RSS again.
 const W6_SETTLE: Duration = Duration::from_millis(200);
 
@@ -42,6 +50,8 @@ struct Case {
     name: String,
     unit: &'static str,
     conns: usize,
+    /// W4: calls in flight.
+    in_flight: usize,
     client: ClientKind,
     systems: Vec<System>,
 }
@@ -62,6 +72,7 @@ fn cases(plan: &Plan) -> Vec<Case> {
         name,
         unit,
         conns,
+        in_flight: 0,
         client,
         systems: systems.to_vec(),
     };
@@ -116,6 +127,29 @@ fn cases(plan: &Plan) -> Vec<Case> {
                     all,
                 ));
             }
+            Workload::W4 if !ours.is_empty() => {
+                for (name, in_flight) in [
+                    ("W4 rpc in-flight 1".to_owned(), 1),
+                    (format!("W4 rpc {W4_IN_FLIGHT} in flight"), W4_IN_FLIGHT),
+                ] {
+                    out.push(Case {
+                        in_flight,
+                        ..case(workload, name, "calls/s", 1, ClientKind::Member, ours)
+                    });
+                }
+            }
+            Workload::W7 if !ours.is_empty() => {
+                out.push(case(
+                    workload,
+                    "W7 pub/sub".into(),
+                    "deliveries/s",
+                    W7_SUBSCRIBERS,
+                    ClientKind::Member,
+                    ours,
+                ));
+            }
+            // W4 and W7 have no baseline.
+            Workload::W4 | Workload::W7 => {}
             Workload::W6 => {
                 let conns = if plan.quick { 500 } else { 5000 };
                 out.push(case(
@@ -248,6 +282,34 @@ async fn size_for(plan: &Plan, case: &Case, system: System) -> anyhow::Result<Si
         (Workload::W2, true) => fixed(2_000, 200),
         (Workload::W2, false) => fixed(20_000, 1_000),
         (Workload::W6, _) => fixed(0, 0),
+        (Workload::W4, true) if case.in_flight <= 1 => fixed(2_000, 200),
+        (Workload::W4, false) if case.in_flight <= 1 => fixed(20_000, 1_000),
+        (Workload::W4, true) => fixed(20_000, 1_000),
+        (Workload::W4, false) => {
+            let f = run_once(
+                case,
+                system,
+                Size {
+                    count: W4_PROBE_CALLS,
+                    warmup: 10_000,
+                },
+            )
+            .await?;
+            fixed(scaled(f.rate, 1, 10_000), 10_000)
+        }
+        (Workload::W7, true) => fixed(1_000, 0),
+        (Workload::W7, false) => {
+            let f = run_once(
+                case,
+                system,
+                Size {
+                    count: W7_PROBE_K,
+                    warmup: 0,
+                },
+            )
+            .await?;
+            fixed(scaled(f.rate, conns, 1_000), 0)
+        }
         (Workload::W1, false) => {
             let probe = Size {
                 count: (W1_PROBE_TOTAL / conns).max(100),
@@ -297,13 +359,16 @@ async fn run_once(case: &Case, system: System, size: Size) -> anyhow::Result<Run
         conns: case.conns,
         count: size.count,
         warmup: size.warmup,
+        in_flight: case.in_flight,
         client: case.client,
     };
     let figures = match case.workload {
         Workload::W1 => ingest(&mut children, clients).await?,
         Workload::W2 => echo(&mut children, clients).await?,
         Workload::W3 => broadcast(&mut children, clients).await?,
+        Workload::W4 => rpc(&mut children, clients).await?,
         Workload::W6 => idle(&mut children, clients).await?,
+        Workload::W7 => pubsub(&mut children, clients).await?,
     };
     children.finish().await;
     Ok(figures)
@@ -406,6 +471,74 @@ async fn broadcast(children: &mut Children, clients: ClientSpec) -> anyhow::Resu
     })
 }
 
+/// W4: the member warms up and connects; its calls are timed after `GO`.
+async fn rpc(children: &mut Children, clients: ClientSpec) -> anyhow::Result<RunFigures> {
+    let in_flight = clients.in_flight;
+    children.start_clients(clients)?;
+    children.expect(Who::Clients, "CONNECTED").await?;
+    let [server_before, clients_before] = cpu(children).await?;
+    children.send(Who::Clients, "GO").await?;
+    let mut figures = if in_flight <= 1 {
+        let [n, total, p50, p99, p999] =
+            fields(children.expect(Who::Clients, "ECHO").await?, "ECHO")?;
+        RunFigures {
+            rate: n as f64 / secs(total).max(1e-9),
+            count: u64::try_from(n)?,
+            secs: secs(total),
+            p50_us: Some(micros(p50)),
+            p99_us: Some(micros(p99)),
+            p999_us: Some(micros(p999)),
+            ..RunFigures::default()
+        }
+    } else {
+        let [n, nanos] = fields(children.expect(Who::Clients, "RPC").await?, "RPC")?;
+        RunFigures {
+            rate: n as f64 / secs(nanos).max(1e-9),
+            count: u64::try_from(n)?,
+            secs: secs(nanos),
+            ..RunFigures::default()
+        }
+    };
+    let [server_after, clients_after] = cpu(children).await?;
+    figures.server_cpu_ns = per_msg(server_before, server_after, figures.count);
+    figures.client_cpu_ns = per_msg(clients_before, clients_after, figures.count);
+    Ok(figures)
+}
+
+/// W7: every member connects and subscribes, the hub confirms the subscriptions, then
+/// the publisher publishes after `GO`.
+async fn pubsub(children: &mut Children, clients: ClientSpec) -> anyhow::Result<RunFigures> {
+    let (k, subscribers) = (clients.count, clients.conns);
+    children.start_clients(clients)?;
+    children.expect(Who::Clients, "CONNECTED").await?;
+    children
+        .send(Who::Server, &format!("SUBS {subscribers}"))
+        .await?;
+    let [subs] = fields(children.expect(Who::Server, "SUBS").await?, "SUBS")?;
+    anyhow::ensure!(
+        subs == subscribers as u128,
+        "the hub has {subs} subscriptions, expected {subscribers}"
+    );
+    let [server_before, clients_before] = cpu(children).await?;
+    children.send(Who::Clients, "GO").await?;
+    let [total, nanos] = fields(children.expect(Who::Clients, "PUBSUB").await?, "PUBSUB")?;
+    let [server_after, clients_after] = cpu(children).await?;
+    let total = u64::try_from(total)?;
+    let expected = k * subscribers as u64;
+    anyhow::ensure!(
+        total == expected,
+        "subscribers got {total} messages, expected {expected}"
+    );
+    Ok(RunFigures {
+        rate: total as f64 / secs(nanos).max(1e-9),
+        count: total,
+        secs: secs(nanos),
+        server_cpu_ns: per_msg(server_before, server_after, total),
+        client_cpu_ns: per_msg(clients_before, clients_after, total),
+        ..RunFigures::default()
+    })
+}
+
 async fn idle(children: &mut Children, clients: ClientSpec) -> anyhow::Result<RunFigures> {
     children.send(Who::Server, "RSS").await?;
     let [before] = fields(children.expect(Who::Server, "RSS").await?, "RSS")?;
@@ -433,7 +566,14 @@ mod tests {
     #[test]
     fn cases_cover_the_plan() {
         let plan = Plan {
-            workloads: vec![Workload::W1, Workload::W2, Workload::W3, Workload::W6],
+            workloads: vec![
+                Workload::W1,
+                Workload::W2,
+                Workload::W3,
+                Workload::W4,
+                Workload::W6,
+                Workload::W7,
+            ],
             systems: vec![System::Ours, System::Baseline],
             runs: 3,
             quick: false,
@@ -448,16 +588,19 @@ mod tests {
                 "W2 echo",
                 "W2 echo (our consumer)",
                 "W3 broadcast",
-                "W6 idle x5000"
+                "W4 rpc in-flight 1",
+                "W4 rpc 64 in flight",
+                "W6 idle x5000",
+                "W7 pub/sub"
             ]
         );
         let baseline_only = Plan {
             systems: vec![System::Baseline],
             ..plan
         };
-        assert!(cases(&baseline_only)
-            .iter()
-            .all(|c| c.name != "W2 echo (our consumer)"));
+        assert!(cases(&baseline_only).iter().all(|c| {
+            c.name != "W2 echo (our consumer)" && !matches!(c.workload, Workload::W4 | Workload::W7)
+        }));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `network-cluster` side: our provider, heartbeat on, default limits.
 
-use super::server::{wait_for_conns, Mode, BROADCAST_BATCH, DRAIN_WAIT};
+use super::server::{wait_for, Mode, BROADCAST_BATCH, DRAIN_WAIT};
 use super::spec::PAYLOAD;
 use super::tally;
 use cluster_transport::{Connection, Provider};
@@ -46,7 +46,7 @@ impl Server {
 
     /// W3: `send_to_all` `k` times, pausing while a consumer's queue is long.
     pub(crate) async fn broadcast(&self, k: u64, conns: usize) -> anyhow::Result<Duration> {
-        wait_for_conns(|| self.provider.connection_count(), conns).await?;
+        wait_for(|| self.provider.connection_count(), conns, "connections").await?;
         let connections: Vec<Connection> = self.provider.connections().into_values().collect();
         let start = Instant::now();
         let mut sent = 0;

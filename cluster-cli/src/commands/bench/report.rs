@@ -130,7 +130,7 @@ fn figure(row: &CaseResult) -> String {
         .median_rate
         .map_or_else(|| "-".to_owned(), |r| format!("{}{}", si(r), row.unit));
     match row.workload {
-        "W2" => format!(
+        "W2" | "W4" if row.p50_us.is_some() => format!(
             "p50 {:.1} µs, p99 {:.1}, p999 {:.1}; {rate}",
             row.p50_us.unwrap_or(f64::NAN),
             row.p99_us.unwrap_or(f64::NAN),
@@ -156,8 +156,23 @@ fn baseline_of<'a>(row: &CaseResult, rows: &'a [CaseResult]) -> Option<&'a CaseR
         .find(|r| r.system == System::Baseline.name() && r.case == case && r.error.is_none())
 }
 
+/// W4's target: calls/s with 64 in flight.
+const W4_TARGET_RATE: f64 = 400_000.0;
+/// W4's target: p50 with one call in flight over our W2 echo's p50 (pinned to one core).
+const W4_TARGET_P50_RATIO: f64 = 1.3;
+/// W7's target: deliveries/s.
+const W7_TARGET_RATE: f64 = 4_000_000.0;
+
+/// Our own row of case `case` in this run, if it succeeded.
+fn ours_of<'a>(case: &str, rows: &'a [CaseResult]) -> Option<&'a CaseResult> {
+    rows.iter()
+        .find(|r| r.system == System::Ours.name() && r.case == case && r.error.is_none())
+}
+
 /// Ours over baseline on the figure the target is about, with the target and whether it
-/// was met.
+/// was met. W4 and W7 have no baseline: W4 with one call in flight is compared with our
+/// own W2 echo rows of the same run (lean client, and our consumer), the rest with
+/// absolute targets.
 fn ratio(row: &CaseResult, rows: &[CaseResult]) -> (String, String) {
     if row.system != System::Ours.name() || row.error.is_some() {
         return (String::new(), String::new());
@@ -186,6 +201,36 @@ fn ratio(row: &CaseResult, rows: &[CaseResult]) -> (String, String) {
             };
             (format!("p50 {}", show(r)), target)
         }
+        "W4" if row.p50_us.is_some() => {
+            let p50_over = |case| {
+                let w2 = ours_of(case, rows)?.p50_us?;
+                Some(row.p50_us? / w2).filter(|r| r.is_finite())
+            };
+            let (lean, consumer) = (p50_over("W2 echo"), p50_over("W2 echo (our consumer)"));
+            let shown = match consumer {
+                Some(c) => format!("p50 {} W2 ({c:.2}x our consumer)", show(lean)),
+                None => format!("p50 {} W2", show(lean)),
+            };
+            let target = lean.map_or(String::new(), |r| {
+                format!(
+                    "p50 <= {W4_TARGET_P50_RATIO}x W2 (pinned): {}",
+                    verdict(r <= W4_TARGET_P50_RATIO)
+                )
+            });
+            (shown, target)
+        }
+        "W4" | "W7" => {
+            let min = if row.workload == "W4" {
+                W4_TARGET_RATE
+            } else {
+                W7_TARGET_RATE
+            };
+            let rate = row.median_rate.unwrap_or(0.0);
+            (
+                "–".to_owned(),
+                format!(">= {}/s: {}", si(min).trim_end(), verdict(rate >= min)),
+            )
+        }
         "W6" => {
             let r = ratio_of(|c| c.kb_per_conn);
             let kb = row.kb_per_conn.unwrap_or(f64::NAN);
@@ -200,13 +245,7 @@ fn ratio(row: &CaseResult, rows: &[CaseResult]) -> (String, String) {
 
 /// The table for people.
 pub(crate) fn table(rows: &[CaseResult]) -> String {
-    let header = [
-        "case",
-        "system",
-        "figure (median)",
-        "ours/baseline",
-        "target",
-    ];
+    let header = ["case", "system", "figure (median)", "ratio", "target"];
     let body: Vec<[String; 5]> = rows
         .iter()
         .map(|row| {
@@ -311,7 +350,58 @@ mod tests {
         ];
         let t = table(&rows);
         assert!(t.contains("3.00x"), "{t}");
+        assert!(t.contains("| ratio "), "{t}");
         assert!(t.contains(">= 1.5x: met"), "{t}");
         assert!(t.contains("ERROR: timed out"), "{t}");
+    }
+
+    #[test]
+    fn w4_is_compared_with_our_w2_and_w7_with_its_target() {
+        let latency = |p50| RunFigures {
+            rate: 1e4,
+            p50_us: Some(p50),
+            p99_us: Some(p50),
+            p999_us: Some(p50),
+            ..RunFigures::default()
+        };
+        let rows = vec![
+            CaseResult::new(
+                System::Ours,
+                Workload::W2,
+                "W2 echo",
+                "round trips/s",
+                vec![latency(20.0)],
+                None,
+            ),
+            CaseResult::new(
+                System::Ours,
+                Workload::W4,
+                "W4 rpc in-flight 1",
+                "calls/s",
+                vec![latency(30.0)],
+                None,
+            ),
+            CaseResult::new(
+                System::Ours,
+                Workload::W4,
+                "W4 rpc 64 in flight",
+                "calls/s",
+                vec![run(5e5)],
+                None,
+            ),
+            CaseResult::new(
+                System::Ours,
+                Workload::W7,
+                "W7 pub/sub",
+                "deliveries/s",
+                vec![run(3e6)],
+                None,
+            ),
+        ];
+        let t = table(&rows);
+        assert!(t.contains("p50 1.50x W2"), "{t}");
+        assert!(t.contains("p50 <= 1.3x W2 (pinned): MISSED"), "{t}");
+        assert!(t.contains(">= 400.0 k/s: met"), "{t}");
+        assert!(t.contains(">= 4.00 M/s: MISSED"), "{t}");
     }
 }

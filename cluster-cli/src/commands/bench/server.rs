@@ -5,12 +5,15 @@
 //! - `CPU` → `CPU <ns>` (CPU time of the process so far)
 //! - `BROADCAST <k> <conns>` → waits for `conns` connections, sends `k` messages to each,
 //!   then `BROADCAST_SENT <nanos>`
+//! - `SUBS <n>` (W7, our hub) → waits for `n` subscriptions, then `SUBS <count>`
+//!
+//! For W4 and W7 the server is our `cluster_rpc::Hub` ([`rpc::HubServer`]).
 //!
 //! W1 prints `INGEST <count> <nanos>` by itself once every sender has ended.
 
 use super::spec::{ServerSpec, System, Workload};
 use super::tally::Ingest;
-use super::{baseline, ours, sys};
+use super::{baseline, ours, rpc, sys};
 use crate::commands::print_line;
 use anyhow::Context;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 pub(crate) const BROADCAST_BATCH: u64 = 2048;
 /// Longest W3 wait for a connection's queue to drain.
 pub(crate) const DRAIN_WAIT: Duration = Duration::from_secs(20);
-/// How long a broadcast waits for its connections to be registered.
+/// How long a broadcast waits for its connections (W7: the hub for its subscriptions).
 const CONNS_WAIT: Duration = Duration::from_secs(20);
 
 /// What a server does with each message it receives.
@@ -41,6 +44,8 @@ pub(crate) enum Running {
     Ours(Arc<ours::Server>),
     /// The plain tokio-tungstenite server.
     Baseline(Arc<baseline::Server>),
+    /// Our hub on our provider (W4, W7).
+    Hub(Arc<rpc::HubServer>),
 }
 
 impl Running {
@@ -49,6 +54,7 @@ impl Running {
         match self {
             Running::Ours(s) => s.port(),
             Running::Baseline(s) => s.port(),
+            Running::Hub(s) => s.port(),
         }
     }
 
@@ -57,6 +63,7 @@ impl Running {
         match self {
             Running::Ours(s) => s.broadcast(k, conns).await,
             Running::Baseline(s) => s.broadcast(k, conns).await,
+            Running::Hub(_) => anyhow::bail!("the hub does not run W3"),
         }
     }
 }
@@ -71,10 +78,17 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
         Workload::W1 => Mode::Ingest(Arc::new(Ingest::new(spec.senders))),
         Workload::W2 | Workload::W6 => Mode::Echo,
         Workload::W3 => Mode::Ignore,
+        Workload::W4 | Workload::W7 => match spec.system {
+            System::Ours => Mode::Ignore,
+            System::Baseline => anyhow::bail!("{} runs on our hub only", spec.workload.name()),
+        },
     };
-    let server = match spec.system {
-        System::Ours => Running::Ours(Arc::new(ours::Server::start(mode).await?)),
-        System::Baseline => Running::Baseline(Arc::new(baseline::Server::start(mode).await?)),
+    let server = match (spec.system, spec.workload) {
+        (System::Ours, Workload::W4 | Workload::W7) => {
+            Running::Hub(Arc::new(rpc::HubServer::start(spec.workload).await?))
+        }
+        (System::Ours, _) => Running::Ours(Arc::new(ours::Server::start(mode).await?)),
+        (System::Baseline, _) => Running::Baseline(Arc::new(baseline::Server::start(mode).await?)),
     };
     print_line(&format!("PORT {}", server.port()));
     let mut commands = sys::stdin_lines();
@@ -94,21 +108,29 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
                     }
                 });
             }
+            ["SUBS", n] => {
+                let Running::Hub(hub) = &server else {
+                    anyhow::bail!("SUBS needs the hub");
+                };
+                let n: usize = n.parse().context("SUBS n")?;
+                print_line(&format!("SUBS {}", hub.wait_for_subscriptions(n).await?));
+            }
             _ => anyhow::bail!("unknown command {line:?}"),
         }
     }
     Ok(())
 }
 
-/// Waits (bounded) until `count()` reaches `conns`.
-pub(crate) async fn wait_for_conns(count: impl Fn() -> usize, conns: usize) -> anyhow::Result<()> {
+/// Waits (bounded) until `count()` reaches `n` (of `what`, for the error).
+pub(crate) async fn wait_for(
+    count: impl Fn() -> usize,
+    n: usize,
+    what: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + CONNS_WAIT;
-    while count() < conns {
+    while count() < n {
         if Instant::now() > deadline {
-            anyhow::bail!(
-                "only {} of {conns} connections after {CONNS_WAIT:?}",
-                count()
-            );
+            anyhow::bail!("only {} of {n} {what} after {CONNS_WAIT:?}", count());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -29,9 +29,15 @@ pub(crate) enum Workload {
     /// Broadcast: the server sends K messages to each of 100 consumers.
     #[value(name = "W3")]
     W3,
+    /// RPC: a `#[cluster_service]` echo, one call in flight and 64 (our hub only).
+    #[value(name = "W4")]
+    W4,
     /// Idle connections: server RSS per connection and connects/s.
     #[value(name = "W6")]
     W6,
+    /// Pub/sub: one publisher, 100 subscribers on a wildcard (our hub only).
+    #[value(name = "W7")]
+    W7,
 }
 
 impl Workload {
@@ -41,7 +47,9 @@ impl Workload {
             Workload::W1 => "W1",
             Workload::W2 => "W2",
             Workload::W3 => "W3",
+            Workload::W4 => "W4",
             Workload::W6 => "W6",
+            Workload::W7 => "W7",
         }
     }
 }
@@ -74,6 +82,8 @@ pub(crate) enum ClientKind {
     Lean,
     /// Our `cluster_transport::Consumer` (W2 only, against our provider).
     Consumer,
+    /// Our `cluster_rpc::Member` (W4 and W7, against our hub).
+    Member,
 }
 
 /// What a child process runs.
@@ -89,7 +99,7 @@ pub(crate) enum ChildSpec {
 /// A server child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ServerSpec {
-    /// Which server.
+    /// Which server: for W4 and W7 `Ours` is a `cluster_rpc::Hub` on our provider.
     pub(crate) system: System,
     /// What it does with messages.
     pub(crate) workload: Workload,
@@ -107,10 +117,14 @@ pub(crate) struct ClientSpec {
     /// How many connections.
     pub(crate) conns: usize,
     /// W1: messages per connection; W2: measured round trips; W3: messages the server
-    /// sends to each connection. Unused by W6.
+    /// sends to each connection; W4: measured calls; W7: messages the publisher publishes
+    /// (each subscriber gets them all). Unused by W6.
     pub(crate) count: u64,
-    /// W2: round trips before measuring.
+    /// W2, W4: round trips or calls before measuring.
     pub(crate) warmup: u64,
+    /// W4: calls in flight at once over the one connection.
+    #[serde(default)]
+    pub(crate) in_flight: usize,
     /// Which client code.
     pub(crate) client: ClientKind,
 }
@@ -136,6 +150,7 @@ mod tests {
             conns: 100,
             count: 7,
             warmup: 0,
+            in_flight: 0,
             client: ClientKind::Lean,
         });
         let json = serde_json::to_string(&spec).unwrap();

@@ -1,0 +1,245 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`: thin wrappers that feed arbitrary
+//! bytes to every decoder that reads the network. Each one must return for any input;
+//! a panic is a bug. Not a public API: re-exported as the hidden `__fuzz` module, with no
+//! stability promise.
+
+use crate::connection::driver::Driver;
+use crate::connection::Connection;
+use crate::event::{message_callback, ProviderListeners};
+use crate::frame;
+use crate::handshake::{self, Upgraded};
+use crate::options::{HandshakeOptions, ProviderOptions, DEFAULT_PATH};
+use crate::provider::ProviderShared;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The upgrade-request parser: parses `data` as an HTTP request head, routes it, decodes
+/// its query, then runs the provider's whole handshake on it over an in-memory stream and,
+/// when that upgrades, the connection core on whatever bytes follow the request.
+pub fn upgrade_request(data: &[u8]) {
+    let limits = HandshakeOptions::default();
+    if let Ok(Some((request, consumed))) = handshake::parse_request(data, &limits) {
+        assert!(consumed <= data.len(), "consumed more than was given");
+        if let handshake::Route::Upgrade { query, .. } = handshake::route(&request, DEFAULT_PATH) {
+            let _ = crate::query::decode_query(&query);
+        }
+    }
+    let shared = fuzz_shared();
+    let mut stream = Script::new(data);
+    let accepted = {
+        let accept = handshake::accept(&mut stream, IpAddr::V4(Ipv4Addr::LOCALHOST), &shared);
+        poll_to_end(accept)
+    };
+    if let Some(Ok(Upgraded { leftover, .. })) = accepted {
+        // What the client sent after its request is the start of its first frame.
+        drive(&shared, Script::new(&[]), leftover);
+    }
+}
+
+/// The frame decoder: first the pure header parser and unmasking over `data` frame by
+/// frame, then the provider's connection core (fragments, UTF-8, control and close
+/// frames, the payload limit) reading `data` as a client's byte stream, in reads of a
+/// size the first byte picks.
+pub fn frames(data: &[u8]) {
+    let mut buf = data.to_vec();
+    let mut pos = 0;
+    while let Ok(Some(header)) = frame::parse_header(&buf[pos..], true, 1 << 20) {
+        let end = (pos as u64)
+            .saturating_add(header.header_len as u64)
+            .saturating_add(header.payload_len);
+        let Ok(end) = usize::try_from(end) else { break };
+        if end > buf.len() {
+            break;
+        }
+        if let Some(mask) = header.mask {
+            frame::apply_mask(&mut buf[pos + header.header_len..end], mask, 0);
+        }
+        pos = end;
+    }
+    let shared = fuzz_shared();
+    let (chunk, stream) = match data.split_first() {
+        Some((first, rest)) => (usize::from(*first).max(1), rest),
+        None => (1, data),
+    };
+    drive(&shared, Script::new(stream).chunked(chunk), Vec::new());
+}
+
+/// The query decoder: `data` as a URL query, and as the request target around it.
+pub fn query(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let parameters = crate::query::decode_query(&text);
+    for (key, value) in &parameters {
+        let _ = crate::query::encode_uri_component(key);
+        let _ = crate::query::encode_uri_component(value);
+    }
+    let target = format!("/connect?{text}");
+    if let Some((_, q)) = target.split_once('?') {
+        let _ = crate::query::decode_query(q);
+    }
+}
+
+/// A provider's shared state as `bind` makes it, without a socket: an auth parameter to
+/// check, and an echo callback so messages also go through the send path.
+fn fuzz_shared() -> Arc<ProviderShared> {
+    let mut options = ProviderOptions::default();
+    options
+        .auth
+        .parameters
+        .insert("key".into(), "SECRET".into());
+    options.ws.max_payload_length = 4096;
+    let mut listeners = ProviderListeners::default();
+    listeners.add(message_callback(
+        |conn, message| {
+            let _ = conn.send(message);
+        },
+        false,
+    ));
+    Arc::new(ProviderShared::new(options, None, None, listeners, None))
+}
+
+/// Runs the connection core over `stream` until it ends (the script ends with EOF, so it
+/// always does), inside a runtime for its timers.
+fn drive(shared: &Arc<ProviderShared>, stream: Script, leftover: Vec<u8>) {
+    RUNTIME.with(|rt| {
+        let _entered = rt.enter();
+        let conn = Connection::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Default::default(),
+            shared.options.ws.max_backpressure,
+            shared.options.heartbeat.enabled,
+        );
+        let mut driver = Driver::new(stream, conn, Arc::clone(shared), leftover);
+        let mut cx = Context::from_waker(Waker::noop());
+        // Every poll reads or ends; the bound only guards the fuzzer against a livelock,
+        // which would show up as a timeout instead.
+        for _ in 0..100_000 {
+            if driver.poll_drive(&mut cx).is_ready() {
+                return;
+            }
+        }
+        panic!("connection core did not end on a finished input");
+    });
+}
+
+thread_local! {
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime");
+}
+
+/// Polls a future that never waits on anything but the in-memory stream.
+fn poll_to_end<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..100_000 {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return Some(output);
+        }
+    }
+    None
+}
+
+/// An in-memory peer: yields a script of bytes in reads of at most `chunk` bytes, then
+/// EOF; takes every write and forgets it.
+struct Script {
+    data: Vec<u8>,
+    pos: usize,
+    chunk: usize,
+}
+
+impl Script {
+    fn new(data: &[u8]) -> Self {
+        Self {
+            data: data.to_vec(),
+            pos: 0,
+            chunk: usize::MAX,
+        }
+    }
+
+    fn chunked(mut self, chunk: usize) -> Self {
+        self.chunk = chunk;
+        self
+    }
+}
+
+impl AsyncRead for Script {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let rest = &self.data[self.pos..];
+        let n = rest.len().min(buf.remaining()).min(self.chunk);
+        buf.put_slice(&rest[..n]);
+        self.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Script {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &[u8] = b"GET /connect?key=SECRET HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn entry_points_run_on_samples() {
+        let mut upgrade_and_frame = UPGRADE.to_vec();
+        // A masked text frame "hi", then a close frame with code 1000.
+        upgrade_and_frame.extend_from_slice(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+        upgrade_and_frame.extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]);
+        upgrade_request(&upgrade_and_frame);
+        upgrade_request(b"GET /alive HTTP/1.1\r\n\r\n");
+        upgrade_request(b"");
+        frames(&upgrade_and_frame[UPGRADE.len() - 1..]);
+        frames(&[3, 0x01, 0x81, 0x01, 0, 0, 0, 0, 0x80]);
+        frames(&[]);
+        query(b"key=SECRET&name=a%20b%26c%2F%C3%A9&%FF=%");
+    }
+
+    /// Every input in the fuzz corpora runs clean (the regression tests of what the
+    /// fuzzers found live there, next to the seeds).
+    #[test]
+    fn fuzz_corpora_run_clean() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 3] = [
+            ("upgrade_request", upgrade_request),
+            ("frames", frames),
+            ("query", query),
+        ];
+        for (target, run) in targets {
+            let Ok(entries) = std::fs::read_dir(root.join(target)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let data = std::fs::read(entry.path()).unwrap();
+                run(&data);
+            }
+        }
+    }
+}
