@@ -481,3 +481,95 @@ async fn subscriptions_come_back_after_a_reconnect() {
     member.shutdown().await;
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_chatty_peer_is_limited_to_its_concurrent_calls() {
+    let hub = Hub::builder(local())
+        .serve(CalcServer::new(CalcImpl::default()))
+        .max_concurrent_calls(2)
+        .start()
+        .await
+        .unwrap();
+    let member = member_of(&hub).connect().await.unwrap();
+    let calc: CalcClient = member.client().unwrap();
+    let slow = |ms| {
+        let calc = calc.clone();
+        tokio::spawn(async move { calc.sleep(ms).await })
+    };
+    let first = slow(300);
+    let second = slow(300);
+    // Wait until both run on the hub, then a third is refused at once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(calc.sleep(1).await, Err(RpcError::Overloaded));
+    assert_eq!(within("first", first).await.unwrap(), Ok(300));
+    assert_eq!(within("second", second).await.unwrap(), Ok(300));
+    // Room again.
+    assert_eq!(calc.add(1, 1).await, Ok(2));
+    member.shutdown().await;
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_never_stalls_the_others() {
+    use tokio::io::AsyncWriteExt;
+    let hub = Hub::builder(local().max_backpressure(64 * 1024))
+        .start()
+        .await
+        .unwrap();
+    let mut events = hub.provider().events();
+    // A raw client that subscribes to `load.>` and then never reads again.
+    let mut stalled = tokio::net::TcpStream::connect(hub.provider().local_addr())
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"GET /connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut subscribe = vec![1u8, 5];
+    subscribe.extend_from_slice(&1u64.to_le_bytes());
+    subscribe.extend_from_slice(b"load.>");
+    let mut frame = vec![0x82, 0x80 | subscribe.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(&subscribe);
+    stalled.write_all(&frame).await.unwrap();
+    let stalled_conn = next_event(&mut events, |e| match e {
+        ProviderEvent::Open(c) => Some(c),
+        _ => None,
+    })
+    .await;
+    let healthy = member_of(&hub).connect().await.unwrap();
+    let mut sub: Subscription<String> = healthy.subscribe("load.>").unwrap();
+    within("both subscribed", async {
+        while hub.subscription_count() < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    // Publish 32 MB, well past what the kernel buffers and the stalled connection's
+    // 64 KiB limit hold, in batches paced by the healthy subscriber (whose own queue stays
+    // under the same limit).
+    let payload = "x".repeat(16 * 1024);
+    let mut received = 0;
+    for _ in 0..1000 {
+        for _ in 0..2 {
+            hub.publish("load.test", &payload).unwrap();
+        }
+        for _ in 0..2 {
+            within("healthy delivery", sub.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            received += 1;
+        }
+    }
+    assert_eq!(received, 2000);
+    let info = next_event(&mut events, |e| match e {
+        ProviderEvent::Close(c, info) if c.id() == stalled_conn.id() => Some(info),
+        _ => None,
+    })
+    .await;
+    assert_eq!(info.code, 1008);
+    assert_eq!(sub.dropped(), 0);
+    drop(stalled);
+    healthy.shutdown().await;
+    hub.shutdown().await;
+}
