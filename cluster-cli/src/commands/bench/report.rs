@@ -207,9 +207,11 @@ fn ratio(row: &CaseResult, rows: &[CaseResult]) -> (String, String) {
                 Some(row.p50_us? / w2).filter(|r| r.is_finite())
             };
             let (lean, consumer) = (p50_over("W2 echo"), p50_over("W2 echo (our consumer)"));
-            let shown = match consumer {
-                Some(c) => format!("p50 {} W2 ({c:.2}x our consumer)", show(lean)),
-                None => format!("p50 {} W2", show(lean)),
+            let shown = match (lean, consumer) {
+                (Some(l), Some(c)) => format!("p50 {l:.2}x W2 ({c:.2}x our consumer)"),
+                (Some(l), None) => format!("p50 {l:.2}x W2"),
+                // Without W2 in the same run there is nothing to compare with.
+                (None, _) => "–".to_owned(),
             };
             let target = lean.map_or(String::new(), |r| {
                 format!(
