@@ -119,7 +119,8 @@ impl<'a> Expansion<'a> {
             let fields = method.args.iter().map(|arg| {
                 let (ident, ty) = (&arg.ident, &arg.ty);
                 let doc = format!("The `{}` argument.", arg.ident);
-                quote!(#[doc = #doc] #ident: #ty)
+                let bytes = self.bytes_attr(ty);
+                quote!(#[doc = #doc] #bytes #ident: #ty)
             });
             quote!(#(#cfgs)* #docs #variant { #(#fields),* })
         });
@@ -152,6 +153,16 @@ impl<'a> Expansion<'a> {
     }
 
     /// `{Trait}Response`: one variant per method, its return value inside.
+    /// `#[serde(with = "serde_bytes")]` for a `Vec<u8>`, so it travels as one binary blob
+    /// (MessagePack `bin`) instead of an array of small integers.
+    fn bytes_attr(&self, ty: &syn::Type) -> TokenStream {
+        if !is_byte_vec(ty) {
+            return TokenStream::new();
+        }
+        let path = format!("{}::serde_bytes", self.root).replace(' ', "");
+        quote!(#[serde(with = #path)])
+    }
+
     fn enum_response(&self) -> TokenStream {
         let Self {
             service, response, ..
@@ -169,7 +180,8 @@ impl<'a> Expansion<'a> {
                 &format!("Return value of [`{trait_name}::{}`].", method.name()),
             );
             let (variant, output) = (&method.variant, &method.output);
-            quote!(#(#cfgs)* #docs #variant(#output))
+            let bytes = self.bytes_attr(output);
+            quote!(#(#cfgs)* #docs #variant(#bytes #output))
         });
         let debug_arms = service.methods.iter().map(|method| {
             let cfgs = method.cfgs();
@@ -552,7 +564,7 @@ mod tests {
         for expected in [
             "pub trait Hasher",
             "pub enum HasherRequest",
-            "Fnv { # [doc = \"The `data` argument.\"] data : Vec < u8 > }",
+            "Fnv { # [doc = \"The `data` argument.\"] # [serde (with = \"::cluster_rpc::__private::serde_bytes\")] data : Vec < u8 > }",
             "Ping { }",
             "pub enum HasherResponse",
             "Ping (())",
@@ -595,4 +607,25 @@ mod tests {
         .count();
         assert_eq!(errors, 2);
     }
+}
+
+/// Whether `ty` is spelled `Vec<u8>` (or `std::vec::Vec<u8>`).
+fn is_byte_vec(ty: &syn::Type) -> bool {
+    let syn::Type::Path(path) = ty else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    if last.ident != "Vec" {
+        return false;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    matches!(
+        args.args.first(),
+        Some(syn::GenericArgument::Type(syn::Type::Path(inner)))
+            if args.args.len() == 1 && inner.path.is_ident("u8")
+    )
 }

@@ -25,7 +25,7 @@ use crate::error::RpcError;
 use crate::jobs::{Jobs, JobsService, Queue, QueueOptions, JOBS_PARAMETER, JOB_CREDITS_PARAMETER};
 use crate::link::Link;
 use crate::options::NodeConfig;
-use crate::peer::{with_frame, Caller, PeerCore};
+use crate::peer::{Caller, PeerCore};
 use crate::pubsub::{
     is_valid_pattern, is_valid_subject, LocalSink, SubjectTable, Subscription, Unsubscribe,
 };
@@ -193,21 +193,20 @@ impl HubState {
     fn route(&self, subject: &str, payload: &[u8]) -> usize {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
+        // Encoded once; only the subscription id (bytes 2..10) differs per subscriber.
+        let mut frame = Vec::new();
         routes.for_each_match(subject, |target| match target {
             Target::Member { conn, sid } => {
-                let sent = with_frame(
-                    |buf| {
-                        Envelope::Message {
-                            sid: *sid,
-                            subject,
-                            payload,
-                        }
-                        .encode(buf);
-                        Ok(())
-                    },
-                    |frame| conn.send(MessageRef::Binary(frame)),
-                );
-                if matches!(sent, Ok(Ok(()))) {
+                if frame.is_empty() {
+                    Envelope::Message {
+                        sid: *sid,
+                        subject,
+                        payload,
+                    }
+                    .encode(&mut frame);
+                }
+                frame[2..10].copy_from_slice(&sid.to_le_bytes());
+                if conn.send(MessageRef::Binary(&frame)).is_ok() {
                     delivered += 1;
                 }
             }

@@ -84,6 +84,7 @@ pub mod __private {
     pub use crate::{Caller, Codec, CodecKind, RpcError, Service, ServiceClient};
     pub use ::futures_util::future::BoxFuture;
     pub use ::serde;
+    pub use ::serde_bytes;
 }
 
 #[cfg(test)]

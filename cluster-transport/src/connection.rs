@@ -189,6 +189,11 @@ impl Connection {
             wake(waker);
             return Err(SendError::new(SendErrorKind::Backpressure));
         }
+        if outbox.buf.capacity() == 0 {
+            // The buffer is freed whenever the connection idles; start a batch with room
+            // for many frames instead of growing it one doubling at a time.
+            outbox.buf.reserve(len.max(4096));
+        }
         write(&mut outbox.buf);
         let waker = outbox.waker.take();
         drop(outbox);

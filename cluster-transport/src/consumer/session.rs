@@ -150,7 +150,8 @@ async fn connect_once(
     })?;
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = 32 * 1024;
-    config.write_buffer_size = 0;
+    // Frames queued together go out in one write (flushed at the end of each batch).
+    config.write_buffer_size = 64 * 1024;
     let connecting = tokio_tungstenite::connect_async_tls_with_config(
         request,
         Some(config),
@@ -237,6 +238,8 @@ async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
                     let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(Some(frame))).await;
                     return ExitReason::Disconnected(info);
                 }
+                // Let other tasks queue more first: one write for many sends.
+                tokio::task::yield_now().await;
                 if let Err(e) = flush_outbox(shared, &mut socket).await {
                     return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, e.to_string()));
                 }
