@@ -537,6 +537,27 @@ impl ToTokens for Expansion<'_> {
     }
 }
 
+/// Whether `ty` is spelled `Vec<u8>` (or `std::vec::Vec<u8>`).
+fn is_byte_vec(ty: &syn::Type) -> bool {
+    let syn::Type::Path(path) = ty else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    if last.ident != "Vec" {
+        return false;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    matches!(
+        args.args.first(),
+        Some(syn::GenericArgument::Type(syn::Type::Path(inner)))
+            if args.args.len() == 1 && inner.path.is_ident("u8")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,25 +628,4 @@ mod tests {
         .count();
         assert_eq!(errors, 2);
     }
-}
-
-/// Whether `ty` is spelled `Vec<u8>` (or `std::vec::Vec<u8>`).
-fn is_byte_vec(ty: &syn::Type) -> bool {
-    let syn::Type::Path(path) = ty else {
-        return false;
-    };
-    let Some(last) = path.path.segments.last() else {
-        return false;
-    };
-    if last.ident != "Vec" {
-        return false;
-    }
-    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
-        return false;
-    };
-    matches!(
-        args.args.first(),
-        Some(syn::GenericArgument::Type(syn::Type::Path(inner)))
-            if args.args.len() == 1 && inner.path.is_ident("u8")
-    )
 }
