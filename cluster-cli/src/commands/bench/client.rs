@@ -38,7 +38,11 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a clients child until its stdin ends.
 pub(crate) fn main(spec: ClientSpec) -> anyhow::Result<()> {
-    sys::runtime()?.block_on(async move {
+    let runtime = match spec.workload {
+        Workload::W4 => sys::single_thread_runtime()?,
+        _ => sys::runtime()?,
+    };
+    runtime.block_on(async move {
         let mut stdin = sys::stdin_lines();
         let mut go = None;
         match (spec.workload, spec.client) {

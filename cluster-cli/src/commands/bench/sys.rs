@@ -88,6 +88,14 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// A single-threaded runtime, for a clients child that drives one connection (W4): its
+/// one call chain gains nothing from a second worker thread, only cross-thread wake-ups.
+pub(crate) fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 /// Reports a failure to the parent as one `ERROR` line and ends the process.
 pub(crate) fn fail(error: &anyhow::Error) -> ! {
     let text = format!("{error:#}").replace(['\n', '\r'], " ");
