@@ -66,6 +66,8 @@ struct ConsumerListeners {
 struct ConsumerShared {
     options: ConsumerOptions,
     listeners: RwLock<Arc<ConsumerListeners>>,
+    /// Bumped on every listener change, so sessions can cache them.
+    listeners_gen: AtomicU64,
     status: watch::Sender<Status>,
     outbox: Mutex<Outbox>,
     /// Wakes the session: something queued, or a reconnect asked for.
@@ -99,12 +101,33 @@ impl ConsumerShared {
         Arc::clone(&self.listeners.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The listeners and their generation, for a session to keep between messages.
+    fn cached_listeners(&self) -> (Arc<ConsumerListeners>, u64) {
+        let generation = self
+            .listeners_gen
+            .load(std::sync::atomic::Ordering::Acquire);
+        (self.listeners(), generation)
+    }
+
+    /// Refreshes a session's cached listeners if they changed (no lock per message).
+    fn refresh(&self, cached: &mut (Arc<ConsumerListeners>, u64)) {
+        if self
+            .listeners_gen
+            .load(std::sync::atomic::Ordering::Acquire)
+            != cached.1
+        {
+            *cached = self.cached_listeners();
+        }
+    }
+
     fn update_listeners(&self, change: impl FnOnce(&mut ConsumerListeners)) {
         let mut guard = self.listeners.write().unwrap_or_else(|p| p.into_inner());
         let mut next = ConsumerListeners::clone(&guard);
         next.streams.retain(|s| !s.is_closed());
         change(&mut next);
         *guard = Arc::new(next);
+        self.listeners_gen
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
@@ -138,8 +161,7 @@ impl ConsumerShared {
     }
 
     /// Delivers a borrowed message without copying it unless a receiver wants it.
-    async fn emit_message(&self, message: MessageRef<'_>) {
-        let listeners = self.listeners();
+    async fn emit_message(&self, listeners: &ConsumerListeners, message: MessageRef<'_>) {
         fire(&listeners.message, |f| f(message));
         if !listeners.streams.is_empty() {
             let event = ConsumerEvent::Message(message.to_owned_message());
@@ -318,6 +340,7 @@ impl ConsumerBuilder {
                 shared: Arc::new(ConsumerShared {
                     options: self.options,
                     listeners: RwLock::new(Arc::new(self.listeners)),
+                    listeners_gen: AtomicU64::new(0),
                     status,
                     outbox: Mutex::new(Outbox::default()),
                     outbox_ready: Notify::new(),

@@ -218,8 +218,16 @@ fn classify(error: tungstenite::Error, tls: bool) -> ConnectError {
 /// One connection, until it drops or the consumer is destroyed.
 async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
     let mut watchdog: Option<Instant> = None;
+    // One timer for the whole session, moved when a PING arrives (not one per frame).
+    let silence = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(silence);
+    let mut listeners = shared.cached_listeners();
     loop {
-        let deadline = watchdog.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+        if let Some(at) = watchdog {
+            if silence.deadline() != at {
+                silence.as_mut().reset(at);
+            }
+        }
         tokio::select! {
             biased;
             _ = shared.stop.cancelled() => {
@@ -245,50 +253,85 @@ async fn session(shared: &ConsumerShared, mut socket: Socket) -> ExitReason {
                 }
             }
             frame = socket.next() => {
-                let message = match frame {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => return ExitReason::Disconnected(fail(&mut socket, e).await),
-                    None => return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, "")),
-                };
-                match message {
-                    WsMessage::Text(text) => {
-                        let text = text.as_str();
-                        if text == PING {
-                            shared.last_heartbeat.store(now_millis(), Ordering::Relaxed);
-                            watchdog = watchdog_deadline(shared.heartbeat_duration.load(Ordering::Relaxed));
-                            if let Err(e) = socket.send(WsMessage::text(PONG)).await {
-                                return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, e.to_string()));
-                            }
-                        } else if let Some(ms) = text.strip_prefix(PROVIDER_HEARTBEAT_PREFIX) {
-                            if let Ok(ms) = ms.parse::<u64>() {
-                                shared.heartbeat_duration.store(ms, Ordering::Relaxed);
-                                shared.last_heartbeat.store(now_millis(), Ordering::Relaxed);
-                                watchdog = watchdog_deadline(shared.heartbeat_duration.load(Ordering::Relaxed));
-                            }
-                        } else {
-                            shared.emit_message(MessageRef::Text(text)).await;
-                        }
+                // Handle every frame already read before going back to the select: one
+                // pass through it per batch, not per frame (bounded, for fairness).
+                let mut frame = Some(frame);
+                let mut handled = 0;
+                while let Some(next) = frame.take() {
+                    let message = match next {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => return ExitReason::Disconnected(fail(&mut socket, e).await),
+                        None => return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, "")),
+                    };
+                    if let Some(exit) = handle(shared, &mut socket, &mut listeners, &mut watchdog, message).await {
+                        return exit;
                     }
-                    WsMessage::Binary(bytes) => shared.emit_message(MessageRef::Binary(&bytes)).await,
-                    WsMessage::Close(frame) => {
-                        let info = frame.map_or_else(
-                            || CloseInfo::new(close_code::NO_STATUS, ""),
-                            |f| CloseInfo::new(u16::from(f.code), f.reason.as_str()),
-                        );
-                        // Finish the close handshake; tungstenite queued the reply.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
-                        return ExitReason::Disconnected(info);
+                    handled += 1;
+                    if handled < 64 {
+                        frame = futures_util::FutureExt::now_or_never(socket.next());
                     }
-                    // tungstenite answers pings itself (the original's uWebSockets sends them).
-                    WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
                 }
             }
-            _ = tokio::time::sleep_until(deadline), if watchdog.is_some() => {
+            _ = &mut silence, if watchdog.is_some() => {
                 tracing::warn!("no heartbeat from the provider; reconnecting");
                 return ExitReason::Disconnected(CloseInfo::new(close_code::ABNORMAL, "heartbeat timeout"));
             }
         }
     }
+}
+
+/// Handles one frame from the provider; `Some` ends the session.
+async fn handle(
+    shared: &ConsumerShared,
+    socket: &mut Socket,
+    listeners: &mut (std::sync::Arc<super::ConsumerListeners>, u64),
+    watchdog: &mut Option<Instant>,
+    message: WsMessage,
+) -> Option<ExitReason> {
+    match message {
+        WsMessage::Text(text) => {
+            let text = text.as_str();
+            if text == PING {
+                shared.last_heartbeat.store(now_millis(), Ordering::Relaxed);
+                *watchdog = watchdog_deadline(shared.heartbeat_duration.load(Ordering::Relaxed));
+                if let Err(e) = socket.send(WsMessage::text(PONG)).await {
+                    return Some(ExitReason::Disconnected(CloseInfo::new(
+                        close_code::ABNORMAL,
+                        e.to_string(),
+                    )));
+                }
+            } else if let Some(ms) = text.strip_prefix(PROVIDER_HEARTBEAT_PREFIX) {
+                if let Ok(ms) = ms.parse::<u64>() {
+                    shared.heartbeat_duration.store(ms, Ordering::Relaxed);
+                    shared.last_heartbeat.store(now_millis(), Ordering::Relaxed);
+                    *watchdog = watchdog_deadline(ms);
+                }
+            } else {
+                shared.refresh(listeners);
+                shared
+                    .emit_message(&listeners.0, MessageRef::Text(text))
+                    .await;
+            }
+        }
+        WsMessage::Binary(bytes) => {
+            shared.refresh(listeners);
+            shared
+                .emit_message(&listeners.0, MessageRef::Binary(&bytes))
+                .await;
+        }
+        WsMessage::Close(frame) => {
+            let info = frame.map_or_else(
+                || CloseInfo::new(close_code::NO_STATUS, ""),
+                |f| CloseInfo::new(u16::from(f.code), f.reason.as_str()),
+            );
+            // Finish the close handshake; tungstenite queued the reply.
+            let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+            return Some(ExitReason::Disconnected(info));
+        }
+        // tungstenite answers pings itself (the original's uWebSockets sends them).
+        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+    }
+    None
 }
 
 /// When the watchdog fires if no `PING` comes: twice the interval the provider announced
