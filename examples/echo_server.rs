@@ -2,9 +2,11 @@
 //! conformance suite: no heartbeat protocol, any message echoed as it came, limits raised
 //! to the suite's 16 MiB messages.
 //!
-//! Run: `cargo run --release --example echo_server -- 9001` then
-//! `scripts/autobahn.sh server 9001`.
+//! Run: `cargo run --release --example echo_server -- 9001 [COMPRESSOR]` then
+//! `scripts/autobahn.sh server 9001`. With a compressor (`shared`, `dedicated-4kb`, …)
+//! permessage-deflate is on, for the suite's compression cases (12 and 13).
 
+use network_cluster::transport::Compressor;
 use network_cluster::Provider;
 
 #[tokio::main]
@@ -14,7 +16,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|p| p.parse())
         .transpose()?
         .unwrap_or(9001);
+    let compressor: Compressor = match std::env::args().nth(2) {
+        Some(name) => name.parse()?,
+        None => Compressor::Disabled,
+    };
     let provider = Provider::builder()
+        .compressor(compressor)
         .host("127.0.0.1")
         .port(port)
         .path("/")

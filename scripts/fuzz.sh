@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes every decoder that reads the network, for a bounded time each, on stable Rust:
 # the upgrade-request parser (and the handshake behind it), the frame decoder (and the
-# connection core behind it) and the query decoder. The targets live in fuzz/ (cargo-fuzz),
+# connection core behind it), without and with permessage-deflate, and the query decoder. The targets live in fuzz/ (cargo-fuzz),
 # their seed corpora in fuzz/corpus/<target>/. New inputs the fuzzer finds go to a scratch
 # directory, so the repository's corpus stays a few seed files. A crash fails the script;
 # libFuzzer leaves the input in fuzz/artifacts/<target>/, to be turned into a regression
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-30}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(upgrade_request frames query)
+[ ${#targets[@]} -gt 0 ] || targets=(upgrade_request frames frames_deflate query)
 
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use network_cluster::transport::{ConnectErrorKind, ProviderEvent};
+use network_cluster::transport::{Compressor, ConnectErrorKind, ProviderEvent};
 use network_cluster::{Consumer, ConsumerEvent, Message};
 use serde_json::{json, Value};
 use std::process::Stdio;
@@ -269,4 +269,99 @@ async fn node_provider_rejection_is_fatal_for_our_consumer() {
     let error = within("rejection", consumer.connect()).await.unwrap_err();
     assert_eq!(error.kind(), ConnectErrorKind::Rejected);
     assert!(error.to_string().contains("403"), "{error}");
+}
+
+/// A text of `len` bytes that deflate shrinks well, different for each `seed`.
+fn compressible(len: usize, seed: usize) -> String {
+    format!("{seed}:{}", "price=101.25;qty=7;side=buy;").repeat(len / 30 + 1)[..len].to_owned()
+}
+
+#[tokio::test]
+async fn node_consumer_negotiates_deflate_and_messages_round_trip() {
+    for compressor in [Compressor::Shared, Compressor::Dedicated4Kb] {
+        let provider = local().compressor(compressor).bind().await.unwrap();
+        let mut events = provider.events();
+        let url = format!("ws://127.0.0.1:{}/connect", provider.port());
+        let mut node = NodePeer::spawn("consumer.js", &["--url".into(), url]);
+        node.expect("open").await;
+        assert_eq!(
+            node.expect("extensions").await["value"],
+            "permessage-deflate",
+            "{compressor}"
+        );
+        let conn = next_event(&mut events, |e| match e {
+            ProviderEvent::Open(c) => Some(c),
+            _ => None,
+        })
+        .await;
+        assert!(conn.is_compressed());
+        // Ours compresses everything from 16 bytes; Node's ws from 1024 bytes.
+        for (i, len) in [20, 700, 5000, 30_000].into_iter().enumerate() {
+            let text = compressible(len, i);
+            conn.send(text.as_str()).unwrap();
+            assert_eq!(node.expect("message").await["message"], text.as_str());
+            node.command(json!({ "send": text })).await;
+            let got = next_event(&mut events, |e| match e {
+                ProviderEvent::Message(_, m) => Some(m),
+                _ => None,
+            })
+            .await;
+            assert_eq!(got, Message::from(text));
+        }
+        conn.send(&[7u8; 100][..]).unwrap();
+        assert_eq!(node.expect("binary").await["hex"], "07".repeat(100));
+        // A broadcast reaches the compressed connection too.
+        assert_eq!(provider.send_to_all(compressible(300, 9).as_str()), 1);
+        assert_eq!(
+            node.expect("message").await["message"],
+            compressible(300, 9).as_str()
+        );
+        node.command(json!({"close": true})).await;
+        node.expect("close").await;
+        provider.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn our_consumer_inflates_what_a_compressing_node_provider_sends() {
+    let (mut node, port) = node_provider(&["--compress", "1", "--heartbeat-ms", "100"]).await;
+    let consumer = Consumer::builder()
+        .host("127.0.0.1")
+        .port(port)
+        .max_attempts(0)
+        .build();
+    let mut events = consumer.events();
+    consumer.connect().await.unwrap();
+    let open = node.expect("open").await;
+    assert_eq!(open["extensions"], "permessage-deflate");
+    let id = open["id"].as_str().unwrap().to_owned();
+    // Node compresses every message (threshold 0), heartbeats included.
+    for (i, len) in [1, 100, 5000, 30_000].into_iter().enumerate() {
+        let text = compressible(len, i);
+        node.command(json!({"send": text, "id": id})).await;
+        let got = within("node message", async {
+            loop {
+                if let Some(ConsumerEvent::Message(m)) = events.recv().await {
+                    return m;
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, Message::from(text.clone()));
+        consumer.send(text.as_str()).unwrap();
+        assert_eq!(node.expect("message").await["message"], text.as_str());
+    }
+    // Compressed PINGs answered: the heartbeat keeps the connection across cycles.
+    let mut last = consumer.last_heartbeat();
+    for _ in 0..3 {
+        within("heartbeat", async {
+            while consumer.last_heartbeat() == last {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        last = consumer.last_heartbeat();
+    }
+    assert!(consumer.is_connected());
+    consumer.shutdown().await;
 }

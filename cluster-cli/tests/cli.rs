@@ -162,7 +162,8 @@ async fn tls_provider_and_consumer_talk() {
     let cert = dir.join("cert.pem");
     let (mut provider, mut plines) = spawn(
         cluster()
-            .args(["provider", "--port", "0", "--echo", "--json", "--tls-cert"])
+            .args(["provider", "--port", "0", "--echo", "--json"])
+            .args(["--compressor", "dedicated-4kb", "--tls-cert"])
             .arg(&cert)
             .arg("--tls-key")
             .arg(dir.join("key.pem"))
@@ -170,6 +171,7 @@ async fn tls_provider_and_consumer_talk() {
     );
     let listening = next_json(&mut plines, "listening").await;
     assert_eq!(listening["tls"], true);
+    assert_eq!(listening["compressor"], "dedicated-4kb");
     let port = listening["port"].as_u64().unwrap().to_string();
 
     let (mut consumer, mut clines) = spawn(
@@ -186,10 +188,15 @@ async fn tls_provider_and_consumer_talk() {
             .arg(&cert),
     );
     next_json(&mut clines, "open").await;
+    assert_eq!(next_json(&mut plines, "open").await["compressed"], true);
     let stdin = consumer.stdin.as_mut().unwrap();
-    stdin.write_all(b"over tls\n").await.unwrap();
+    let text = "over tls, compressed, over tls, compressed";
+    stdin
+        .write_all(format!("{text}\n").as_bytes())
+        .await
+        .unwrap();
     let echoed = next_json(&mut clines, "message").await;
-    assert_eq!(echoed["message"], "over tls");
+    assert_eq!(echoed["message"], text);
     drop(consumer.stdin.take());
     let status = tokio::time::timeout(WAIT, consumer.wait())
         .await
@@ -229,6 +236,20 @@ async fn tls_provider_and_consumer_talk() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("wrong passphrase"), "{stderr}");
     assert!(!stderr.contains("not it"), "{stderr}");
+
+    // An unknown compressor preset is refused with the list of presets.
+    let output = tokio::time::timeout(
+        WAIT,
+        cluster()
+            .args(["provider", "--port", "0", "--compressor", "zstd"])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("dedicated-4kb"), "{stderr}");
 
     provider.start_kill().unwrap();
     let _ = provider.wait().await;

@@ -7,10 +7,12 @@
 
 pub(crate) mod driver;
 
+use crate::deflate::{Deflate, MessageDeflater};
 use crate::error::{SendError, SendErrorKind};
 use crate::frame::{self, OpCode};
 use crate::message::{close_code, is_reserved, MessageRef};
 use crate::query::Parameters;
+use std::cell::RefCell;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -53,6 +55,8 @@ pub(crate) struct Outbox {
     pub(crate) close: Option<CloseRequest>,
     /// Set once a close was requested or the connection ended: sends are refused.
     pub(crate) closing: bool,
+    /// permessage-deflate's sending half, when negotiated.
+    pub(crate) deflater: Option<MessageDeflater>,
 }
 
 /// How to end a connection.
@@ -153,15 +157,58 @@ impl Connection {
     /// Queues a frame without the reserved-text check (the heartbeat's own messages).
     pub(crate) fn send_frame(&self, message: MessageRef<'_>) -> Result<(), SendError> {
         let (opcode, payload) = encode_parts(message);
-        self.push(frame::frame_len(payload.len()), |buf| {
-            frame::encode_header(opcode, payload.len(), buf);
-            buf.extend_from_slice(payload);
+        let mut outbox = self.lock();
+        if outbox.deflater.is_none() {
+            return self.push(outbox, frame::frame_len(payload.len()), |buf| {
+                frame::encode_header(opcode, payload.len(), buf);
+                buf.extend_from_slice(payload);
+            });
+        }
+        // Compressed under the outbox lock: with context takeover, the order messages are
+        // compressed in must be the order they go out in.
+        SCRATCH.with(|cell| {
+            let mut scratch = cell.try_borrow_mut().ok();
+            let compressed = match (&mut outbox.deflater, scratch.as_deref_mut()) {
+                (Some(deflater), Some(scratch)) => {
+                    scratch.clear();
+                    deflater.compress(payload, scratch)
+                }
+                _ => false,
+            };
+            let (rsv1, body) = match scratch.as_deref() {
+                Some(scratch) if compressed => (true, scratch.as_slice()),
+                _ => (false, payload),
+            };
+            self.push(outbox, frame::frame_len(body.len()), |buf| {
+                frame::encode_header_with(true, rsv1, opcode, body.len(), None, buf);
+                buf.extend_from_slice(body);
+            })
         })
+    }
+
+    /// Whether this connection negotiated permessage-deflate (the provider's
+    /// [`Compressor`](crate::Compressor) is on and the consumer offered it).
+    pub fn is_compressed(&self) -> bool {
+        self.lock().deflater.is_some()
+    }
+
+    /// Turns on permessage-deflate for what this connection sends.
+    pub(crate) fn enable_deflate(&self, deflate: Deflate) {
+        self.lock().deflater = Some(deflate.deflater());
+    }
+
+    /// How a broadcast reaches this connection.
+    pub(crate) fn send_path(&self) -> SendPath {
+        match &self.lock().deflater {
+            None => SendPath::Plain,
+            Some(MessageDeflater::Shared(bits)) => SendPath::SharedDeflate(*bits),
+            Some(MessageDeflater::Own(_)) => SendPath::OwnDeflate,
+        }
     }
 
     /// Queues a frame encoded once for many connections ([`encode_frame`]).
     pub(crate) fn send_encoded(&self, frame: &[u8]) -> Result<(), SendError> {
-        self.push(frame.len(), |buf| buf.extend_from_slice(frame))
+        self.push(self.lock(), frame.len(), |buf| buf.extend_from_slice(frame))
     }
 
     /// Whether `message` is protocol text on this connection.
@@ -170,11 +217,15 @@ impl Connection {
     }
 
     /// Appends `len` bytes written by `write` to the outbox, within `max_backpressure`.
-    fn push(&self, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Result<(), SendError> {
+    fn push(
+        &self,
+        mut outbox: MutexGuard<'_, Outbox>,
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), SendError> {
         if len > self.shared.max_backpressure {
             return Err(SendError::new(SendErrorKind::PayloadTooLarge));
         }
-        let mut outbox = self.lock();
         if outbox.closing {
             return Err(SendError::new(SendErrorKind::NotConnected));
         }
@@ -274,6 +325,36 @@ pub(crate) fn encode_frame(message: MessageRef<'_>) -> Vec<u8> {
     frame::encode_header(opcode, payload.len(), &mut out);
     out.extend_from_slice(payload);
     out
+}
+
+/// Encodes `message` compressed on its own with a window of `bits`, once for every
+/// connection on [`SendPath::SharedDeflate`]; `None` when it goes uncompressed.
+pub(crate) fn encode_shared_deflate_frame(message: MessageRef<'_>, bits: u8) -> Option<Vec<u8>> {
+    let (opcode, payload) = encode_parts(message);
+    let mut compressed = Vec::new();
+    if !MessageDeflater::Shared(bits).compress(payload, &mut compressed) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(frame::frame_len(compressed.len()));
+    frame::encode_header_with(true, true, opcode, compressed.len(), None, &mut out);
+    out.extend_from_slice(&compressed);
+    Some(out)
+}
+
+/// How a message reaches a connection, for a broadcast that encodes once per path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendPath {
+    /// Uncompressed frames.
+    Plain,
+    /// Messages compressed on their own with this window: one copy serves them all.
+    SharedDeflate(u8),
+    /// The connection's own compressor: each message compressed for it alone.
+    OwnDeflate,
+}
+
+thread_local! {
+    /// Where a message is compressed before its frame is queued.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What the heartbeat cycle does to one connection.

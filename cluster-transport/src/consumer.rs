@@ -19,12 +19,15 @@
 //! ```
 
 mod session;
+mod socket;
+mod upgrade;
 
+use crate::deflate::MessageDeflater;
 use crate::error::{ConnectError, ConnectErrorKind, SendError, SendErrorKind};
 use crate::event::{Callback, ConsumerEvent, DebugFn, ErrorFn, EventStream};
+use crate::frame::OpCode;
 use crate::message::{is_reserved, CloseInfo, Message, MessageRef};
 use crate::options::ConsumerOptions;
-use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,10 +93,15 @@ struct Status {
     opens: u64,
 }
 
+/// What `send` queued for the session to write: frames already encoded (masked, and
+/// compressed under this lock when permessage-deflate is on, so the compression context
+/// follows the order frames go out in).
 #[derive(Default)]
 struct Outbox {
-    queue: VecDeque<Message>,
-    bytes: usize,
+    frames: Vec<u8>,
+    /// The current session's compressor, when negotiated.
+    deflater: Option<MessageDeflater>,
+    scratch: Vec<u8>,
 }
 
 impl ConsumerShared {
@@ -246,6 +254,13 @@ impl ConsumerBuilder {
     /// [`ConnectErrorKind::Tls`], which is never retried.
     pub fn ssl(mut self, ssl: bool) -> Self {
         self.options.ssl = ssl;
+        self
+    }
+
+    /// Whether to offer permessage-deflate (default: true, as the original's consumer).
+    /// Messages are compressed only when the provider's compressor accepts the offer.
+    pub fn compression(mut self, offer: bool) -> Self {
+        self.options.compression = offer;
         self
     }
 
@@ -479,11 +494,19 @@ impl Consumer {
             return Err(SendError::new(SendErrorKind::NotConnected));
         }
         let mut outbox = shared.outbox();
-        if outbox.bytes + message.len() > shared.options.max_backpressure {
+        if outbox.frames.len() + message.len() > shared.options.max_backpressure {
             return Err(SendError::new(SendErrorKind::Backpressure));
         }
-        outbox.bytes += message.len();
-        outbox.queue.push_back(message);
+        let (opcode, payload) = match &message {
+            Message::Text(t) => (OpCode::Text, t.as_bytes()),
+            Message::Binary(b) => (OpCode::Binary, &b[..]),
+        };
+        let Outbox {
+            frames,
+            deflater,
+            scratch,
+        } = &mut *outbox;
+        socket::encode_message(opcode, payload, deflater.as_mut(), scratch, frames);
         drop(outbox);
         shared.outbox_ready.notify_one();
         Ok(())

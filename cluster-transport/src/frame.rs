@@ -45,6 +45,8 @@ impl OpCode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FrameHeader {
     pub(crate) fin: bool,
+    /// RSV1: the message is compressed (permessage-deflate); only when [`Rules::rsv1`].
+    pub(crate) rsv1: bool,
     pub(crate) opcode: OpCode,
     pub(crate) mask: Option<[u8; 4]>,
     /// Payload length in bytes.
@@ -64,6 +66,8 @@ pub(crate) enum FrameError {
     BadControlFrame,
     /// A client frame without a mask.
     Unmasked,
+    /// A server frame with a mask.
+    Masked,
     /// A 64-bit length with its top bit set.
     BadLength,
     /// The payload is larger than the connection allows.
@@ -86,32 +90,57 @@ impl FrameError {
             FrameError::UnknownOpcode => "unknown opcode",
             FrameError::BadControlFrame => "invalid control frame",
             FrameError::Unmasked => "client frame not masked",
+            FrameError::Masked => "server frame masked",
             FrameError::BadLength => "invalid payload length",
             FrameError::TooBig => "message too big",
         }
     }
 }
 
+/// What a frame header may carry on one side of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rules {
+    /// Frames come from a client: every one must be masked. From a server: none may be.
+    pub(crate) from_client: bool,
+    /// permessage-deflate was negotiated: RSV1 may mark a data frame compressed.
+    pub(crate) rsv1: bool,
+    /// The largest payload length accepted, inclusive.
+    pub(crate) max_payload: u64,
+}
+
+impl Rules {
+    /// Rules for frames a server reads from a client, without extensions.
+    pub(crate) fn from_client(max_payload: u64) -> Self {
+        Self {
+            from_client: true,
+            rsv1: false,
+            max_payload,
+        }
+    }
+}
+
 /// Parses a frame header from the start of `buf`.
 ///
-/// Returns `Ok(None)` when more bytes are needed. `require_mask` is true on the server side,
-/// where every client frame must be masked; `max_payload` bounds the payload length.
-pub(crate) fn parse_header(
-    buf: &[u8],
-    require_mask: bool,
-    max_payload: u64,
-) -> Result<Option<FrameHeader>, FrameError> {
+/// Returns `Ok(None)` when more bytes are needed.
+pub(crate) fn parse_header(buf: &[u8], rules: Rules) -> Result<Option<FrameHeader>, FrameError> {
     let [b0, b1, rest @ ..] = buf else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !rules.rsv1) {
         return Err(FrameError::ReservedBits);
     }
     let fin = b0 & 0x80 != 0;
     let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::UnknownOpcode)?;
+    if rsv1 && opcode.is_control() {
+        return Err(FrameError::ReservedBits);
+    }
     let masked = b1 & 0x80 != 0;
-    if require_mask && !masked {
+    if rules.from_client && !masked {
         return Err(FrameError::Unmasked);
+    }
+    if !rules.from_client && masked {
+        return Err(FrameError::Masked);
     }
     let short_len = b1 & 0x7F;
     if opcode.is_control() && (!fin || short_len > 125) {
@@ -136,7 +165,7 @@ pub(crate) fn parse_header(
         },
         n => (u64::from(n), 0),
     };
-    if payload_len > max_payload {
+    if payload_len > rules.max_payload {
         return Err(FrameError::TooBig);
     }
     let mask = if masked {
@@ -150,6 +179,7 @@ pub(crate) fn parse_header(
     let header_len = 2 + len_bytes + if masked { 4 } else { 0 };
     Ok(Some(FrameHeader {
         fin,
+        rsv1,
         opcode,
         mask,
         payload_len,
@@ -180,18 +210,20 @@ pub(crate) fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
 
 /// Appends an unmasked frame header (server to client) for a final frame to `out`.
 pub(crate) fn encode_header(opcode: OpCode, payload_len: usize, out: &mut Vec<u8>) {
-    encode_header_with(true, opcode, payload_len, None, out);
+    encode_header_with(true, false, opcode, payload_len, None, out);
 }
 
-/// Appends a frame header with every field chosen by the caller.
+/// Appends a frame header with every field chosen by the caller; `rsv1` marks the first
+/// frame of a compressed message.
 pub(crate) fn encode_header_with(
     fin: bool,
+    rsv1: bool,
     opcode: OpCode,
     payload_len: usize,
     mask: Option<[u8; 4]>,
     out: &mut Vec<u8>,
 ) {
-    let b0 = if fin { 0x80 } else { 0 } | opcode.bits();
+    let b0 = if fin { 0x80 } else { 0 } | if rsv1 { 0x40 } else { 0 } | opcode.bits();
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     out.push(b0);
     if payload_len < 126 {
@@ -210,12 +242,21 @@ pub(crate) fn encode_header_with(
 
 /// The bytes a whole frame with this payload length takes on the wire, unmasked.
 pub(crate) fn frame_len(payload_len: usize) -> usize {
-    payload_len
-        + match payload_len {
-            0..=125 => 2,
-            126..=65535 => 4,
-            _ => 10,
-        }
+    payload_len + header_len(payload_len, false)
+}
+
+/// The bytes of a frame header for this payload length.
+pub(crate) fn header_len(payload_len: usize, masked: bool) -> usize {
+    let len = match payload_len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    if masked {
+        len + 4
+    } else {
+        len
+    }
 }
 
 /// Whether a close code received from a peer is one RFC 6455 allows on the wire.
@@ -230,7 +271,7 @@ mod tests {
 
     fn masked_frame(fin: bool, opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_header_with(fin, opcode, payload.len(), Some(mask), &mut out);
+        encode_header_with(fin, false, opcode, payload.len(), Some(mask), &mut out);
         let start = out.len();
         out.extend_from_slice(payload);
         apply_mask(&mut out[start..], mask, 0);
@@ -240,7 +281,9 @@ mod tests {
     #[test]
     fn parses_small_masked_text() {
         let f = masked_frame(true, OpCode::Text, b"hello", [1, 2, 3, 4]);
-        let h = parse_header(&f, true, 1 << 20).unwrap().unwrap();
+        let h = parse_header(&f, Rules::from_client(1 << 20))
+            .unwrap()
+            .unwrap();
         assert_eq!(h.opcode, OpCode::Text);
         assert!(h.fin);
         assert_eq!(h.payload_len, 5);
@@ -255,38 +298,43 @@ mod tests {
         let f = masked_frame(true, OpCode::Binary, &[0u8; 70_000], [9, 9, 9, 9]);
         for cut in 0..14 {
             assert_eq!(
-                parse_header(&f[..cut], true, u64::MAX),
+                parse_header(&f[..cut], Rules::from_client(u64::MAX)),
                 Ok(None),
                 "cut {cut}"
             );
         }
-        assert!(parse_header(&f[..14], true, u64::MAX).unwrap().is_some());
+        assert!(parse_header(&f[..14], Rules::from_client(u64::MAX))
+            .unwrap()
+            .is_some());
     }
 
     #[test]
     fn protocol_violations() {
         assert_eq!(
-            parse_header(&[0xC1, 0x80], true, 10),
+            parse_header(&[0xC1, 0x80], Rules::from_client(10)),
             Err(FrameError::ReservedBits)
         );
         assert_eq!(
-            parse_header(&[0x83, 0x80], true, 10),
+            parse_header(&[0x83, 0x80], Rules::from_client(10)),
             Err(FrameError::UnknownOpcode)
         );
         assert_eq!(
-            parse_header(&[0x81, 0x00], true, 10),
+            parse_header(&[0x81, 0x00], Rules::from_client(10)),
             Err(FrameError::Unmasked)
         );
         assert_eq!(
-            parse_header(&[0x09, 0x80], true, 10),
+            parse_header(&[0x09, 0x80], Rules::from_client(10)),
             Err(FrameError::BadControlFrame)
         );
         assert_eq!(
-            parse_header(&[0x89, 0xFE], true, 10),
+            parse_header(&[0x89, 0xFE], Rules::from_client(10)),
             Err(FrameError::BadControlFrame)
         );
         assert_eq!(
-            parse_header(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], true, u64::MAX),
+            parse_header(
+                &[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                Rules::from_client(u64::MAX)
+            ),
             Err(FrameError::BadLength)
         );
     }
@@ -295,8 +343,13 @@ mod tests {
     fn payload_limit_is_inclusive() {
         let at = masked_frame(true, OpCode::Text, &[b'a'; 32768], [0; 4]);
         let over = masked_frame(true, OpCode::Text, &[b'a'; 32769], [0; 4]);
-        assert!(parse_header(&at, true, 32768).unwrap().is_some());
-        assert_eq!(parse_header(&over, true, 32768), Err(FrameError::TooBig));
+        assert!(parse_header(&at, Rules::from_client(32768))
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            parse_header(&over, Rules::from_client(32768)),
+            Err(FrameError::TooBig)
+        );
     }
 
     #[test]
@@ -314,8 +367,8 @@ mod tests {
         fn header_round_trip(fin: bool, op in 0usize..3, len in 0usize..200_000, mask: [u8; 4]) {
             let opcode = [OpCode::Continuation, OpCode::Text, OpCode::Binary][op];
             let mut out = Vec::new();
-            encode_header_with(fin, opcode, len, Some(mask), &mut out);
-            let h = parse_header(&out, true, u64::MAX).unwrap().unwrap();
+            encode_header_with(fin, false, opcode, len, Some(mask), &mut out);
+            let h = parse_header(&out, Rules::from_client(u64::MAX)).unwrap().unwrap();
             prop_assert_eq!(h.fin, fin);
             prop_assert_eq!(h.opcode, opcode);
             prop_assert_eq!(h.payload_len, len as u64);
@@ -337,7 +390,7 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(data: Vec<u8>, max in 0u64..100_000) {
-            if let Ok(Some(h)) = parse_header(&data, true, max) {
+            if let Ok(Some(h)) = parse_header(&data, Rules::from_client(max)) {
                 prop_assert!(h.header_len <= 14);
                 prop_assert!(h.payload_len <= max);
             }

@@ -3,10 +3,12 @@
 //! a panic is a bug. Not a public API: re-exported as the hidden `__fuzz` module, with no
 //! stability promise.
 
+use crate::compressor::Compressor;
 use crate::connection::driver::Driver;
 use crate::connection::Connection;
+use crate::deflate::{Deflate, Deflater};
 use crate::event::{message_callback, ProviderListeners};
-use crate::frame;
+use crate::frame::{self, OpCode};
 use crate::handshake::{self, Upgraded};
 use crate::options::{HandshakeOptions, ProviderOptions, DEFAULT_PATH};
 use crate::provider::ProviderShared;
@@ -29,15 +31,19 @@ pub fn upgrade_request(data: &[u8]) {
             let _ = crate::query::decode_query(&query);
         }
     }
-    let shared = fuzz_shared();
+    // Compression on, so the extension offer parser runs too.
+    let shared = fuzz_shared(Compressor::Dedicated4Kb);
     let mut stream = Script::new(data);
     let accepted = {
         let accept = handshake::accept(&mut stream, IpAddr::V4(Ipv4Addr::LOCALHOST), &shared);
         poll_to_end(accept)
     };
-    if let Some(Ok(Upgraded { leftover, .. })) = accepted {
+    if let Some(Ok(Upgraded {
+        leftover, deflate, ..
+    })) = accepted
+    {
         // What the client sent after its request is the start of its first frame.
-        drive(&shared, Script::new(&[]), leftover);
+        drive(&shared, Script::new(&[]), leftover, deflate);
     }
 }
 
@@ -48,7 +54,9 @@ pub fn upgrade_request(data: &[u8]) {
 pub fn frames(data: &[u8]) {
     let mut buf = data.to_vec();
     let mut pos = 0;
-    while let Ok(Some(header)) = frame::parse_header(&buf[pos..], true, 1 << 20) {
+    while let Ok(Some(header)) =
+        frame::parse_header(&buf[pos..], frame::Rules::from_client(1 << 20))
+    {
         let end = (pos as u64)
             .saturating_add(header.header_len as u64)
             .saturating_add(header.payload_len);
@@ -61,12 +69,100 @@ pub fn frames(data: &[u8]) {
         }
         pos = end;
     }
-    let shared = fuzz_shared();
+    let shared = fuzz_shared(Compressor::Disabled);
     let (chunk, stream) = match data.split_first() {
         Some((first, rest)) => (usize::from(*first).max(1), rest),
         None => (1, data),
     };
-    drive(&shared, Script::new(stream).chunked(chunk), Vec::new());
+    drive(
+        &shared,
+        Script::new(stream).chunked(chunk),
+        Vec::new(),
+        None,
+    );
+}
+
+/// The frame decoder with permessage-deflate negotiated. The first byte picks the read
+/// size and which side keeps its context. With its top bit clear the rest is a raw client
+/// byte stream (RSV1 frames with arbitrary compressed bytes); with it set, the rest is
+/// split at `0xFF` into messages that are compressed for real, framed (some fragmented)
+/// and then corrupted at one byte the second input byte picks, so inflation runs deep.
+pub fn frames_deflate(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let deflate = Deflate {
+        compress_bits: 9 + (mode & 0x07).min(6),
+        compress_takeover: mode & 0x08 != 0,
+        inflate_takeover: mode & 0x10 != 0,
+    };
+    let chunk = usize::from(mode & 0x60) * 8 + 1;
+    let stream = if mode & 0x80 == 0 {
+        rest.to_vec()
+    } else {
+        compressed_stream(rest, deflate.inflate_takeover)
+    };
+    let shared = fuzz_shared(Compressor::Shared);
+    drive(
+        &shared,
+        Script::new(&stream).chunked(chunk),
+        Vec::new(),
+        Some(deflate),
+    );
+}
+
+/// Client frames carrying `data`'s `0xFF`-separated pieces, each compressed (the first
+/// byte, if any, is the position of one corrupted byte).
+fn compressed_stream(data: &[u8], takeover: bool) -> Vec<u8> {
+    let Some((&corrupt_at, messages)) = data.split_first() else {
+        return Vec::new();
+    };
+    let mut deflater = Deflater::new(15, takeover);
+    let mut out = Vec::new();
+    for (i, message) in messages.split(|b| *b == 0xFF).enumerate() {
+        let mut compressed = Vec::new();
+        if !deflater.compress(message, &mut compressed) {
+            continue;
+        }
+        let opcode = if i % 2 == 0 {
+            OpCode::Binary
+        } else {
+            OpCode::Text
+        };
+        // Every third message in two fragments; only the first carries RSV1.
+        let cut = if i % 3 == 2 {
+            compressed.len() / 2
+        } else {
+            compressed.len()
+        };
+        let (first, second) = compressed.split_at(cut);
+        frame::encode_header_with(
+            second.is_empty(),
+            true,
+            opcode,
+            first.len(),
+            Some([1, 2, 3, 4]),
+            &mut out,
+        );
+        let start = out.len();
+        out.extend_from_slice(first);
+        frame::apply_mask(&mut out[start..], [1, 2, 3, 4], 0);
+        if !second.is_empty() {
+            frame::encode_header_with(
+                true,
+                false,
+                OpCode::Continuation,
+                second.len(),
+                Some([0; 4]),
+                &mut out,
+            );
+            out.extend_from_slice(second);
+        }
+    }
+    if let Some(byte) = out.get_mut(usize::from(corrupt_at) * 7) {
+        *byte ^= 0x5A;
+    }
+    out
 }
 
 /// The query decoder: `data` as a URL query, and as the request target around it.
@@ -85,13 +181,14 @@ pub fn query(data: &[u8]) {
 
 /// A provider's shared state as `bind` makes it, without a socket: an auth parameter to
 /// check, and an echo callback so messages also go through the send path.
-fn fuzz_shared() -> Arc<ProviderShared> {
+fn fuzz_shared(compressor: Compressor) -> Arc<ProviderShared> {
     let mut options = ProviderOptions::default();
     options
         .auth
         .parameters
         .insert("key".into(), "SECRET".into());
     options.ws.max_payload_length = 4096;
+    options.ws.compressor = compressor;
     let mut listeners = ProviderListeners::default();
     listeners.add(message_callback(
         |conn, message| {
@@ -104,7 +201,12 @@ fn fuzz_shared() -> Arc<ProviderShared> {
 
 /// Runs the connection core over `stream` until it ends (the script ends with EOF, so it
 /// always does), inside a runtime for its timers.
-fn drive(shared: &Arc<ProviderShared>, stream: Script, leftover: Vec<u8>) {
+fn drive(
+    shared: &Arc<ProviderShared>,
+    stream: Script,
+    leftover: Vec<u8>,
+    deflate: Option<Deflate>,
+) {
     RUNTIME.with(|rt| {
         let _entered = rt.enter();
         let conn = Connection::new(
@@ -113,7 +215,10 @@ fn drive(shared: &Arc<ProviderShared>, stream: Script, leftover: Vec<u8>) {
             shared.options.ws.max_backpressure,
             shared.options.heartbeat.enabled,
         );
-        let mut driver = Driver::new(stream, conn, Arc::clone(shared), leftover);
+        if let Some(deflate) = deflate {
+            conn.enable_deflate(deflate);
+        }
+        let mut driver = Driver::new(stream, conn, Arc::clone(shared), leftover, deflate);
         let mut cx = Context::from_waker(Waker::noop());
         // Every poll reads or ends; the bound only guards the fuzzer against a livelock,
         // which would show up as a timeout instead.

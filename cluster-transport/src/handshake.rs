@@ -2,6 +2,7 @@
 //! plain requests (`GET /alive`, 404) and rejections, and the 101 switch.
 
 use crate::auth::{parameters_match, UpgradeRequest};
+use crate::deflate::{self, Deflate};
 use crate::options::HandshakeOptions;
 use crate::provider::ProviderShared;
 use crate::query::decode_query;
@@ -229,6 +230,8 @@ pub(crate) enum HandshakeEnd {
 pub(crate) struct Upgraded {
     pub(crate) request: UpgradeRequest,
     pub(crate) leftover: Vec<u8>,
+    /// permessage-deflate, when negotiated.
+    pub(crate) deflate: Option<Deflate>,
 }
 
 /// Reads the request, answers it, and on a valid, authorised upgrade sends the 101.
@@ -286,10 +289,21 @@ where
             return Err(HandshakeEnd::Refused(refusal.status));
         }
     }
-    // permessage-deflate and other offers are ignored here: with no extension accepted the
-    // 101 carries no Sec-WebSocket-Extensions header, and the client sends uncompressed.
+    // permessage-deflate only when the compressor is on; other offers are ignored. With no
+    // extension accepted the 101 carries no Sec-WebSocket-Extensions header.
+    let offers: Vec<&str> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    let negotiated = deflate::accept(&offers, shared.options.ws.compressor);
+    let extension = negotiated
+        .as_ref()
+        .map(|(_, header)| format!("Sec-WebSocket-Extensions: {header}\r\n"))
+        .unwrap_or_default();
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{extension}\r\n",
         accept_key(&key)
     );
     stream
@@ -297,7 +311,11 @@ where
         .await
         .map_err(HandshakeEnd::Io)?;
     let leftover = buf.split_off(consumed);
-    Ok(Upgraded { request, leftover })
+    Ok(Upgraded {
+        request,
+        leftover,
+        deflate: negotiated.map(|(deflate, _)| deflate),
+    })
 }
 
 async fn authorised(request: &UpgradeRequest, shared: &ProviderShared) -> bool {

@@ -68,11 +68,11 @@
 //!
 //! | Provider `ssl: { key, cert, passphrase, dh_params, prefer_low_memory_usage }` | [`ProviderOptions::ssl`] ([`SslOptions`]), [`ProviderBuilder::tls`] |
 //! | Consumer `ssl: true` | [`ConsumerOptions::ssl`], [`ConsumerBuilder::ssl`], plus [`ConsumerBuilder::ca_file`] |
+//! | Provider `ws.compressor` (`NetworkCluster.COMPRESSORS`) | [`WsOptions::compressor`] ([`Compressor`]), [`ProviderBuilder::compressor`]; the consumer offers it ([`ConsumerBuilder::compression`]) |
 //!
 //! Not carried over: the seed's `events` (an `EventEmitter`), `server` (a HyperExpress
 //! server) and the consumer's `ws` are the Node objects underneath; here the callbacks,
-//! [`EventStream`]s and [`Provider::local_addr`] play their parts. The seed's
-//! `ws.compressor` option arrives with compression support.
+//! [`EventStream`]s and [`Provider::local_addr`] play their parts.
 //!
 //! # TLS
 //!
@@ -115,13 +115,41 @@
 //! client on a TLS port, or a TLS client on a plain one, fails its own handshake; no other
 //! connection notices.
 //!
+//! # Compression
+//!
+//! permessage-deflate (RFC 7692), off by default as in the seed. With a [`Compressor`] on,
+//! the provider accepts the offer consumers make (ours and the original's alike), per
+//! connection; see [`Compressor`] for what shared and dedicated cost and do.
+//!
+//! ```
+//! # use cluster_transport::{Compressor, Consumer, Provider};
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let provider = Provider::builder()
+//!     .host("127.0.0.1")
+//!     .port(0)
+//!     .compressor(Compressor::Shared)
+//!     .on_open(|conn| assert!(conn.is_compressed()))
+//!     .bind()
+//!     .await?;
+//! let consumer = Consumer::builder()
+//!     .port(provider.port())
+//!     .connect() // offers permessage-deflate unless built with .compression(false)
+//!     .await?;
+//! consumer.send("a long, repetitive message, a long, repetitive message")?;
+//! # consumer.shutdown().await;
+//! # provider.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
 #![doc = include_str!("../docs/security.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 mod auth;
+mod compressor;
 mod connection;
 mod consumer;
+mod deflate;
 mod error;
 mod event;
 mod frame;
@@ -137,11 +165,12 @@ mod tls;
 /// fuzzing only, and may change in any release.
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::fuzzing::{frames, query, upgrade_request};
+    pub use crate::fuzzing::{frames, frames_deflate, query, upgrade_request};
 }
 mod fuzzing;
 
 pub use auth::{Refusal, UpgradeRequest};
+pub use compressor::{Compressor, UnknownCompressor};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerState};
 pub use error::{BindError, BoxError, ConnectError, ConnectErrorKind, SendError, SendErrorKind};

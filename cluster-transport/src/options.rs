@@ -3,6 +3,7 @@
 //!
 //! Durations are given in milliseconds in config files and as [`Duration`] in Rust.
 
+use crate::compressor::Compressor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -196,6 +197,8 @@ pub struct WsOptions {
     /// Most bytes queued for one connection; a send beyond it closes that connection.
     /// Default: 1 MiB.
     pub max_backpressure: usize,
+    /// permessage-deflate: [`Compressor::Disabled`] (the default), shared or dedicated.
+    pub compressor: Compressor,
 }
 
 impl Default for WsOptions {
@@ -203,6 +206,7 @@ impl Default for WsOptions {
         Self {
             max_payload_length: DEFAULT_MAX_PAYLOAD_LENGTH,
             max_backpressure: DEFAULT_MAX_BACKPRESSURE,
+            compressor: Compressor::Disabled,
         }
     }
 }
@@ -324,6 +328,9 @@ pub struct ConsumerOptions {
     /// A PEM file of CA certificates to trust instead of the system roots (a private CA,
     /// a self-signed provider). Used with `ssl`. Default: none.
     pub ca: Option<PathBuf>,
+    /// Offer permessage-deflate, as the original's consumer does; used only when the
+    /// provider's `ws.compressor` accepts it. Default: true.
+    pub compression: bool,
 }
 
 impl Default for ConsumerOptions {
@@ -340,6 +347,7 @@ impl Default for ConsumerOptions {
             event_capacity: 1024,
             ssl: false,
             ca: None,
+            compression: true,
         }
     }
 }
@@ -358,6 +366,7 @@ impl fmt::Debug for ConsumerOptions {
             .field("event_capacity", &self.event_capacity)
             .field("ssl", &self.ssl)
             .field("ca", &self.ca)
+            .field("compression", &self.compression)
             .finish()
     }
 }

@@ -22,7 +22,10 @@
 mod accept;
 
 use crate::auth::{auth_handler, AuthHandler, Refusal, UpgradeCheck, UpgradeRequest};
-use crate::connection::{CloseMode, CloseRequest, Connection};
+use crate::compressor::Compressor;
+use crate::connection::{
+    encode_frame, encode_shared_deflate_frame, CloseMode, CloseRequest, Connection, SendPath,
+};
 use crate::error::BindError;
 use crate::event::{
     close_callback, message_callback, open_callback, EventStream, ProviderCallback, ProviderEvent,
@@ -281,6 +284,18 @@ impl ProviderBuilder {
         self
     }
 
+    /// permessage-deflate for consumers that offer it (the seed's `ws.compressor`).
+    /// Default: [`Compressor::Disabled`].
+    ///
+    /// ```
+    /// # use cluster_transport::{Compressor, Provider};
+    /// let builder = Provider::builder().compressor(Compressor::Shared);
+    /// ```
+    pub fn compressor(mut self, compressor: Compressor) -> Self {
+        self.options.ws.compressor = compressor;
+        self
+    }
+
     /// Time a client has to complete its HTTP upgrade. Default: 10 s.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.options.handshake.timeout = timeout;
@@ -509,11 +524,33 @@ impl Provider {
         if first.is_reserved(message) {
             return 0;
         }
-        // Encoded once, copied into each outbox.
-        let frame = crate::connection::encode_frame(message);
+        // Encoded once per way of sending (plain, or compressed on its own per window),
+        // copied into each outbox; only a connection with its own compressor compresses
+        // for itself.
+        let mut plain = None;
+        let mut compressed: Vec<(u8, Option<Vec<u8>>)> = Vec::new();
         conns
             .iter()
-            .filter(|c| c.send_encoded(&frame).is_ok())
+            .filter(|c| {
+                let frame = match c.send_path() {
+                    SendPath::Plain => &*plain.get_or_insert_with(|| encode_frame(message)),
+                    SendPath::OwnDeflate => return c.send_frame(message).is_ok(),
+                    SendPath::SharedDeflate(bits) => {
+                        let i = match compressed.iter().position(|(b, _)| *b == bits) {
+                            Some(i) => i,
+                            None => {
+                                compressed.push((bits, encode_shared_deflate_frame(message, bits)));
+                                compressed.len() - 1
+                            }
+                        };
+                        match &compressed[i].1 {
+                            Some(frame) => frame,
+                            None => &*plain.get_or_insert_with(|| encode_frame(message)),
+                        }
+                    }
+                };
+                c.send_encoded(frame).is_ok()
+            })
             .count()
     }
 

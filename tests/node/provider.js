@@ -2,7 +2,8 @@
 // Interop peer mirroring the original network-cluster Provider (v1.0.4, hyper-express /
 // uWebSockets.js) on the wire, built on a `ws` WebSocketServer: upgrades only on --path;
 // auth by decoded URL parameters (every --auth key present with an identical value), else
-// `HTTP/1.1 403 Forbidden` / `Content-Length: 12` / `Unauthorized`; no compression; sends
+// `HTTP/1.1 403 Forbidden` / `Content-Length: 12` / `Unauthorized`; no compression unless
+// --compress 1 (the original's ws.compressor); sends
 // `PROVIDER_HEARTBEAT|<ms>` first; one heartbeat cycle every --heartbeat-ms over all
 // connections (PROTOCOL.md 3.2: alive -> not alive + text `PING`; not alive and
 // strikes < max -> strikes++; else end with an empty close frame); text `PONG` resets
@@ -11,7 +12,7 @@
 // above --max-payload (default 32768, like the original) drop the connection (ws: 1009).
 //
 // Usage: node provider.js [--port 0] [--host 127.0.0.1] [--path /connect] [--auth k=v ...]
-//          [--heartbeat-ms 30000] [--max-strikes 2] [--max-payload 32768]
+//          [--heartbeat-ms 30000] [--max-strikes 2] [--max-payload 32768] [--compress 0|1]
 // stdout: one JSON object per line (see the `out` calls); stdin: one JSON command per line.
 'use strict';
 const http = require('http');
@@ -23,7 +24,7 @@ const { WebSocketServer } = require('ws');
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 
 // ---- arguments ----
-const opt = { port: 8080, host: '127.0.0.1', path: '/connect', heartbeatMs: 30000, maxStrikes: 2, maxPayload: 32768 };
+const opt = { port: 8080, host: '127.0.0.1', path: '/connect', heartbeatMs: 30000, maxStrikes: 2, maxPayload: 32768, compress: false };
 const auth = {};
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
@@ -39,6 +40,7 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === '--heartbeat-ms') opt.heartbeatMs = +v;
   else if (a === '--max-strikes') opt.maxStrikes = +v;
   else if (a === '--max-payload') opt.maxPayload = +v;
+  else if (a === '--compress') opt.compress = v === '1';
   else if (a === '--auth') {
     const eq = v.indexOf('=');
     if (eq < 0) auth[v] = '';
@@ -62,7 +64,12 @@ const server = http.createServer((req, res) => {
 });
 
 // ---- websocket upgrade with auth ----
-const wss = new WebSocketServer({ noServer: true, maxPayload: opt.maxPayload, perMessageDeflate: false });
+// --compress 1: permessage-deflate on (uWebSockets' SHARED_COMPRESSOR), every message compressed.
+const wss = new WebSocketServer({
+  noServer: true,
+  maxPayload: opt.maxPayload,
+  perMessageDeflate: opt.compress ? { threshold: 0 } : false,
+});
 
 server.on('upgrade', (req, socket, head) => {
   socket.on('error', () => {});
@@ -79,7 +86,7 @@ function onOpen(ws, parameters) {
   const id = crypto.randomUUID();
   Object.assign(ws, { id, alive: true, strikes: 0 });
   conns.set(id, ws);
-  out({ event: 'open', id, parameters });
+  out({ event: 'open', id, parameters, extensions: ws.extensions });
   ws.send('PROVIDER_HEARTBEAT|' + opt.heartbeatMs);
 
   ws.on('message', (data, isBinary) => {

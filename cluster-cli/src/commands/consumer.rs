@@ -37,6 +37,9 @@ pub(crate) struct Args {
     /// CA, or a self-signed provider certificate). Implies --ssl.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// Do not offer permessage-deflate (offered by default, as the original's consumer).
+    #[arg(long)]
+    no_compression: bool,
     /// Print one JSON object per line for each event.
     #[arg(long)]
     json: bool,
@@ -49,7 +52,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .path(args.path)
         .reconnect_interval(Duration::from_millis(args.reconnect_interval_ms))
         .max_attempts(args.max_attempts)
-        .ssl(args.ssl);
+        .ssl(args.ssl)
+        .compression(!args.no_compression);
     if let Some(ca) = args.ca {
         builder = builder.ca_file(ca);
     }

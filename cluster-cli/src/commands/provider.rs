@@ -4,7 +4,7 @@
 
 use super::{hex, key_value, print_line, shutdown_signal};
 use cluster_rpc::Hub;
-use cluster_transport::{CloseInfo, Connection, MessageRef, Provider, SslOptions};
+use cluster_transport::{CloseInfo, Compressor, Connection, MessageRef, Provider, SslOptions};
 use serde_json::json;
 use std::fmt;
 use std::path::PathBuf;
@@ -53,6 +53,10 @@ pub(crate) struct Args {
         hide_env_values = true
     )]
     tls_passphrase: Option<Secret>,
+    /// permessage-deflate for consumers that offer it: disabled, shared, dedicated-3kb,
+    /// dedicated-4kb, dedicated-8kb, … dedicated-256kb (the seed's ws.compressor presets).
+    #[arg(long, value_name = "PRESET", default_value = "disabled")]
+    compressor: Compressor,
     /// Send every text message back to its sender.
     #[arg(long)]
     echo: bool,
@@ -90,6 +94,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .max_strikes(args.max_strikes)
         .max_payload_length(args.max_payload_length)
         .max_backpressure(args.max_backpressure)
+        .compressor(args.compressor)
         .on_open(move |conn| print_open(conn, json))
         .on_message(move |conn, message| {
             if message.is_binary() {
@@ -115,8 +120,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let provider = hub.provider();
     if json {
         print_line(
-            &json!({"event": "listening", "port": provider.port(), "tls": provider.is_tls()})
-                .to_string(),
+            &json!({
+                "event": "listening",
+                "port": provider.port(),
+                "tls": provider.is_tls(),
+                "compressor": provider.options().ws.compressor.name(),
+            })
+            .to_string(),
         );
     } else {
         print_line(&format!(
@@ -138,11 +148,21 @@ fn print_open(conn: &Connection, json: bool) {
                 "id": conn.id().to_string(),
                 "ip": conn.ip().to_string(),
                 "parameters": conn.parameters(),
+                "compressed": conn.is_compressed(),
             })
             .to_string(),
         );
     } else {
-        print_line(&format!("open {} from {}", conn.id(), conn.ip()));
+        let compressed = if conn.is_compressed() {
+            " (permessage-deflate)"
+        } else {
+            ""
+        };
+        print_line(&format!(
+            "open {} from {}{compressed}",
+            conn.id(),
+            conn.ip()
+        ));
     }
 }
 

@@ -7,6 +7,7 @@
 //! the write buffer is freed once it drains.
 
 use crate::connection::{CloseMode, CloseRequest, Connection};
+use crate::deflate::{Deflate, MessageInflater};
 use crate::event::{ProviderEvent, ProviderListeners};
 use crate::frame::{self, FrameError, FrameHeader, OpCode};
 use crate::message::{close_code, CloseInfo, MessageRef, PONG};
@@ -29,10 +30,17 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF_SIZE]);
 }
 
+thread_local! {
+    /// Where a compressed message is inflated before it is delivered.
+    static INFLATED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A message being reassembled from fragments.
 struct Fragment {
     opcode: OpCode,
+    /// The fragments' payloads, still compressed when `compressed`.
     data: Vec<u8>,
+    compressed: bool,
     /// For text: how far `data` is known to be valid UTF-8.
     utf8_valid: usize,
 }
@@ -94,6 +102,8 @@ pub(crate) struct Driver<S> {
     /// Bytes of a frame not yet complete; empty (and unallocated) between frames.
     partial: Vec<u8>,
     fragment: Option<Box<Fragment>>,
+    /// permessage-deflate's receiving half, when negotiated.
+    inflater: Option<MessageInflater>,
     /// Bytes taken from the outbox, written up to `written`.
     writing: Vec<u8>,
     written: usize,
@@ -112,6 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         conn: Connection,
         shared: Arc<ProviderShared>,
         leftover: Vec<u8>,
+        deflate: Option<Deflate>,
     ) -> Self {
         let (listeners, listeners_gen) = shared.listeners();
         Self {
@@ -122,6 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             listeners_gen,
             partial: leftover,
             fragment: None,
+            inflater: deflate.map(|d| d.inflater()),
             writing: Vec::new(),
             written: 0,
             state: State::Open,
@@ -355,7 +367,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// Bytes needed to complete the frame at the start of `partial`.
     fn wanted_bytes(&self) -> usize {
-        match frame::parse_header(&self.partial, true, u64::MAX) {
+        match frame::parse_header(&self.partial, self.rules(u64::MAX)) {
             Ok(Some(h)) => {
                 let total = h.header_len as u64 + h.payload_len;
                 usize::try_from(total)
@@ -366,16 +378,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
     }
 
+    /// What a client's frame header may carry on this connection.
+    fn rules(&self, max_payload: u64) -> frame::Rules {
+        frame::Rules {
+            rsv1: self.inflater.is_some(),
+            ..frame::Rules::from_client(max_payload)
+        }
+    }
+
     /// Handles every complete frame at the start of `data`; returns the bytes consumed.
     fn process(&mut self, data: &mut [u8]) -> usize {
         let max = self.shared.options.ws.max_payload_length as u64;
+        // A compressed frame may be a little longer than what it inflates to.
+        let rules = self.rules(if self.inflater.is_some() {
+            compressed_limit(max)
+        } else {
+            max
+        });
         let mut pos = 0;
         while pos < data.len()
             && self.blocked.is_none()
             && !matches!(self.state, State::Finishing(_))
         {
             let rest = &mut data[pos..];
-            let header = match frame::parse_header(rest, true, max) {
+            let header = match frame::parse_header(rest, rules) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
@@ -422,17 +448,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         payload: &[u8],
     ) -> Result<(), (u16, &'static str)> {
         let protocol = |e: FrameError| (e.close_code(), e.reason());
+        let max = self.shared.options.ws.max_payload_length;
         match header.opcode {
             OpCode::Text | OpCode::Binary => {
                 if self.fragment.is_some() {
                     return Err((close_code::PROTOCOL, "expected a continuation frame"));
                 }
                 if header.fin {
-                    return self.deliver(header.opcode, payload);
+                    return if header.rsv1 {
+                        self.deliver_compressed(header.opcode, payload)
+                    } else {
+                        self.deliver(header.opcode, payload)
+                    };
                 }
                 let mut fragment = Box::new(Fragment {
                     opcode: header.opcode,
                     data: payload.to_vec(),
+                    compressed: header.rsv1,
                     utf8_valid: 0,
                 });
                 check_utf8_prefix(&mut fragment)?;
@@ -440,19 +472,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 Ok(())
             }
             OpCode::Continuation => {
+                if header.rsv1 {
+                    return Err((close_code::PROTOCOL, "RSV1 set on a continuation frame"));
+                }
                 let Some(mut fragment) = self.fragment.take() else {
                     return Err((close_code::PROTOCOL, "continuation without a message"));
                 };
-                if fragment.data.len() + payload.len() > self.shared.options.ws.max_payload_length {
+                let limit = if fragment.compressed {
+                    compressed_limit(max as u64) as usize
+                } else {
+                    max
+                };
+                if fragment.data.len() + payload.len() > limit {
                     return Err(protocol(FrameError::TooBig));
                 }
                 fragment.data.extend_from_slice(payload);
                 check_utf8_prefix(&mut fragment)?;
-                if header.fin {
-                    self.deliver(fragment.opcode, &fragment.data)
-                } else {
+                if !header.fin {
                     self.fragment = Some(fragment);
                     Ok(())
+                } else if fragment.compressed {
+                    self.deliver_compressed(fragment.opcode, &fragment.data)
+                } else {
+                    self.deliver(fragment.opcode, &fragment.data)
                 }
             }
             OpCode::Ping => {
@@ -501,6 +543,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         Ok(())
     }
 
+    /// Inflates a compressed message and delivers it.
+    fn deliver_compressed(
+        &mut self,
+        opcode: OpCode,
+        compressed: &[u8],
+    ) -> Result<(), (u16, &'static str)> {
+        let Some(inflater) = &mut self.inflater else {
+            return Err((
+                close_code::PROTOCOL,
+                "compressed message without permessage-deflate",
+            ));
+        };
+        let mut inflated = INFLATED
+            .with(|cell| cell.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
+            .unwrap_or_default();
+        inflated.clear();
+        let max = self.shared.options.ws.max_payload_length;
+        let result = inflater
+            .inflate(compressed, max, &mut inflated)
+            .map_err(|e| e.close())
+            .and_then(|()| self.deliver(opcode, &inflated));
+        if inflated.capacity() <= READ_BUF_SIZE {
+            INFLATED.with(|cell| {
+                if let Ok(mut slot) = cell.try_borrow_mut() {
+                    *slot = inflated;
+                }
+            });
+        }
+        result
+    }
+
     fn deliver(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), (u16, &'static str)> {
         if !matches!(self.state, State::Open) {
             return Ok(());
@@ -535,7 +608,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 /// Checks that a fragmented text message is valid UTF-8 so far (fail fast), allowing a
 /// character cut at the end.
 fn check_utf8_prefix(fragment: &mut Fragment) -> Result<(), (u16, &'static str)> {
-    if fragment.opcode != OpCode::Text {
+    if fragment.opcode != OpCode::Text || fragment.compressed {
         return Ok(());
     }
     let rest = &fragment.data[fragment.utf8_valid..];
@@ -545,6 +618,12 @@ fn check_utf8_prefix(fragment: &mut Fragment) -> Result<(), (u16, &'static str)>
         Err(_) => return Err((close_code::INVALID_PAYLOAD, "invalid utf-8 in text message")),
     }
     Ok(())
+}
+
+/// The most compressed bytes accepted for a message that may inflate to `max`: deflate
+/// adds at most 5 bytes per 16 KB block to incompressible data, plus a little framing.
+fn compressed_limit(max: u64) -> u64 {
+    max.saturating_add(max / 1024).saturating_add(64)
 }
 
 /// Appends a close frame with a code and a reason cut to fit a control frame.

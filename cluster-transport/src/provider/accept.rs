@@ -156,7 +156,11 @@ where
             }
         };
     // Keep only the parameters: headers and path are dropped here, not at close.
-    let Upgraded { request, leftover } = upgraded;
+    let Upgraded {
+        request,
+        leftover,
+        deflate,
+    } = upgraded;
     let options = &shared.options;
     let conn = Connection::new(
         ip,
@@ -164,10 +168,19 @@ where
         options.ws.max_backpressure,
         options.heartbeat.enabled,
     );
+    if let Some(deflate) = &deflate {
+        conn.enable_deflate(*deflate);
+    }
     tracing::debug!(conn.id = %conn.id(), peer.ip = %ip, "connection open");
     shared.register(&conn);
     shared.emit_open(&conn).await;
-    Some(Driver::new(stream, conn, Arc::clone(shared), leftover))
+    Some(Driver::new(
+        stream,
+        conn,
+        Arc::clone(shared),
+        leftover,
+        deflate,
+    ))
 }
 
 /// Unregisters, sends the FIN and emits the close event.
