@@ -23,11 +23,13 @@
 
 pub(crate) mod queue;
 mod remote;
+mod wire;
 mod worker;
 
 pub(crate) use queue::Queue;
 pub use queue::{DeadJob, JobStats, QueueOptions, WorkerStats};
 pub(crate) use remote::JobsService;
+pub(crate) use wire::{CANCEL_SUBJECT, DONE_SUBJECT, RUN_SUBJECT};
 pub use worker::JobContext;
 pub(crate) use worker::{WorkerService, JOBS_PARAMETER, JOB_CREDITS_PARAMETER, PROGRESS_SUBJECT};
 
@@ -218,9 +220,12 @@ impl<T> fmt::Debug for JobHandle<T> {
     }
 }
 
-/// A new random job id.
+/// A new random job id (a v4 UUID from the thread's random generator, not a system call
+/// per id).
 pub(crate) fn new_job_id() -> JobId {
-    uuid::Uuid::new_v4().as_u128()
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .as_u128()
 }
 
 /// The hub's job queue. Cheap to clone.
