@@ -21,6 +21,7 @@
 //! Reserved names: the services `__jobs` (on the hub) and `__worker` (on workers), the
 //! connect parameters `jobs` and `job_credits`, and subjects starting `__jobs.`.
 
+mod hashing;
 pub(crate) mod queue;
 mod remote;
 mod wire;
@@ -44,6 +45,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use tokio::sync::{oneshot, watch};
 
 /// A kind of job: its payload type, the name workers register it under, and its output.
@@ -142,24 +145,82 @@ pub enum JobError {
 /// What the queue answers a submitter: the encoded output, or why not.
 pub(crate) type Outcome = Result<Vec<u8>, JobError>;
 
+/// A job's progress, shared by whoever reports it and the job's handle: the last value,
+/// and a watch channel made only when someone asks for updates (most never do, and a
+/// channel per job is not free).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    bits: AtomicU64,
+    updates: Mutex<Option<watch::Sender<f64>>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    fn updates(&self) -> std::sync::MutexGuard<'_, Option<watch::Sender<f64>>> {
+        self.updates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a report.
+    pub(crate) fn set(&self, value: f64) {
+        self.bits.store(value.to_bits(), Ordering::Relaxed);
+        if let Some(tx) = &*self.updates() {
+            tx.send_replace(value);
+        }
+    }
+
+    /// The last report (0.0 before the first).
+    pub(crate) fn get(&self) -> f64 {
+        f64::from_bits(self.bits.load(Ordering::Relaxed))
+    }
+
+    /// A receiver of the reports; it sees the channel closed once the job resolved.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<f64> {
+        let mut updates = self.updates();
+        match &*updates {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(self.get());
+                if !self.closed.load(Ordering::Acquire) {
+                    *updates = Some(tx);
+                }
+                rx
+            }
+        }
+    }
+
+    /// The job resolved: no more reports, receivers see the channel closed.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.updates().take();
+    }
+}
+
 /// A submitted job: await it for the typed output. Dropping the handle does not cancel
 /// the job; [`cancel`](Self::cancel) does.
 #[must_use = "a job handle resolves to the job's result"]
 pub struct JobHandle<T> {
     id: JobId,
     outcome: oneshot::Receiver<Outcome>,
-    progress: watch::Receiver<f64>,
-    cancel: Arc<dyn Fn() + Send + Sync>,
+    progress: Arc<Progress>,
+    cancel: Canceller,
     codec: CodecKind,
     _output: PhantomData<fn() -> T>,
+}
+
+/// How a handle cancels its job.
+pub(crate) enum Canceller {
+    /// In the hub's own queue.
+    Queue(Arc<Queue>),
+    /// A member's submission: stop the call that lasts as long as the job.
+    Call(futures_util::future::AbortHandle),
 }
 
 impl<T> JobHandle<T> {
     pub(crate) fn new(
         id: JobId,
         outcome: oneshot::Receiver<Outcome>,
-        progress: watch::Receiver<f64>,
-        cancel: Arc<dyn Fn() + Send + Sync>,
+        progress: Arc<Progress>,
+        cancel: Canceller,
         codec: CodecKind,
     ) -> Self {
         Self {
@@ -180,17 +241,20 @@ impl<T> JobHandle<T> {
     /// Cancels the job: a queued job is removed, a running one is stopped on its worker.
     /// The handle then resolves to [`JobError::Cancelled`].
     pub fn cancel(&self) {
-        (self.cancel)();
+        match &self.cancel {
+            Canceller::Queue(queue) => queue.cancel(self.id),
+            Canceller::Call(abort) => abort.abort(),
+        }
     }
 
     /// The last progress the worker reported (0.0 until it reports).
     pub fn progress(&self) -> f64 {
-        *self.progress.borrow()
+        self.progress.get()
     }
 
     /// A receiver that changes whenever the worker reports progress.
     pub fn progress_updates(&self) -> watch::Receiver<f64> {
-        self.progress.clone()
+        self.progress.subscribe()
     }
 }
 
@@ -215,7 +279,7 @@ impl<T> fmt::Debug for JobHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobHandle")
             .field("id", &self.id)
-            .field("progress", &*self.progress.borrow())
+            .field("progress", &self.progress.get())
             .finish()
     }
 }
@@ -263,13 +327,11 @@ impl Jobs {
             .map_err(|e| JobError::Decode(e.to_string()))?;
         let id = new_job_id();
         let (outcome, progress) = self.queue.submit(id, J::NAME, payload, options, None)?;
-        let queue = Arc::clone(&self.queue);
-        let cancel = Arc::new(move || queue.cancel(id));
         Ok(JobHandle::new(
             id,
             outcome,
             progress,
-            cancel,
+            Canceller::Queue(Arc::clone(&self.queue)),
             self.queue.codec(),
         ))
     }
@@ -291,13 +353,11 @@ impl Jobs {
     /// [`JobError::QueueFull`], or [`JobError::Decode`] if no dead job has this id.
     pub fn requeue_dead<T>(&self, id: JobId) -> Result<JobHandle<T>, JobError> {
         let (outcome, progress) = self.queue.requeue_dead(id)?;
-        let queue = Arc::clone(&self.queue);
-        let cancel = Arc::new(move || queue.cancel(id));
         Ok(JobHandle::new(
             id,
             outcome,
             progress,
-            cancel,
+            Canceller::Queue(Arc::clone(&self.queue)),
             self.queue.codec(),
         ))
     }

@@ -2,7 +2,8 @@
 //! sent to workers in batches, attempt deadlines kept sorted in the queue.
 
 use super::wire::{self, Batch, Malformed, CANCEL_SUBJECT, RUN_SUBJECT};
-use super::{JobError, JobId, JobOptions, Outcome};
+use super::hashing::IdHash;
+use super::{JobError, JobId, JobOptions, Outcome, Progress};
 use crate::codec::{Codec, CodecKind};
 use crate::error::RpcError;
 use crate::link::Link;
@@ -11,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -162,9 +163,18 @@ struct Entry {
     status: Status,
     /// The submitter; taken when the job resolves, so it resolves once.
     waiter: Option<oneshot::Sender<Outcome>>,
-    progress: watch::Sender<f64>,
+    progress: ProgressGuard,
     /// Where to forward progress for a member submitter (a pub/sub subject).
     progress_subject: Option<String>,
+}
+
+/// Closes a job's progress when its entry goes (the job resolved or the hub stopped).
+struct ProgressGuard(Arc<Progress>);
+
+impl Drop for ProgressGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 #[derive(Default)]
@@ -177,8 +187,12 @@ struct State {
     /// Running attempts by deadline, with their job and worker: what the dispatcher
     /// times out. As many entries as attempts running (at most the workers' credits).
     deadlines: BTreeMap<DeadlineKey, (JobId, Uuid)>,
-    jobs: HashMap<JobId, Entry>,
-    workers: HashMap<Uuid, Worker>,
+    /// Boxed: an entry is made before taking the lock, and the map moves only pointers
+    /// when it grows.
+    jobs: HashMap<JobId, Box<Entry>, IdHash>,
+    workers: HashMap<Uuid, Worker, IdHash>,
+    /// Free credits over all workers: a submission skips the dispatch round when none.
+    free: usize,
     /// Job names seen, shared by their entries.
     names: HashSet<Arc<str>>,
     dead: VecDeque<DeadJob>,
@@ -259,9 +273,21 @@ impl Queue {
         payload: Vec<u8>,
         options: JobOptions,
         progress_subject: Option<String>,
-    ) -> Result<(oneshot::Receiver<Outcome>, watch::Receiver<f64>), JobError> {
+    ) -> Result<(oneshot::Receiver<Outcome>, Arc<Progress>), JobError> {
         let (tx, rx) = oneshot::channel();
-        let (progress, progress_rx) = watch::channel(0.0);
+        let progress = Arc::new(Progress::default());
+        let delay = options.delay;
+        // Made before taking the lock; the name is filled in under it.
+        let mut entry = Box::new(Entry {
+            name: Arc::from(""),
+            payload,
+            options,
+            attempts: 0,
+            status: Status::Waiting,
+            waiter: Some(tx),
+            progress: ProgressGuard(Arc::clone(&progress)),
+            progress_subject,
+        });
         {
             let mut st = self.state();
             if st.waiting + st.delayed_count >= self.options.capacity {
@@ -272,7 +298,7 @@ impl Queue {
             if st.jobs.contains_key(&id) {
                 return Err(JobError::Duplicate);
             }
-            let name = match st.names.get(name) {
+            entry.name = match st.names.get(name) {
                 Some(name) => Arc::clone(name),
                 None => {
                     let interned: Arc<str> = Arc::from(name);
@@ -280,26 +306,14 @@ impl Queue {
                     interned
                 }
             };
-            let delay = options.delay;
-            st.jobs.insert(
-                id,
-                Entry {
-                    name,
-                    payload,
-                    options,
-                    attempts: 0,
-                    status: Status::Waiting,
-                    waiter: Some(tx),
-                    progress,
-                    progress_subject,
-                },
-            );
+            st.jobs.insert(id, entry);
             match delay {
                 Some(d) if !d.is_zero() => {
                     st.schedule(id, Instant::now() + d);
                     // The dispatcher may have to wake earlier than it planned.
                     self.request_dispatch(&mut st);
                 }
+                _ if st.free == 0 => st.make_ready(id),
                 _ => {
                     st.make_ready(id);
                     self.dispatch_in(&mut st, Instant::now());
@@ -314,7 +328,7 @@ impl Queue {
             }
         }
         tracing::trace!(job.id = %Uuid::from_u128(id), job.name = name, "job queued");
-        Ok((rx, progress_rx))
+        Ok((rx, progress))
     }
 
     /// Cancels a job wherever it is; a running attempt is dropped on its worker.
@@ -329,8 +343,7 @@ impl Queue {
             Status::Running { worker, deadline } => {
                 st.deadlines.remove(&deadline);
                 st.active -= 1;
-                if let Some(w) = st.workers.get_mut(&worker) {
-                    w.active -= 1;
+                if let Some(w) = st.release(worker) {
                     send_cancel(w, id, entry.attempts);
                 }
                 self.request_dispatch(&mut st);
@@ -348,7 +361,7 @@ impl Queue {
             let Some(entry) = st.jobs.get(&id) else {
                 return;
             };
-            entry.progress.send_replace(value);
+            entry.progress.0.set(value);
             entry.progress_subject.clone()
         };
         if let Some(subject) = forward {
@@ -372,6 +385,7 @@ impl Queue {
             return;
         }
         let mut st = self.state();
+        st.free += credits;
         st.workers.insert(
             id,
             Worker {
@@ -406,6 +420,8 @@ impl Queue {
         let mut st = self.state();
         let mut result = Ok(());
         let mut freed = false;
+        // Outputs are handed over, and finished entries dropped, after the lock is let go.
+        let mut finished = Vec::new();
         for done in wire::dones(payload) {
             let done = match done {
                 Ok(done) => done,
@@ -414,7 +430,7 @@ impl Queue {
                     break;
                 }
             };
-            let deadline = match st.jobs.get(&done.id) {
+            let deadline = match st.jobs.get(&done.id).map(|e| &**e) {
                 Some(Entry {
                     status: Status::Running { worker, deadline },
                     attempts,
@@ -425,30 +441,28 @@ impl Queue {
             st.deadlines.remove(&deadline);
             st.active -= 1;
             freed = true;
-            let worker = st.workers.get_mut(&worker_id);
+            let worker = st.release(worker_id);
             match done.outcome {
                 Ok(output) => {
                     if let Some(w) = worker {
-                        w.active -= 1;
                         w.completed += 1;
                     }
                     st.completed += 1;
-                    if let Some(mut entry) = st.jobs.remove(&done.id) {
-                        if let Some(waiter) = entry.waiter.take() {
-                            let _ = waiter.send(Ok(output.to_vec()));
-                        }
+                    if let Some(entry) = st.jobs.remove(&done.id) {
+                        finished.push((entry, output));
                     }
                 }
-                Err(error) => {
-                    if let Some(w) = worker {
-                        w.active -= 1;
-                    }
-                    self.retry_or_bury(&mut st, done.id, error.to_owned(), true);
-                }
+                Err(error) => self.retry_or_bury(&mut st, done.id, error.to_owned(), true),
             }
         }
         if freed {
             self.request_dispatch(&mut st);
+        }
+        drop(st);
+        for (mut entry, output) in finished {
+            if let Some(waiter) = entry.waiter.take() {
+                let _ = waiter.send(Ok(output.to_vec()));
+            }
         }
         result
     }
@@ -485,7 +499,7 @@ impl Queue {
     pub(crate) fn requeue_dead(
         &self,
         id: JobId,
-    ) -> Result<(oneshot::Receiver<Outcome>, watch::Receiver<f64>), JobError> {
+    ) -> Result<(oneshot::Receiver<Outcome>, Arc<Progress>), JobError> {
         let dead = {
             let mut st = self.state();
             let at = st
@@ -571,7 +585,7 @@ impl Queue {
                 break;
             }
             st.deadlines.remove(&key);
-            let attempt = match st.jobs.get(&id) {
+            let attempt = match st.jobs.get(&id).map(|e| &**e) {
                 Some(Entry {
                     status: Status::Running { deadline, .. },
                     attempts,
@@ -580,8 +594,7 @@ impl Queue {
                 _ => continue,
             };
             st.active -= 1;
-            if let Some(w) = st.workers.get_mut(&worker_id) {
-                w.active -= 1;
+            if let Some(w) = st.release(worker_id) {
                 send_cancel(w, id, attempt);
             }
             tracing::debug!(job.id = %Uuid::from_u128(id), job.attempt = attempt, "job timed out");
@@ -649,6 +662,7 @@ impl Queue {
         else {
             return;
         };
+        let entry = &mut **entry;
         let timeout = entry.options.timeout.unwrap_or(self.options.timeout);
         let deadline = DeadlineKey {
             at: now + timeout,
@@ -660,6 +674,7 @@ impl Queue {
             deadline,
         };
         worker.active += 1;
+        st.free -= 1;
         if worker.batch.is_full() {
             // Rare (large jobs): this frame goes now, the round's next frame starts.
             let _ = worker.link.send_frame(worker.batch.frame());
@@ -703,7 +718,7 @@ impl Queue {
                 name: entry.name.to_string(),
                 attempts: entry.attempts,
                 last_error: error,
-                payload: entry.payload,
+                payload: std::mem::take(&mut entry.payload),
             });
             return;
         }
@@ -726,6 +741,14 @@ fn send_cancel(worker: &Worker, id: JobId, attempt: u32) {
 }
 
 impl State {
+    /// One of `worker`'s credits is free again; returns the worker if it is still here.
+    fn release(&mut self, worker: Uuid) -> Option<&mut Worker> {
+        let w = self.workers.get_mut(&worker)?;
+        w.active -= 1;
+        self.free += 1;
+        Some(w)
+    }
+
     fn make_ready(&mut self, id: JobId) {
         let Some(entry) = self.jobs.get_mut(&id) else {
             return;
@@ -778,9 +801,10 @@ impl State {
     /// Forgets a worker and requeues its running jobs (that attempt does not count).
     /// Returns whether it was a worker.
     fn drop_worker(&mut self, id: Uuid) -> bool {
-        if self.workers.remove(&id).is_none() {
+        let Some(worker) = self.workers.remove(&id) else {
             return false;
-        }
+        };
+        self.free -= worker.credits.saturating_sub(worker.active);
         let orphans: Vec<(DeadlineKey, JobId)> = self
             .deadlines
             .iter()
@@ -818,10 +842,10 @@ mod tests {
         let mut st = State::default();
         for (id, priority) in [(1, 0), (2, 5), (3, 0), (4, 5)] {
             let (waiter, _) = oneshot::channel();
-            let (progress, _) = watch::channel(0.0);
+            let progress = ProgressGuard(Arc::default());
             st.jobs.insert(
                 id,
-                Entry {
+                Box::new(Entry {
                     name: Arc::from("x"),
                     payload: Vec::new(),
                     options: JobOptions::default().priority(priority),
@@ -830,7 +854,7 @@ mod tests {
                     waiter: Some(waiter),
                     progress,
                     progress_subject: None,
-                },
+                }),
             );
             st.make_ready(id);
         }
