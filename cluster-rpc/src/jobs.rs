@@ -152,6 +152,8 @@ pub(crate) type Outcome = Result<Vec<u8>, JobError>;
 pub(crate) struct Progress {
     bits: AtomicU64,
     updates: Mutex<Option<watch::Sender<f64>>>,
+    /// Someone asked for updates: reports and the close go through the channel too.
+    watched: std::sync::atomic::AtomicBool,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -163,8 +165,10 @@ impl Progress {
     /// Records a report.
     pub(crate) fn set(&self, value: f64) {
         self.bits.store(value.to_bits(), Ordering::Relaxed);
-        if let Some(tx) = &*self.updates() {
-            tx.send_replace(value);
+        if self.watched.load(Ordering::SeqCst) {
+            if let Some(tx) = &*self.updates() {
+                tx.send_replace(value);
+            }
         }
     }
 
@@ -176,11 +180,12 @@ impl Progress {
     /// A receiver of the reports; it sees the channel closed once the job resolved.
     pub(crate) fn subscribe(&self) -> watch::Receiver<f64> {
         let mut updates = self.updates();
+        self.watched.store(true, Ordering::SeqCst);
         match &*updates {
             Some(tx) => tx.subscribe(),
             None => {
                 let (tx, rx) = watch::channel(self.get());
-                if !self.closed.load(Ordering::Acquire) {
+                if !self.closed.load(Ordering::SeqCst) {
                     *updates = Some(tx);
                 }
                 rx
@@ -190,8 +195,10 @@ impl Progress {
 
     /// The job resolved: no more reports, receivers see the channel closed.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.updates().take();
+        self.closed.store(true, Ordering::SeqCst);
+        if self.watched.load(Ordering::SeqCst) {
+            self.updates().take();
+        }
     }
 }
 

@@ -194,7 +194,7 @@ struct State {
     /// Free credits over all workers: a submission skips the dispatch round when none.
     free: usize,
     /// Job names seen, shared by their entries.
-    names: HashSet<Arc<str>>,
+    names: HashSet<Arc<str>, IdHash>,
     dead: VecDeque<DeadJob>,
     waiting: usize,
     delayed_count: usize,

@@ -100,7 +100,6 @@ pub(crate) async fn submit_and_check(
             .with_context(|| format!("submitting job {i}"))?;
         handles.push(handle);
     }
-    eprintln!("DEBUG submitted in {:?}", start.elapsed());
     for ((i, mut handle), expected) in (0..n).zip(handles).zip(expected) {
         // Handles resolve out of order; most are done when their turn comes, so a timer
         // is armed only for one that is not.
