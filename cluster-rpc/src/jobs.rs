@@ -18,8 +18,30 @@
 //!   with exponential backoff and jitter up to its max attempts, then goes to the dead
 //!   letters with its last error, where it can be inspected and requeued.
 //!
-//! Reserved names: the services `__jobs` (on the hub) and `__worker` (on workers), the
-//! connect parameters `jobs` and `job_credits`, and subjects starting `__jobs.`.
+//! Reserved names: the service `__jobs` (on the hub), the connect parameters `jobs` and
+//! `job_credits`, and subjects starting `__jobs.`.
+//!
+//! # How jobs travel
+//!
+//! Between the hub and its workers jobs go in batches, several to a frame each way, as
+//! [`Envelope::Publish`](crate::envelope::Envelope::Publish) frames on reserved subjects
+//! that the hub and the worker take for themselves. A dispatch round gives every free credit a job and sends each worker the
+//! jobs it got in one frame; a worker runs a batch as it arrives and answers the attempts
+//! that finish without waiting in one frame (an attempt that waits answers alone when it
+//! ends). Frames are closed at about 16 KiB. The hub keeps the running attempts' deadlines
+//! sorted and times them out from its dispatcher task: no task or timer per attempt. All
+//! integers little-endian; a frame's payload is its records back to back:
+//!
+//! | subject | direction | record |
+//! |---|---|---|
+//! | `__jobs.run` | hub → worker | u128 job id, u32 attempt, u8 length + job name, u32 length + codec-encoded job |
+//! | `__jobs.done` | worker → hub | u128 job id, u32 attempt, u8 status (0 output, 1 error), u32 length + codec-encoded output or UTF-8 error |
+//! | `__jobs.cancel` | hub → worker | u128 job id, u32 attempt (drop it: cancelled or timed out) |
+//! | `__jobs.progress` | worker → hub | one codec-encoded `(u128 id, f64 value)` |
+//!
+//! The hub takes an answer only from the worker running that attempt, so a late answer
+//! (after a timeout, a cancellation or a requeue) is dropped. A malformed batch closes the
+//! connection with 1007 (invalid payload), like an undecodable envelope.
 
 mod hashing;
 pub(crate) mod queue;
@@ -42,11 +64,11 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use tokio::sync::{oneshot, watch};
 
 /// A kind of job: its payload type, the name workers register it under, and its output.

@@ -97,9 +97,7 @@ mod tests {
     #[test]
     fn spreads_sequential_ids_over_buckets() {
         let hash = IdHash::default();
-        let buckets: HashSet<u64> = (0u128..4096)
-            .map(|id| hash.hash_one(id) & 4095)
-            .collect();
+        let buckets: HashSet<u64> = (0u128..4096).map(|id| hash.hash_one(id) & 4095).collect();
         // A uniform hash fills about 63 % of 4096 buckets with 4096 keys.
         assert!(buckets.len() > 2300, "{}", buckets.len());
         assert_ne!(hash.hash_one(1u128), hash.hash_one(1u128 << 64));

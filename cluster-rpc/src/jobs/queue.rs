@@ -1,8 +1,8 @@
 //! The queue's state and its dispatcher: one std mutex, short critical sections, jobs
 //! sent to workers in batches, attempt deadlines kept sorted in the queue.
 
-use super::wire::{self, Batch, Malformed, CANCEL_SUBJECT, RUN_SUBJECT};
 use super::hashing::IdHash;
+use super::wire::{self, Batch, Malformed, CANCEL_SUBJECT, RUN_SUBJECT};
 use super::{JobError, JobId, JobOptions, Outcome, Progress};
 use crate::codec::{Codec, CodecKind};
 use crate::error::RpcError;
