@@ -123,3 +123,30 @@ pub(crate) async fn submit_and_check(
     );
     Ok(took)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::rpc::HubServer;
+    use super::super::spec::{Workload, PAYLOAD_LEN};
+    use super::*;
+
+    #[test]
+    fn payloads_are_64_bytes_and_differ() {
+        assert_eq!(payload(7).len(), PAYLOAD_LEN);
+        assert_ne!(fnv(&payload(1)), fnv(&payload(2)));
+        // The FNV-1a test vector.
+        assert_eq!(fnv(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_answer_every_job_right() {
+        let hub = HubServer::start(Workload::W5).await.unwrap();
+        let _workers = [
+            connect_worker(hub.port(), 4).await.unwrap(),
+            connect_worker(hub.port(), 4).await.unwrap(),
+        ];
+        let took = submit_and_check(hub.hub(), 2_000, 2).await.unwrap();
+        assert!(took > Duration::ZERO);
+        assert_eq!(hub.hub().jobs().stats().completed, 2_000);
+    }
+}
