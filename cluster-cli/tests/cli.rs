@@ -291,9 +291,10 @@ async fn bench_quick_prints_json_for_every_workload() {
             );
         }
     }
-    // W4 and W7 run on our typed layer only: no baseline rows.
+    // W4, W5 and W7 run on our typed layer only: no baseline rows.
     for (workload, cases) in [
         ("W4", &["W4 rpc in-flight 1", "W4 rpc 64 in flight"][..]),
+        ("W5", &["W5 jobs 8x16 credits"][..]),
         ("W7", &["W7 pub/sub"][..]),
     ] {
         for case in cases {

@@ -109,7 +109,7 @@ impl HubState {
                 .unwrap_or(0);
             self.queue.worker_joined(
                 conn.id(),
-                Arc::clone(&peer.core),
+                Arc::clone(peer.core.link()),
                 jobs,
                 credits,
                 params.get("name").cloned(),
@@ -169,6 +169,12 @@ impl HubState {
                 self.routes.write().unwrap_or_else(|p| p.into_inner()).retain(
                     |t| !matches!(t, Target::Member { conn, sid: s } if conn.id() == id && *s == sid),
                 );
+            }
+            Envelope::Publish { subject, payload } if subject == crate::jobs::DONE_SUBJECT => {
+                if let Err(error) = self.queue.answers(conn.id(), payload) {
+                    tracing::warn!(conn.id = %conn.id(), cause = %error, "closing");
+                    conn.close(close_code::INVALID_PAYLOAD, &error.to_string());
+                }
             }
             Envelope::Publish { subject, payload } if subject == crate::jobs::PROGRESS_SUBJECT => {
                 if let Ok((id, value)) = self.config.codec.decode::<(u128, f64)>(payload) {

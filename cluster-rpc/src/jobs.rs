@@ -18,16 +18,41 @@
 //!   with exponential backoff and jitter up to its max attempts, then goes to the dead
 //!   letters with its last error, where it can be inspected and requeued.
 //!
-//! Reserved names: the services `__jobs` (on the hub) and `__worker` (on workers), the
-//! connect parameters `jobs` and `job_credits`, and subjects starting `__jobs.`.
+//! Reserved names: the service `__jobs` (on the hub), the connect parameters `jobs` and
+//! `job_credits`, and subjects starting `__jobs.`.
+//!
+//! # How jobs travel
+//!
+//! Between the hub and its workers jobs go in batches, several to a frame each way, as
+//! [`Envelope::Publish`](crate::envelope::Envelope::Publish) frames on reserved subjects
+//! that the hub and the worker take for themselves. A dispatch round gives every free credit a job and sends each worker the
+//! jobs it got in one frame; a worker runs a batch as it arrives and answers the attempts
+//! that finish without waiting in one frame (an attempt that waits answers alone when it
+//! ends). Frames are closed at about 16 KiB. The hub keeps the running attempts' deadlines
+//! sorted and times them out from its dispatcher task: no task or timer per attempt. All
+//! integers little-endian; a frame's payload is its records back to back:
+//!
+//! | subject | direction | record |
+//! |---|---|---|
+//! | `__jobs.run` | hub → worker | u128 job id, u32 attempt, u8 length + job name, u32 length + codec-encoded job |
+//! | `__jobs.done` | worker → hub | u128 job id, u32 attempt, u8 status (0 output, 1 error), u32 length + codec-encoded output or UTF-8 error |
+//! | `__jobs.cancel` | hub → worker | u128 job id, u32 attempt (drop it: cancelled or timed out) |
+//! | `__jobs.progress` | worker → hub | one codec-encoded `(u128 id, f64 value)` |
+//!
+//! The hub takes an answer only from the worker running that attempt, so a late answer
+//! (after a timeout, a cancellation or a requeue) is dropped. A malformed batch closes the
+//! connection with 1007 (invalid payload), like an undecodable envelope.
 
+mod hashing;
 pub(crate) mod queue;
 mod remote;
+mod wire;
 mod worker;
 
 pub(crate) use queue::Queue;
 pub use queue::{DeadJob, JobStats, QueueOptions, WorkerStats};
 pub(crate) use remote::JobsService;
+pub(crate) use wire::{CANCEL_SUBJECT, DONE_SUBJECT, RUN_SUBJECT};
 pub use worker::JobContext;
 pub(crate) use worker::{WorkerService, JOBS_PARAMETER, JOB_CREDITS_PARAMETER, PROGRESS_SUBJECT};
 
@@ -39,7 +64,9 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
@@ -140,24 +167,89 @@ pub enum JobError {
 /// What the queue answers a submitter: the encoded output, or why not.
 pub(crate) type Outcome = Result<Vec<u8>, JobError>;
 
+/// A job's progress, shared by whoever reports it and the job's handle: the last value,
+/// and a watch channel made only when someone asks for updates (most never do, and a
+/// channel per job is not free).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    bits: AtomicU64,
+    updates: Mutex<Option<watch::Sender<f64>>>,
+    /// Someone asked for updates: reports and the close go through the channel too.
+    watched: std::sync::atomic::AtomicBool,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    fn updates(&self) -> std::sync::MutexGuard<'_, Option<watch::Sender<f64>>> {
+        self.updates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a report.
+    pub(crate) fn set(&self, value: f64) {
+        self.bits.store(value.to_bits(), Ordering::Relaxed);
+        if self.watched.load(Ordering::SeqCst) {
+            if let Some(tx) = &*self.updates() {
+                tx.send_replace(value);
+            }
+        }
+    }
+
+    /// The last report (0.0 before the first).
+    pub(crate) fn get(&self) -> f64 {
+        f64::from_bits(self.bits.load(Ordering::Relaxed))
+    }
+
+    /// A receiver of the reports; it sees the channel closed once the job resolved.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<f64> {
+        let mut updates = self.updates();
+        self.watched.store(true, Ordering::SeqCst);
+        match &*updates {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(self.get());
+                if !self.closed.load(Ordering::SeqCst) {
+                    *updates = Some(tx);
+                }
+                rx
+            }
+        }
+    }
+
+    /// The job resolved: no more reports, receivers see the channel closed.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if self.watched.load(Ordering::SeqCst) {
+            self.updates().take();
+        }
+    }
+}
+
 /// A submitted job: await it for the typed output. Dropping the handle does not cancel
 /// the job; [`cancel`](Self::cancel) does.
 #[must_use = "a job handle resolves to the job's result"]
 pub struct JobHandle<T> {
     id: JobId,
     outcome: oneshot::Receiver<Outcome>,
-    progress: watch::Receiver<f64>,
-    cancel: Arc<dyn Fn() + Send + Sync>,
+    progress: Arc<Progress>,
+    cancel: Canceller,
     codec: CodecKind,
     _output: PhantomData<fn() -> T>,
+}
+
+/// How a handle cancels its job.
+pub(crate) enum Canceller {
+    /// In the hub's own queue.
+    Queue(Arc<Queue>),
+    /// A member's submission: stop the call that lasts as long as the job.
+    Call(futures_util::future::AbortHandle),
 }
 
 impl<T> JobHandle<T> {
     pub(crate) fn new(
         id: JobId,
         outcome: oneshot::Receiver<Outcome>,
-        progress: watch::Receiver<f64>,
-        cancel: Arc<dyn Fn() + Send + Sync>,
+        progress: Arc<Progress>,
+        cancel: Canceller,
         codec: CodecKind,
     ) -> Self {
         Self {
@@ -178,17 +270,20 @@ impl<T> JobHandle<T> {
     /// Cancels the job: a queued job is removed, a running one is stopped on its worker.
     /// The handle then resolves to [`JobError::Cancelled`].
     pub fn cancel(&self) {
-        (self.cancel)();
+        match &self.cancel {
+            Canceller::Queue(queue) => queue.cancel(self.id),
+            Canceller::Call(abort) => abort.abort(),
+        }
     }
 
     /// The last progress the worker reported (0.0 until it reports).
     pub fn progress(&self) -> f64 {
-        *self.progress.borrow()
+        self.progress.get()
     }
 
     /// A receiver that changes whenever the worker reports progress.
     pub fn progress_updates(&self) -> watch::Receiver<f64> {
-        self.progress.clone()
+        self.progress.subscribe()
     }
 }
 
@@ -213,14 +308,17 @@ impl<T> fmt::Debug for JobHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobHandle")
             .field("id", &self.id)
-            .field("progress", &*self.progress.borrow())
+            .field("progress", &self.progress.get())
             .finish()
     }
 }
 
-/// A new random job id.
+/// A new random job id (a v4 UUID from the thread's random generator, not a system call
+/// per id).
 pub(crate) fn new_job_id() -> JobId {
-    uuid::Uuid::new_v4().as_u128()
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .as_u128()
 }
 
 /// The hub's job queue. Cheap to clone.
@@ -258,13 +356,11 @@ impl Jobs {
             .map_err(|e| JobError::Decode(e.to_string()))?;
         let id = new_job_id();
         let (outcome, progress) = self.queue.submit(id, J::NAME, payload, options, None)?;
-        let queue = Arc::clone(&self.queue);
-        let cancel = Arc::new(move || queue.cancel(id));
         Ok(JobHandle::new(
             id,
             outcome,
             progress,
-            cancel,
+            Canceller::Queue(Arc::clone(&self.queue)),
             self.queue.codec(),
         ))
     }
@@ -286,13 +382,11 @@ impl Jobs {
     /// [`JobError::QueueFull`], or [`JobError::Decode`] if no dead job has this id.
     pub fn requeue_dead<T>(&self, id: JobId) -> Result<JobHandle<T>, JobError> {
         let (outcome, progress) = self.queue.requeue_dead(id)?;
-        let queue = Arc::clone(&self.queue);
-        let cancel = Arc::new(move || queue.cancel(id));
         Ok(JobHandle::new(
             id,
             outcome,
             progress,
-            cancel,
+            Canceller::Queue(Arc::clone(&self.queue)),
             self.queue.codec(),
         ))
     }

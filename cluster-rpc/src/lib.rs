@@ -19,6 +19,8 @@
 //! - **Pub/sub** ([`pubsub`]): subjects with `*` and `>` wildcards, routed by the hub.
 //! - **Jobs** ([`jobs`]): a distributed job queue owned by the hub, worked by members,
 //!   with credits, priorities, delays, retries with backoff, dead letters and progress.
+//!   Jobs and their answers travel in batches, several to a frame, as publish envelopes on
+//!   reserved `__jobs.` subjects (see [`jobs`], "How jobs travel").
 //! - **Codecs** ([`codec`]): MessagePack by default, bincode as an option; one codec per
 //!   hub, and a member that names another is refused at connect time (HTTP 406, with a
 //!   body saying which codec the hub speaks).

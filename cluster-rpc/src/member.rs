@@ -6,7 +6,8 @@ use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::RpcError;
 use crate::hub::SERVICES_PARAMETER;
 use crate::jobs::{
-    Job, JobContext, MemberJobs, WorkerService, JOBS_PARAMETER, JOB_CREDITS_PARAMETER,
+    Job, JobContext, MemberJobs, WorkerService, CANCEL_SUBJECT, JOBS_PARAMETER,
+    JOB_CREDITS_PARAMETER, RUN_SUBJECT,
 };
 use crate::link::Link;
 use crate::options::NodeConfig;
@@ -25,6 +26,8 @@ use std::time::Duration;
 /// State the consumer's callbacks share with the member handle.
 struct MemberState {
     core: OnceLock<Arc<PeerCore>>,
+    /// The job handlers, if this member is a worker.
+    worker: WorkerService,
     /// Subscriptions by id, kept across reconnects to restore them.
     subscriptions: Mutex<HashMap<u64, (String, LocalSink)>>,
     next_sid: AtomicU64,
@@ -44,6 +47,18 @@ impl MemberState {
                 let subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((_, sink)) = subs.get(&sid) {
                     sink.deliver(subject, payload);
+                }
+            }
+            Ok(Envelope::Publish { subject, payload }) if !self.worker.is_empty() => {
+                let handled = match subject {
+                    RUN_SUBJECT => self.worker.run_batch(payload),
+                    CANCEL_SUBJECT => self.worker.cancel_batch(payload),
+                    _ => Ok(()),
+                };
+                if let Err(error) = handled {
+                    tracing::warn!(cause = %error, "bad job frame from the hub; reconnecting");
+                    core.link()
+                        .close_for(close_code::INVALID_PAYLOAD, &error.to_string());
                 }
             }
             Ok(other) => core.handle(other),
@@ -74,6 +89,8 @@ impl MemberState {
         if let Some(core) = self.core.get() {
             core.disconnected(false);
         }
+        // The hub requeues what this member was running: drop it here.
+        self.worker.abort_all();
     }
 }
 
@@ -149,10 +166,11 @@ impl MemberBuilder {
     pub async fn connect(self) -> Result<Member, ConnectError> {
         let state = Arc::new(MemberState {
             core: OnceLock::new(),
+            worker: self.worker.clone(),
             subscriptions: Mutex::new(HashMap::new()),
             next_sid: AtomicU64::new(1),
         });
-        let mut config = self.config;
+        let config = self.config;
         let worker_core = Arc::clone(&self.worker.core);
         let mut builder = self
             .consumer
@@ -161,10 +179,6 @@ impl MemberBuilder {
             builder = builder
                 .parameter(JOBS_PARAMETER, self.worker.names())
                 .parameter(JOB_CREDITS_PARAMETER, self.job_credits.to_string());
-            // Run at least as many hub calls at once as there are credits.
-            config.limits.max_concurrent_calls =
-                config.limits.max_concurrent_calls.max(self.job_credits);
-            config.serve(self.worker);
         }
         let services = config.services.names();
         if !services.is_empty() {

@@ -1,7 +1,7 @@
 //! `cluster bench`: the workloads of BENCH.md — W1 ingest, W2 echo, W3 broadcast and W6
 //! idle connections, each against our provider (`network-cluster`) and a plain
-//! tokio-tungstenite server (`baseline`) in one run; and W4 RPC and W7 pub/sub on our
-//! typed layer (`cluster_rpc::Hub` and `Member`), which have no baseline.
+//! tokio-tungstenite server (`baseline`) in one run; and W4 RPC, W5 jobs and W7 pub/sub on
+//! our typed layer (`cluster_rpc::Hub` and `Member`), which have no baseline.
 //!
 //! Servers and load generators run in separate OS processes: the bench starts this binary
 //! again with a hidden `--child <json>` argument and talks to each child over stdin and
@@ -13,6 +13,7 @@ mod children;
 mod client;
 mod consumer_client;
 mod driver;
+mod jobs;
 mod ours;
 mod pubsub;
 mod report;
@@ -32,7 +33,7 @@ pub(crate) struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "W1,W2,W3,W4,W6,W7",
+        default_value = "W1,W2,W3,W4,W5,W6,W7",
         ignore_case = true
     )]
     workloads: Vec<Workload>,

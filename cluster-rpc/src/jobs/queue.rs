@@ -1,17 +1,18 @@
-//! The queue's state and its dispatcher: one std mutex, short critical sections, one
-//! attempt task per running job.
+//! The queue's state and its dispatcher: one std mutex, short critical sections, jobs
+//! sent to workers in batches, attempt deadlines kept sorted in the queue.
 
-use super::{JobError, JobId, JobOptions, Outcome};
+use super::hashing::IdHash;
+use super::wire::{self, Batch, Malformed, CANCEL_SUBJECT, RUN_SUBJECT};
+use super::{JobError, JobId, JobOptions, Outcome, Progress};
 use crate::codec::{Codec, CodecKind};
 use crate::error::RpcError;
-use crate::peer::PeerCore;
-use futures_util::future::{AbortHandle, Abortable};
+use crate::link::Link;
 use serde::{Deserialize, Serialize};
-use std::cmp::{Ordering as CmpOrdering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -119,89 +120,106 @@ pub struct DeadJob {
     pub payload: Vec<u8>,
 }
 
-/// What a worker receives for one attempt.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct JobRun {
-    pub(crate) id: JobId,
-    pub(crate) name: String,
-    pub(crate) attempt: u32,
-    #[serde(with = "serde_bytes")]
-    pub(crate) payload: Vec<u8>,
-}
-
-/// A worker's answer to one attempt: the encoded output or the handler's error.
-pub(crate) type RunResult = Result<serde_bytes::ByteBuf, String>;
-
+/// One connected worker.
 struct Worker {
-    core: Arc<PeerCore>,
+    link: Arc<dyn Link>,
     name: Option<String>,
     jobs: Vec<String>,
     credits: usize,
     active: usize,
     completed: u64,
     joined: Instant,
+    /// The jobs given to it in the current dispatch round; sent when the round ends (or
+    /// when the frame is full).
+    batch: Batch,
+}
+
+impl Worker {
+    fn runs(&self, name: &str) -> bool {
+        self.jobs.iter().any(|j| j == name)
+    }
+}
+
+/// Where a running attempt sits among the deadlines: its time, then a tie-breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct DeadlineKey {
+    at: Instant,
+    seq: u64,
 }
 
 enum Status {
     Waiting,
     Delayed,
-    Running { worker: Uuid, abort: AbortHandle },
+    Running { worker: Uuid, deadline: DeadlineKey },
 }
 
 struct Entry {
     name: Arc<str>,
-    payload: Arc<Vec<u8>>,
+    /// The codec-encoded job, as submitted; copied into each batch it is sent in.
+    payload: Vec<u8>,
     options: JobOptions,
+    /// Attempts started; the running attempt's number.
     attempts: u32,
     status: Status,
     /// The submitter; taken when the job resolves, so it resolves once.
     waiter: Option<oneshot::Sender<Outcome>>,
-    progress: watch::Sender<f64>,
+    progress: ProgressGuard,
     /// Where to forward progress for a member submitter (a pub/sub subject).
     progress_subject: Option<String>,
 }
 
-#[derive(PartialEq, Eq)]
-struct ReadyKey {
-    priority: i32,
-    seq: u64,
-    id: JobId,
-}
+/// Closes a job's progress when its entry goes (the job resolved or the hub stopped).
+struct ProgressGuard(Arc<Progress>);
 
-impl Ord for ReadyKey {
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        // Higher priority first, then first in first out.
-        self.priority
-            .cmp(&other.priority)
-            .then_with(|| other.seq.cmp(&self.seq))
-    }
-}
-
-impl PartialOrd for ReadyKey {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
+impl Drop for ProgressGuard {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
 #[derive(Default)]
 struct State {
     seq: u64,
-    ready: BinaryHeap<ReadyKey>,
+    /// Ready jobs by priority, highest first; first in first out within a priority. A
+    /// cancelled job's id stays until it reaches the front, where it is skipped.
+    ready: BTreeMap<Reverse<i32>, VecDeque<JobId>>,
     delayed: BinaryHeap<Reverse<(Instant, u64, JobId)>>,
-    jobs: HashMap<JobId, Entry>,
-    workers: HashMap<Uuid, Worker>,
-    dead: std::collections::VecDeque<DeadJob>,
+    /// Running attempts by deadline, with their job and worker: what the dispatcher
+    /// times out. As many entries as attempts running (at most the workers' credits).
+    deadlines: BTreeMap<DeadlineKey, (JobId, Uuid)>,
+    /// Boxed: an entry is made before taking the lock, and the map moves only pointers
+    /// when it grows.
+    jobs: HashMap<JobId, Box<Entry>, IdHash>,
+    workers: HashMap<Uuid, Worker, IdHash>,
+    /// Free credits over all workers: a submission skips the dispatch round when none.
+    free: usize,
+    /// Job names seen, shared by their entries.
+    names: HashSet<Arc<str>, IdHash>,
+    dead: VecDeque<DeadJob>,
     waiting: usize,
     delayed_count: usize,
     active: usize,
     completed: u64,
     failed: u64,
+    /// The dispatcher has been woken and has not run yet.
+    dispatch_requested: bool,
+    /// When the dispatcher's timer fires, if it is set.
+    timer: Option<Instant>,
 }
 
 /// Publishes progress for member submitters (set by the hub: its pub/sub router).
 pub(crate) type ProgressSink = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 
 /// The hub's job queue.
+///
+/// One std mutex guards the state; nothing awaits while holding it. Jobs go out in
+/// batches: a dispatch round gives every free credit a ready job and sends each worker
+/// the jobs it got in one frame (frames are only queued on the connection, never
+/// awaited). Rounds run in place on submission, and on the dispatcher task after answers,
+/// cancellations and departures: a connection's burst of answer frames is taken whole
+/// before the next round, so answers and jobs travel many to a frame under load. The same
+/// task promotes delayed jobs and times out attempts, whose deadlines the queue keeps
+/// sorted: no task or timer per attempt.
 pub(crate) struct Queue {
     state: Mutex<State>,
     wake: Notify,
@@ -239,17 +257,37 @@ impl Queue {
         self.codec
     }
 
+    /// Wakes the dispatcher task for a round, once until it runs.
+    fn request_dispatch(&self, st: &mut State) {
+        if !st.dispatch_requested {
+            st.dispatch_requested = true;
+            self.wake.notify_one();
+        }
+    }
+
     /// Queues a job; returns where its outcome and progress arrive.
     pub(crate) fn submit(
-        self: &Arc<Self>,
+        &self,
         id: JobId,
         name: &str,
         payload: Vec<u8>,
         options: JobOptions,
         progress_subject: Option<String>,
-    ) -> Result<(oneshot::Receiver<Outcome>, watch::Receiver<f64>), JobError> {
+    ) -> Result<(oneshot::Receiver<Outcome>, Arc<Progress>), JobError> {
         let (tx, rx) = oneshot::channel();
-        let (progress, progress_rx) = watch::channel(0.0);
+        let progress = Arc::new(Progress::default());
+        let delay = options.delay;
+        // Made before taking the lock; the name is filled in under it.
+        let mut entry = Box::new(Entry {
+            name: Arc::from(""),
+            payload,
+            options,
+            attempts: 0,
+            status: Status::Waiting,
+            waiter: Some(tx),
+            progress: ProgressGuard(Arc::clone(&progress)),
+            progress_subject,
+        });
         {
             let mut st = self.state();
             if st.waiting + st.delayed_count >= self.options.capacity {
@@ -260,37 +298,40 @@ impl Queue {
             if st.jobs.contains_key(&id) {
                 return Err(JobError::Duplicate);
             }
-            let delay = options.delay;
-            st.jobs.insert(
-                id,
-                Entry {
-                    name: Arc::from(name),
-                    payload: Arc::new(payload),
-                    options,
-                    attempts: 0,
-                    status: Status::Waiting,
-                    waiter: Some(tx),
-                    progress,
-                    progress_subject,
-                },
-            );
+            entry.name = match st.names.get(name) {
+                Some(name) => Arc::clone(name),
+                None => {
+                    let interned: Arc<str> = Arc::from(name);
+                    st.names.insert(Arc::clone(&interned));
+                    interned
+                }
+            };
+            st.jobs.insert(id, entry);
             match delay {
                 Some(d) if !d.is_zero() => {
                     st.schedule(id, Instant::now() + d);
                     // The dispatcher may have to wake earlier than it planned.
-                    self.wake.notify_one();
+                    self.request_dispatch(&mut st);
                 }
+                _ if st.free == 0 => st.make_ready(id),
                 _ => {
                     st.make_ready(id);
-                    self.dispatch_in(&mut st);
+                    self.dispatch_in(&mut st, Instant::now());
+                    // An attempt started here may be due before the dispatcher's timer.
+                    if st
+                        .next_due()
+                        .is_some_and(|at| st.timer.is_none_or(|t| at < t))
+                    {
+                        self.request_dispatch(&mut st);
+                    }
                 }
             }
         }
-        tracing::debug!(job.id = %Uuid::from_u128(id), job.name = name, "job queued");
-        Ok((rx, progress_rx))
+        tracing::trace!(job.id = %Uuid::from_u128(id), job.name = name, "job queued");
+        Ok((rx, progress))
     }
 
-    /// Cancels a job wherever it is.
+    /// Cancels a job wherever it is; a running attempt is dropped on its worker.
     pub(crate) fn cancel(&self, id: JobId) {
         let mut st = self.state();
         let Some(mut entry) = st.jobs.remove(&id) else {
@@ -299,19 +340,18 @@ impl Queue {
         match entry.status {
             Status::Waiting => st.waiting -= 1,
             Status::Delayed => st.delayed_count -= 1,
-            Status::Running { worker, ref abort } => {
-                abort.abort();
+            Status::Running { worker, deadline } => {
+                st.deadlines.remove(&deadline);
                 st.active -= 1;
-                if let Some(w) = st.workers.get_mut(&worker) {
-                    w.active -= 1;
+                if let Some(w) = st.release(worker) {
+                    send_cancel(w, id, entry.attempts);
                 }
+                self.request_dispatch(&mut st);
             }
         }
         if let Some(waiter) = entry.waiter.take() {
             let _ = waiter.send(Err(JobError::Cancelled));
         }
-        drop(st);
-        self.wake.notify_one();
     }
 
     /// Progress a worker reported for a job.
@@ -321,7 +361,7 @@ impl Queue {
             let Some(entry) = st.jobs.get(&id) else {
                 return;
             };
-            entry.progress.send_replace(value);
+            entry.progress.0.set(value);
             entry.progress_subject.clone()
         };
         if let Some(subject) = forward {
@@ -336,7 +376,7 @@ impl Queue {
     pub(crate) fn worker_joined(
         &self,
         id: Uuid,
-        core: Arc<PeerCore>,
+        link: Arc<dyn Link>,
         jobs: Vec<String>,
         credits: usize,
         name: Option<String>,
@@ -344,25 +384,87 @@ impl Queue {
         if jobs.is_empty() || credits == 0 {
             return;
         }
-        self.state().workers.insert(
+        let mut st = self.state();
+        st.free += credits;
+        st.workers.insert(
             id,
             Worker {
-                core,
+                link,
                 name,
                 jobs,
                 credits,
                 active: 0,
                 completed: 0,
                 joined: Instant::now(),
+                batch: Batch::new(RUN_SUBJECT),
             },
         );
-        self.wake.notify_one();
+        self.request_dispatch(&mut st);
     }
 
-    /// A member left. Its running jobs fail `Disconnected` and are requeued by their
-    /// attempt tasks.
+    /// A member left: its running jobs are requeued at once (that attempt does not
+    /// count).
     pub(crate) fn worker_left(&self, id: Uuid) {
-        self.state().workers.remove(&id);
+        let mut st = self.state();
+        if st.drop_worker(id) {
+            self.request_dispatch(&mut st);
+        }
+    }
+
+    /// A worker's answers: complete, retry or bury each attempt. Answers for attempts no
+    /// longer running there (cancelled, timed out, requeued) are dropped.
+    ///
+    /// # Errors
+    /// A malformed frame (the answers before the bad record count).
+    pub(crate) fn answers(&self, worker_id: Uuid, payload: &[u8]) -> Result<(), Malformed> {
+        let mut st = self.state();
+        let mut result = Ok(());
+        let mut freed = false;
+        // Outputs are handed over, and finished entries dropped, after the lock is let go.
+        let mut finished = Vec::new();
+        for done in wire::dones(payload) {
+            let done = match done {
+                Ok(done) => done,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            };
+            let deadline = match st.jobs.get(&done.id).map(|e| &**e) {
+                Some(Entry {
+                    status: Status::Running { worker, deadline },
+                    attempts,
+                    ..
+                }) if *worker == worker_id && *attempts == done.attempt => *deadline,
+                _ => continue,
+            };
+            st.deadlines.remove(&deadline);
+            st.active -= 1;
+            freed = true;
+            let worker = st.release(worker_id);
+            match done.outcome {
+                Ok(output) => {
+                    if let Some(w) = worker {
+                        w.completed += 1;
+                    }
+                    st.completed += 1;
+                    if let Some(entry) = st.jobs.remove(&done.id) {
+                        finished.push((entry, output));
+                    }
+                }
+                Err(error) => self.retry_or_bury(&mut st, done.id, error.to_owned(), true),
+            }
+        }
+        if freed {
+            self.request_dispatch(&mut st);
+        }
+        drop(st);
+        for (mut entry, output) in finished {
+            if let Some(waiter) = entry.waiter.take() {
+                let _ = waiter.send(Ok(output.to_vec()));
+            }
+        }
+        result
     }
 
     pub(crate) fn stats(&self) -> JobStats {
@@ -395,9 +497,9 @@ impl Queue {
     }
 
     pub(crate) fn requeue_dead(
-        self: &Arc<Self>,
+        &self,
         id: JobId,
-    ) -> Result<(oneshot::Receiver<Outcome>, watch::Receiver<f64>), JobError> {
+    ) -> Result<(oneshot::Receiver<Outcome>, Arc<Progress>), JobError> {
         let dead = {
             let mut st = self.state();
             let at = st
@@ -419,43 +521,51 @@ impl Queue {
         )
     }
 
+    /// The dispatcher task: a dispatch round whenever woken, delayed jobs when due,
+    /// timeouts when due.
     async fn run_dispatcher(self: Arc<Self>) {
+        // One timer, moved only when something is due earlier than it is set for; waking
+        // early is harmless (the round finds nothing due and sets it again).
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        let mut fired = true;
         loop {
-            let next_due = self.dispatch();
-            let sleep = async {
-                match next_due {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            let armed = {
+                let mut st = self.state();
+                st.dispatch_requested = false;
+                if fired {
+                    st.timer = None;
                 }
+                let now = Instant::now();
+                self.promote_delayed(&mut st, now);
+                self.expire(&mut st, now);
+                self.dispatch_in(&mut st, now);
+                if let Some(at) = st.next_due() {
+                    if st.timer.is_none_or(|t| at < t) {
+                        sleep.as_mut().reset(at);
+                        st.timer = Some(at);
+                    }
+                }
+                st.timer.is_some()
             };
+            fired = false;
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = self.wake.notified() => {}
-                _ = sleep => {}
+                _ = &mut sleep, if armed => fired = true,
             }
         }
         // Hub stopped: everyone still waiting learns it.
         let mut st = self.state();
         for (_, mut entry) in st.jobs.drain() {
-            if let Status::Running { abort, .. } = &entry.status {
-                abort.abort();
-            }
             if let Some(waiter) = entry.waiter.take() {
                 let _ = waiter.send(Err(JobError::Rpc(RpcError::Cancelled)));
             }
         }
     }
 
-    /// Starts every job that can start now; returns when the next delayed job is due.
-    fn dispatch(self: &Arc<Self>) -> Option<Instant> {
-        let mut st = self.state();
-        self.dispatch_in(&mut st)
-    }
-
-    /// [`dispatch`](Self::dispatch) with the state locked already: submissions and
-    /// finished attempts dispatch in place, without waking the dispatcher task.
-    fn dispatch_in(self: &Arc<Self>, st: &mut State) -> Option<Instant> {
-        let now = Instant::now();
+    /// Delayed jobs whose time has come become ready.
+    fn promote_delayed(&self, st: &mut State, now: Instant) {
         while let Some(Reverse((at, _, id))) = st.delayed.peek().copied() {
             if at > now {
                 break;
@@ -466,120 +576,117 @@ impl Queue {
                 st.make_ready(id);
             }
         }
-        while let Some(key) = st.ready.peek() {
-            let id = key.id;
+    }
+
+    /// Attempts past their deadline are dropped on their worker and requeued.
+    fn expire(&self, st: &mut State, now: Instant) {
+        while let Some((&key, &(id, worker_id))) = st.deadlines.first_key_value() {
+            if key.at > now {
+                break;
+            }
+            st.deadlines.remove(&key);
+            let attempt = match st.jobs.get(&id).map(|e| &**e) {
+                Some(Entry {
+                    status: Status::Running { deadline, .. },
+                    attempts,
+                    ..
+                }) if *deadline == key => *attempts,
+                _ => continue,
+            };
+            st.active -= 1;
+            if let Some(w) = st.release(worker_id) {
+                send_cancel(w, id, attempt);
+            }
+            tracing::debug!(job.id = %Uuid::from_u128(id), job.attempt = attempt, "job timed out");
+            self.retry_or_bury(st, id, "timed out".into(), false);
+        }
+    }
+
+    /// A dispatch round: gives ready jobs to workers with free credits, in priority order,
+    /// then sends each worker its batch.
+    fn dispatch_in(&self, st: &mut State, now: Instant) {
+        loop {
+            self.assign(st, now);
+            let failed = st.flush_batches();
+            if failed.is_empty() {
+                return;
+            }
+            // A worker that cannot take frames is gone: its jobs go to the others now.
+            for id in failed {
+                tracing::debug!(worker = %id, "worker refused a batch; requeueing its jobs");
+                st.drop_worker(id);
+            }
+        }
+    }
+
+    fn assign(&self, st: &mut State, now: Instant) {
+        loop {
+            let Some(mut front) = st.ready.first_entry() else {
+                return;
+            };
+            let Some(&id) = front.get().front() else {
+                front.remove();
+                continue;
+            };
             let Some(entry) = st.jobs.get(&id) else {
-                st.ready.pop();
+                front.get_mut().pop_front();
                 continue;
             };
             if !matches!(entry.status, Status::Waiting) {
-                st.ready.pop();
+                front.get_mut().pop_front();
                 continue;
             }
-            let name = Arc::clone(&entry.name);
-            // The worker serving this job with the most free credits.
+            // The worker running this job with the most free credits.
             let pick = st
                 .workers
                 .iter()
-                .filter(|(_, w)| w.active < w.credits && w.jobs.iter().any(|j| **j == *name))
+                .filter(|(_, w)| w.active < w.credits && w.runs(&entry.name))
                 .max_by_key(|(_, w)| w.credits - w.active)
                 .map(|(id, _)| *id);
             let Some(worker_id) = pick else {
                 // Strict priority order: the best job waits for a worker, the rest too.
-                break;
+                return;
             };
-            st.ready.pop();
-            self.start_attempt(st, id, worker_id);
+            front.get_mut().pop_front();
+            if front.get().is_empty() {
+                front.remove();
+            }
+            self.start_attempt(st, id, worker_id, now);
         }
-        st.delayed.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    fn start_attempt(self: &Arc<Self>, st: &mut State, id: JobId, worker_id: Uuid) {
-        let Some(worker) = st.workers.get_mut(&worker_id) else {
+    fn start_attempt(&self, st: &mut State, id: JobId, worker_id: Uuid, now: Instant) {
+        st.seq += 1;
+        let seq = st.seq;
+        let (Some(worker), Some(entry)) = (st.workers.get_mut(&worker_id), st.jobs.get_mut(&id))
+        else {
             return;
         };
-        worker.active += 1;
-        let core = Arc::clone(&worker.core);
-        let Some(entry) = st.jobs.get_mut(&id) else {
-            return;
+        let entry = &mut **entry;
+        let timeout = entry.options.timeout.unwrap_or(self.options.timeout);
+        let deadline = DeadlineKey {
+            at: now + timeout,
+            seq,
         };
         entry.attempts += 1;
-        let (abort, registration) = AbortHandle::new_pair();
         entry.status = Status::Running {
             worker: worker_id,
-            abort,
+            deadline,
         };
-        let run = JobRun {
-            id,
-            name: entry.name.to_string(),
-            attempt: entry.attempts,
-            payload: entry.payload.to_vec(),
-        };
-        let timeout = entry.options.timeout.unwrap_or(self.options.timeout);
+        worker.active += 1;
+        st.free -= 1;
+        if worker.batch.is_full() {
+            // Rare (large jobs): this frame goes now, the round's next frame starts.
+            let _ = worker.link.send_frame(worker.batch.frame());
+            worker.batch.clear();
+        }
+        worker
+            .batch
+            .push_run(id, entry.attempts, &entry.name, &entry.payload);
+        tracing::trace!(job.id = %Uuid::from_u128(id), job.attempt = entry.attempts, "job started");
+        st.deadlines.insert(deadline, (id, worker_id));
         st.waiting -= 1;
         st.active += 1;
-        let queue = Arc::clone(self);
-        let span =
-            tracing::debug_span!("job", job.id = %Uuid::from_u128(id), job.attempt = run.attempt);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let call = core.call("__worker", "run", &run, timeout);
-                if let Ok(outcome) = Abortable::new(call, registration).await {
-                    queue.finish(id, worker_id, outcome);
-                }
-            },
-            span,
-        ));
-    }
-
-    /// Takes an attempt's outcome: complete, retry, requeue or bury the job.
-    fn finish(self: &Arc<Self>, id: JobId, worker_id: Uuid, outcome: Result<Vec<u8>, RpcError>) {
-        let mut st = self.state();
-        let running_here = matches!(
-            st.jobs.get(&id).map(|e| &e.status),
-            Some(Status::Running { worker, .. }) if *worker == worker_id
-        );
-        if !running_here {
-            return; // cancelled meanwhile: nobody waits for this answer
-        }
-        st.active -= 1;
-        if let Some(w) = st.workers.get_mut(&worker_id) {
-            w.active -= 1;
-        }
-        let result: Result<RunResult, RpcError> = outcome.and_then(|bytes| {
-            self.codec
-                .decode(&bytes)
-                .map_err(|e| RpcError::Decode(e.to_string()))
-        });
-        match result {
-            Ok(Ok(output)) => {
-                if let Some(mut entry) = st.jobs.remove(&id) {
-                    if let Some(waiter) = entry.waiter.take() {
-                        let _ = waiter.send(Ok(output.into_vec()));
-                    }
-                }
-                st.completed += 1;
-                if let Some(w) = st.workers.get_mut(&worker_id) {
-                    w.completed += 1;
-                }
-            }
-            // The worker went away: not the job's fault, run it elsewhere now.
-            Err(
-                RpcError::Disconnected
-                | RpcError::NotConnected
-                | RpcError::Send(_)
-                | RpcError::Overloaded,
-            ) => {
-                if let Some(entry) = st.jobs.get_mut(&id) {
-                    entry.attempts = entry.attempts.saturating_sub(1);
-                }
-                st.make_ready(id);
-            }
-            Err(RpcError::Timeout) => self.retry_or_bury(&mut st, id, "timed out".into(), false),
-            Ok(Err(error)) => self.retry_or_bury(&mut st, id, error, true),
-            Err(error) => self.retry_or_bury(&mut st, id, error.to_string(), true),
-        }
-        self.dispatch_in(&mut st);
     }
 
     fn retry_or_bury(&self, st: &mut State, id: JobId, error: String, backoff: bool) {
@@ -611,33 +718,47 @@ impl Queue {
                 name: entry.name.to_string(),
                 attempts: entry.attempts,
                 last_error: error,
-                payload: entry.payload.to_vec(),
+                payload: std::mem::take(&mut entry.payload),
             });
             return;
         }
         if backoff {
             let delay = backoff_delay(&self.options, entry.attempts);
             st.schedule(id, Instant::now() + delay);
-            self.wake.notify_one();
+            self.request_dispatch(st);
         } else {
             st.make_ready(id);
         }
     }
 }
 
+/// Tells a worker to drop an attempt (cancelled or timed out). A refused frame means the
+/// worker is leaving, which drops the attempt too.
+fn send_cancel(worker: &Worker, id: JobId, attempt: u32) {
+    let mut batch = Batch::new(CANCEL_SUBJECT);
+    batch.push_cancel(id, attempt);
+    let _ = worker.link.send_frame(batch.frame());
+}
+
 impl State {
+    /// One of `worker`'s credits is free again; returns the worker if it is still here.
+    fn release(&mut self, worker: Uuid) -> Option<&mut Worker> {
+        let w = self.workers.get_mut(&worker)?;
+        w.active -= 1;
+        self.free += 1;
+        Some(w)
+    }
+
     fn make_ready(&mut self, id: JobId) {
         let Some(entry) = self.jobs.get_mut(&id) else {
             return;
         };
         entry.status = Status::Waiting;
         let priority = entry.options.priority;
-        self.seq += 1;
-        self.ready.push(ReadyKey {
-            priority,
-            seq: self.seq,
-            id,
-        });
+        self.ready
+            .entry(Reverse(priority))
+            .or_default()
+            .push_back(id);
         self.waiting += 1;
     }
 
@@ -649,6 +770,56 @@ impl State {
         self.seq += 1;
         self.delayed.push(Reverse((at, self.seq, id)));
         self.delayed_count += 1;
+    }
+
+    /// When the dispatcher must look again without being woken: the next delayed job or
+    /// attempt deadline.
+    fn next_due(&self) -> Option<Instant> {
+        let delayed = self.delayed.peek().map(|Reverse((at, _, _))| *at);
+        let deadline = self.deadlines.first_key_value().map(|(key, _)| key.at);
+        match (delayed, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends every worker the batch of this round; returns the workers that refused it.
+    fn flush_batches(&mut self) -> Vec<Uuid> {
+        let mut failed = Vec::new();
+        for (id, worker) in &mut self.workers {
+            if worker.batch.is_empty() {
+                continue;
+            }
+            if worker.link.send_frame(worker.batch.frame()).is_err() {
+                failed.push(*id);
+            }
+            worker.batch.clear();
+        }
+        failed
+    }
+
+    /// Forgets a worker and requeues its running jobs (that attempt does not count).
+    /// Returns whether it was a worker.
+    fn drop_worker(&mut self, id: Uuid) -> bool {
+        let Some(worker) = self.workers.remove(&id) else {
+            return false;
+        };
+        self.free -= worker.credits.saturating_sub(worker.active);
+        let orphans: Vec<(DeadlineKey, JobId)> = self
+            .deadlines
+            .iter()
+            .filter(|(_, (_, worker))| *worker == id)
+            .map(|(key, (job, _))| (*key, *job))
+            .collect();
+        for (key, job) in orphans {
+            self.deadlines.remove(&key);
+            self.active -= 1;
+            if let Some(entry) = self.jobs.get_mut(&job) {
+                entry.attempts = entry.attempts.saturating_sub(1);
+            }
+            self.make_ready(job);
+        }
+        true
     }
 }
 
@@ -668,29 +839,28 @@ mod tests {
 
     #[test]
     fn priority_then_fifo() {
-        let mut heap = BinaryHeap::new();
-        heap.push(ReadyKey {
-            priority: 0,
-            seq: 1,
-            id: 1,
-        });
-        heap.push(ReadyKey {
-            priority: 5,
-            seq: 2,
-            id: 2,
-        });
-        heap.push(ReadyKey {
-            priority: 0,
-            seq: 3,
-            id: 3,
-        });
-        heap.push(ReadyKey {
-            priority: 5,
-            seq: 4,
-            id: 4,
-        });
-        let order: Vec<_> = std::iter::from_fn(|| heap.pop().map(|k| k.id)).collect();
+        let mut st = State::default();
+        for (id, priority) in [(1, 0), (2, 5), (3, 0), (4, 5)] {
+            let (waiter, _) = oneshot::channel();
+            let progress = ProgressGuard(Arc::default());
+            st.jobs.insert(
+                id,
+                Box::new(Entry {
+                    name: Arc::from("x"),
+                    payload: Vec::new(),
+                    options: JobOptions::default().priority(priority),
+                    attempts: 0,
+                    status: Status::Waiting,
+                    waiter: Some(waiter),
+                    progress,
+                    progress_subject: None,
+                }),
+            );
+            st.make_ready(id);
+        }
+        let order: Vec<JobId> = st.ready.values().flatten().copied().collect();
         assert_eq!(order, [2, 4, 1, 3]);
+        assert_eq!(st.waiting, 4);
     }
 
     #[test]

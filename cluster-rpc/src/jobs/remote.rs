@@ -1,7 +1,7 @@
 //! The hub's `__jobs` service, through which members submit jobs and read statistics.
 
 use super::queue::Queue;
-use super::{new_job_id, Job, JobError, JobHandle, JobOptions, JobStats};
+use super::{new_job_id, Canceller, Job, JobError, JobHandle, JobOptions, JobStats, Progress};
 use crate::codec::{Codec, CodecKind};
 use crate::error::RpcError;
 use crate::member::Member;
@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 /// How long a member waits for a submitted job at most.
 const MEMBER_JOB_DEADLINE: Duration = Duration::from_secs(24 * 3600);
@@ -151,7 +151,8 @@ pub(crate) fn submit_from_member<J: Job>(
         progress_subject,
     };
     let (outcome_tx, outcome_rx) = oneshot::channel();
-    let (progress_tx, progress_rx) = watch::channel(0.0);
+    let progress = Arc::new(Progress::default());
+    let progress_tx = Arc::clone(&progress);
     let (abort, registration) = AbortHandle::new_pair();
     let call = async move {
         let submitted = caller.call::<_, SubmitResponse>("__jobs", "submit", &request);
@@ -160,7 +161,7 @@ pub(crate) fn submit_from_member<J: Job>(
             tokio::select! {
                 response = &mut submitted => break response,
                 Some(Ok(update)) = progress_updates.recv() => {
-                    progress_tx.send_replace(update.value);
+                    progress_tx.set(update.value);
                 }
             }
         };
@@ -169,11 +170,17 @@ pub(crate) fn submit_from_member<J: Job>(
             Ok(Err(error)) => Err(error),
             Err(error) => Err(JobError::Rpc(error)),
         };
+        progress_tx.close();
         let _ = outcome_tx.send(outcome);
     };
     tokio::spawn(Abortable::new(call, registration));
-    let cancel = Arc::new(move || abort.abort());
-    Ok(JobHandle::new(id, outcome_rx, progress_rx, cancel, codec))
+    Ok(JobHandle::new(
+        id,
+        outcome_rx,
+        progress,
+        Canceller::Call(abort),
+        codec,
+    ))
 }
 
 /// The hub queue's statistics, asked from a member.

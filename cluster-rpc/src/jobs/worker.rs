@@ -1,19 +1,20 @@
-//! The worker side: the `__worker` service that runs a member's job handlers, and the
+//! The worker side: running a member's job handlers on the batches the hub sends, and the
 //! context a handler reports progress through.
 
-use super::queue::{JobRun, RunResult};
+use super::wire::{self, Batch, Malformed, DONE_SUBJECT};
 use super::{Job, JobId};
 use crate::codec::{Codec, CodecKind};
 use crate::envelope::Envelope;
 use crate::error::RpcError;
-use crate::peer::{with_frame, PeerCore};
-use crate::service::Service;
-use futures_util::future::BoxFuture;
+use crate::peer::{panic_message, with_frame, PeerCore};
+use futures_util::future::{AbortHandle, Abortable, BoxFuture};
 use futures_util::FutureExt;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 /// The connect parameter listing the job names a worker runs.
 pub(crate) const JOBS_PARAMETER: &str = "jobs";
@@ -74,18 +75,30 @@ impl fmt::Debug for JobContext {
     }
 }
 
+/// Starts one job: decodes it and runs the handler until it first waits. A job that
+/// finished (or failed) by then is added to `out`; one still running is returned.
 type Handler = Arc<
-    dyn Fn(&[u8], CodecKind, JobContext) -> Result<BoxFuture<'static, RunResult>, String>
+    dyn Fn(&[u8], CodecKind, JobContext, &mut Batch) -> Option<BoxFuture<'static, Encoded>>
         + Send
         + Sync,
 >;
 
-/// The `__worker` service: runs the member's job handlers by job name.
+/// An attempt's outcome: the codec-encoded output, or the handler's error.
+type Encoded = Result<Vec<u8>, String>;
+
+/// The attempts running in tasks, to drop them when the hub cancels them or leaves.
+type Running = Arc<Mutex<HashMap<(JobId, u32), AbortHandle>>>;
+
+/// A member's job handlers by job name, and the attempts it runs. The hub sends jobs in
+/// batches ([`wire`](super::wire)); each batch runs in place on the connection's task, and
+/// the attempts that finish without waiting (most do) are answered in one frame. An
+/// attempt that waits moves to a task of its own and is answered when it ends.
 #[derive(Clone, Default)]
 pub(crate) struct WorkerService {
     handlers: HashMap<&'static str, Handler>,
-    /// The member's connection, for progress reports; set once the member exists.
+    /// The member's connection, for answers and progress; set once the member exists.
     pub(crate) core: Arc<OnceLock<Arc<PeerCore>>>,
+    running: Running,
 }
 
 impl WorkerService {
@@ -98,18 +111,52 @@ impl WorkerService {
         let handler = Arc::new(handler);
         self.handlers.insert(
             J::NAME,
-            Arc::new(move |payload, codec, ctx| {
-                let job: J = codec.decode(payload).map_err(|e| e.to_string())?;
-                let running = handler(job, ctx);
-                Ok(async move {
-                    let output = running.await?;
-                    let mut bytes = Vec::new();
-                    codec
-                        .encode(&output, &mut bytes)
-                        .map_err(|e| e.to_string())?;
-                    Ok(serde_bytes::ByteBuf::from(bytes))
+            Arc::new(move |payload, codec, ctx, out| {
+                let (id, attempt) = (ctx.id, ctx.attempt);
+                let job: J = match codec.decode(payload) {
+                    Ok(job) => job,
+                    Err(error) => {
+                        out.push_done(id, attempt, Err(&error.to_string()));
+                        return None;
+                    }
+                };
+                let started = catch_unwind(AssertUnwindSafe(|| handler(job, ctx)));
+                let mut running = match started {
+                    Ok(running) => Box::pin(running),
+                    Err(panic) => {
+                        out.push_done(id, attempt, Err(&panicked(panic.as_ref())));
+                        return None;
+                    }
+                };
+                // Most handlers finish at once: poll once in place, no task and no waker.
+                let mut cx = Context::from_waker(Waker::noop());
+                match catch_unwind(AssertUnwindSafe(|| running.as_mut().poll(&mut cx))) {
+                    Ok(Poll::Ready(Ok(output))) => {
+                        out.push_done_encoded(id, attempt, |buf| {
+                            codec.encode(&output, buf).map_err(|e| e.to_string())
+                        });
+                        None
+                    }
+                    Ok(Poll::Ready(Err(error))) => {
+                        out.push_done(id, attempt, Err(&error));
+                        None
+                    }
+                    Err(panic) => {
+                        out.push_done(id, attempt, Err(&panicked(panic.as_ref())));
+                        None
+                    }
+                    Ok(Poll::Pending) => Some(
+                        async move {
+                            let output = running.await?;
+                            let mut bytes = Vec::new();
+                            codec
+                                .encode(&output, &mut bytes)
+                                .map_err(|e| e.to_string())?;
+                            Ok(bytes)
+                        }
+                        .boxed(),
+                    ),
                 }
-                .boxed())
             }),
         );
     }
@@ -124,51 +171,123 @@ impl WorkerService {
         names.sort_unstable();
         names.join(",")
     }
+
+    /// Runs a batch of jobs from the hub; answers those done at once in one frame per
+    /// [`FRAME_TARGET`](super::wire::FRAME_TARGET) bytes.
+    ///
+    /// # Errors
+    /// A malformed batch (the jobs before the bad record run).
+    pub(crate) fn run_batch(&self, payload: &[u8]) -> Result<(), Malformed> {
+        let Some(core) = self.core.get() else {
+            return Ok(());
+        };
+        let codec = core.codec();
+        let mut out = Batch::new(DONE_SUBJECT);
+        let mut result = Ok(());
+        for run in wire::runs(payload) {
+            let run = match run {
+                Ok(run) => run,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            };
+            let ctx = JobContext {
+                id: run.id,
+                attempt: run.attempt,
+                core: Some(Arc::clone(core)),
+            };
+            let waiting = match self.handlers.get(run.name) {
+                Some(handler) => handler(run.job, codec, ctx, &mut out),
+                None => {
+                    let error = format!("this worker runs no job named {:?}", run.name);
+                    out.push_done(run.id, run.attempt, Err(&error));
+                    None
+                }
+            };
+            if let Some(waiting) = waiting {
+                self.spawn(core, run.id, run.attempt, waiting);
+            }
+            if out.is_full() {
+                send(core, &out);
+                out.clear();
+            }
+        }
+        if !out.is_empty() {
+            send(core, &out);
+        }
+        result
+    }
+
+    /// Runs an attempt that waits in a task of its own, registered for cancellation.
+    fn spawn(
+        &self,
+        core: &Arc<PeerCore>,
+        id: JobId,
+        attempt: u32,
+        job: BoxFuture<'static, Encoded>,
+    ) {
+        let (abort, registration) = AbortHandle::new_pair();
+        lock(&self.running).insert((id, attempt), abort);
+        let running = Arc::clone(&self.running);
+        let core = Arc::clone(core);
+        let span =
+            tracing::debug_span!("job", job.id = %uuid::Uuid::from_u128(id), job.attempt = attempt);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let Ok(outcome) =
+                    Abortable::new(AssertUnwindSafe(job).catch_unwind(), registration).await
+                else {
+                    return; // cancelled: the hub expects no answer
+                };
+                if lock(&running).remove(&(id, attempt)).is_none() {
+                    return; // cancelled while finishing
+                }
+                let outcome = outcome.unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
+                let mut out = Batch::new(DONE_SUBJECT);
+                out.push_done(id, attempt, outcome.as_deref().map_err(String::as_str));
+                send(&core, &out);
+            },
+            span,
+        ));
+    }
+
+    /// Drops the attempts the hub cancelled (their handlers are dropped, not awaited).
+    ///
+    /// # Errors
+    /// A malformed frame (the attempts before the bad record are dropped).
+    pub(crate) fn cancel_batch(&self, payload: &[u8]) -> Result<(), Malformed> {
+        for attempt in wire::cancels(payload) {
+            let key = attempt?;
+            if let Some(abort) = lock(&self.running).remove(&key) {
+                abort.abort();
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection dropped: the hub requeues every attempt, so drop them all here.
+    pub(crate) fn abort_all(&self) {
+        let running = std::mem::take(&mut *lock(&self.running));
+        for abort in running.into_values() {
+            abort.abort();
+        }
+    }
 }
 
-impl Service for WorkerService {
-    fn name(&self) -> &'static str {
-        "__worker"
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
-    fn methods(&self) -> &'static [&'static str] {
-        &["run"]
-    }
+/// Sends an answer frame; a refusal means the connection is going, and the hub requeues
+/// what it did not hear about.
+fn send(core: &PeerCore, batch: &Batch) {
+    let _ = core.link().send_frame(batch.frame());
+}
 
-    fn call(
-        &self,
-        method: &str,
-        request: &[u8],
-        codec: CodecKind,
-    ) -> Result<BoxFuture<'static, Result<Vec<u8>, RpcError>>, RpcError> {
-        if method != "run" {
-            return Err(RpcError::NoSuchMethod(method.to_owned()));
-        }
-        let run: JobRun = codec
-            .decode(request)
-            .map_err(|e| RpcError::Decode(e.to_string()))?;
-        let ctx = JobContext {
-            id: run.id,
-            attempt: run.attempt,
-            core: self.core.get().cloned(),
-        };
-        let started = match self.handlers.get(run.name.as_str()) {
-            Some(handler) => handler(&run.payload, codec, ctx),
-            None => Err(format!("this worker runs no job named {:?}", run.name)),
-        };
-        Ok(async move {
-            let result: RunResult = match started {
-                Ok(running) => running.await,
-                Err(error) => Err(error),
-            };
-            let mut out = Vec::new();
-            codec
-                .encode(&result, &mut out)
-                .map_err(|e| RpcError::Encode(e.to_string()))?;
-            Ok(out)
-        }
-        .boxed())
-    }
+/// How a panicking handler's attempt fails.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    RpcError::Panicked(panic_message(panic)).to_string()
 }
 
 impl fmt::Debug for WorkerService {

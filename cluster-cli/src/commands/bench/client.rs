@@ -5,12 +5,13 @@
 //! Lines to the parent: `CONNECTED` (W1, W3), `ECHO <n> <total ns> <p50 ns> <p99 ns>
 //! <p999 ns>` (W2), `BROADCAST <deliveries> <ns>` (W3), `READY <conns> <connect ns>` (W6).
 //! From the parent: `GO` (W1, W4, W7) and `CPU` (answered `CPU <ns>`). The process ends
-//! when stdin does. W4 and W7 run our `cluster_rpc::Member` instead ([`rpc`], [`pubsub`]).
+//! when stdin does. W4, W5 and W7 run our `cluster_rpc::Member` instead ([`rpc`],
+//! [`jobs`], [`pubsub`]).
 
 use super::spec::{
     ClientKind, ClientSpec, Workload, INGEST_DATA, INGEST_END, PAYLOAD, PAYLOAD_LEN,
 };
-use super::{consumer_client, pubsub, rpc, sys};
+use super::{consumer_client, jobs, pubsub, rpc, sys};
 use crate::commands::print_line;
 use anyhow::Context;
 use cluster_transport::{PING, PONG, PROVIDER_HEARTBEAT_PREFIX};
@@ -45,14 +46,16 @@ pub(crate) fn main(spec: ClientSpec) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut stdin = sys::stdin_lines();
         let mut go = None;
+        let mut _workers = Vec::new();
         match (spec.workload, spec.client) {
             (Workload::W2, ClientKind::Consumer) => consumer_client::echo(&spec).await?,
             (_, ClientKind::Consumer) => anyhow::bail!("our consumer only runs W2"),
             (Workload::W4, ClientKind::Member) => go = Some(rpc::calls(&spec).await?),
             (Workload::W7, ClientKind::Member) => go = Some(pubsub::pubsub(&spec).await?),
-            (_, ClientKind::Member) => anyhow::bail!("our member only runs W4 and W7"),
-            (Workload::W4 | Workload::W7, ClientKind::Lean) => {
-                anyhow::bail!("W4 and W7 run on our member only")
+            (Workload::W5, ClientKind::Member) => _workers = jobs::workers(&spec).await?,
+            (_, ClientKind::Member) => anyhow::bail!("our member only runs W4, W5 and W7"),
+            (Workload::W4 | Workload::W5 | Workload::W7, ClientKind::Lean) => {
+                anyhow::bail!("W4, W5 and W7 run on our member only")
             }
             (Workload::W1, ClientKind::Lean) => go = Some(ingest(&spec).await?),
             (Workload::W2, ClientKind::Lean) => echo(&spec).await?,

@@ -23,6 +23,13 @@ const W3_CONNS: usize = 100;
 const W4_PROBE_CALLS: u64 = 100_000;
 /// W4 calls in flight in the throughput case.
 const W4_IN_FLIGHT: usize = 64;
+/// W5 workers.
+const W5_WORKERS: usize = 8;
+/// W5 credits of each worker.
+const W5_CREDITS: usize = 16;
+/// W5 jobs of a full run (BENCH.md) and of a quick one.
+const W5_JOBS: u64 = 200_000;
+const W5_QUICK_JOBS: u64 = 20_000;
 /// W7 subscribers.
 const W7_SUBSCRIBERS: usize = 100;
 /// W7 messages published in a calibration run (each subscriber gets all of them).
@@ -50,7 +57,7 @@ struct Case {
     name: String,
     unit: &'static str,
     conns: usize,
-    /// W4: calls in flight.
+    /// W4: calls in flight; W5: credits of each worker.
     in_flight: usize,
     client: ClientKind,
     systems: Vec<System>,
@@ -148,8 +155,21 @@ fn cases(plan: &Plan) -> Vec<Case> {
                     ours,
                 ));
             }
-            // W4 and W7 have no baseline.
-            Workload::W4 | Workload::W7 => {}
+            Workload::W5 if !ours.is_empty() => {
+                out.push(Case {
+                    in_flight: W5_CREDITS,
+                    ..case(
+                        workload,
+                        format!("W5 jobs {W5_WORKERS}x{W5_CREDITS} credits"),
+                        "jobs/s",
+                        W5_WORKERS,
+                        ClientKind::Member,
+                        ours,
+                    )
+                });
+            }
+            // W4, W5 and W7 have no baseline.
+            Workload::W4 | Workload::W5 | Workload::W7 => {}
             Workload::W6 => {
                 let conns = if plan.quick { 500 } else { 5000 };
                 out.push(case(
@@ -297,6 +317,8 @@ async fn size_for(plan: &Plan, case: &Case, system: System) -> anyhow::Result<Si
             .await?;
             fixed(scaled(f.rate, 1, 10_000), 10_000)
         }
+        (Workload::W5, true) => fixed(W5_QUICK_JOBS, 0),
+        (Workload::W5, false) => fixed(W5_JOBS, 0),
         (Workload::W7, true) => fixed(1_000, 0),
         (Workload::W7, false) => {
             let f = run_once(
@@ -367,6 +389,7 @@ async fn run_once(case: &Case, system: System, size: Size) -> anyhow::Result<Run
         Workload::W2 => echo(&mut children, clients).await?,
         Workload::W3 => broadcast(&mut children, clients).await?,
         Workload::W4 => rpc(&mut children, clients).await?,
+        Workload::W5 => jobs(&mut children, clients).await?,
         Workload::W6 => idle(&mut children, clients).await?,
         Workload::W7 => pubsub(&mut children, clients).await?,
     };
@@ -505,6 +528,29 @@ async fn rpc(children: &mut Children, clients: ClientSpec) -> anyhow::Result<Run
     Ok(figures)
 }
 
+/// W5: the workers connect, then the hub submits every job and checks every result.
+async fn jobs(children: &mut Children, clients: ClientSpec) -> anyhow::Result<RunFigures> {
+    let (n, workers) = (clients.count, clients.conns);
+    children.start_clients(clients)?;
+    children.expect(Who::Clients, "CONNECTED").await?;
+    let [server_before, clients_before] = cpu(children).await?;
+    children
+        .send(Who::Server, &format!("JOBS {n} {workers}"))
+        .await?;
+    let [done, nanos] = fields(children.expect(Who::Server, "JOBS").await?, "JOBS")?;
+    let [server_after, clients_after] = cpu(children).await?;
+    let done = u64::try_from(done)?;
+    anyhow::ensure!(done == n, "the hub checked {done} results of {n} jobs");
+    Ok(RunFigures {
+        rate: done as f64 / secs(nanos).max(1e-9),
+        count: done,
+        secs: secs(nanos),
+        server_cpu_ns: per_msg(server_before, server_after, done),
+        client_cpu_ns: per_msg(clients_before, clients_after, done),
+        ..RunFigures::default()
+    })
+}
+
 /// W7: every member connects and subscribes, the hub confirms the subscriptions, then
 /// the publisher publishes after `GO`.
 async fn pubsub(children: &mut Children, clients: ClientSpec) -> anyhow::Result<RunFigures> {
@@ -571,6 +617,7 @@ mod tests {
                 Workload::W2,
                 Workload::W3,
                 Workload::W4,
+                Workload::W5,
                 Workload::W6,
                 Workload::W7,
             ],
@@ -590,6 +637,7 @@ mod tests {
                 "W3 broadcast",
                 "W4 rpc in-flight 1",
                 "W4 rpc 64 in flight",
+                "W5 jobs 8x16 credits",
                 "W6 idle x5000",
                 "W7 pub/sub"
             ]
@@ -599,7 +647,8 @@ mod tests {
             ..plan
         };
         assert!(cases(&baseline_only).iter().all(|c| {
-            c.name != "W2 echo (our consumer)" && !matches!(c.workload, Workload::W4 | Workload::W7)
+            c.name != "W2 echo (our consumer)"
+                && !matches!(c.workload, Workload::W4 | Workload::W5 | Workload::W7)
         }));
     }
 

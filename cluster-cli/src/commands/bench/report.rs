@@ -160,6 +160,8 @@ fn baseline_of<'a>(row: &CaseResult, rows: &'a [CaseResult]) -> Option<&'a CaseR
 const W4_TARGET_RATE: f64 = 400_000.0;
 /// W4's target: p50 with one call in flight over our W2 echo's p50 (pinned to one core).
 const W4_TARGET_P50_RATIO: f64 = 1.3;
+/// W5's target: jobs/s.
+const W5_TARGET_RATE: f64 = 600_000.0;
 /// W7's target: deliveries/s.
 const W7_TARGET_RATE: f64 = 4_000_000.0;
 
@@ -170,8 +172,8 @@ fn ours_of<'a>(case: &str, rows: &'a [CaseResult]) -> Option<&'a CaseResult> {
 }
 
 /// Ours over baseline on the figure the target is about, with the target and whether it
-/// was met. W4 and W7 have no baseline: W4 with one call in flight is compared with our
-/// own W2 echo rows of the same run (lean client, and our consumer), the rest with
+/// was met. W4, W5 and W7 have no baseline: W4 with one call in flight is compared with
+/// our own W2 echo rows of the same run (lean client, and our consumer), the rest with
 /// absolute targets.
 fn ratio(row: &CaseResult, rows: &[CaseResult]) -> (String, String) {
     if row.system != System::Ours.name() || row.error.is_some() {
@@ -221,11 +223,11 @@ fn ratio(row: &CaseResult, rows: &[CaseResult]) -> (String, String) {
             });
             (shown, target)
         }
-        "W4" | "W7" => {
-            let min = if row.workload == "W4" {
-                W4_TARGET_RATE
-            } else {
-                W7_TARGET_RATE
+        "W4" | "W5" | "W7" => {
+            let min = match row.workload {
+                "W4" => W4_TARGET_RATE,
+                "W5" => W5_TARGET_RATE,
+                _ => W7_TARGET_RATE,
             };
             let rate = row.median_rate.unwrap_or(0.0);
             (
@@ -393,6 +395,14 @@ mod tests {
             ),
             CaseResult::new(
                 System::Ours,
+                Workload::W5,
+                "W5 jobs 8x16 credits",
+                "jobs/s",
+                vec![run(7e5)],
+                None,
+            ),
+            CaseResult::new(
+                System::Ours,
                 Workload::W7,
                 "W7 pub/sub",
                 "deliveries/s",
@@ -404,6 +414,7 @@ mod tests {
         assert!(t.contains("p50 1.50x W2"), "{t}");
         assert!(t.contains("p50 <= 1.3x W2 (pinned): MISSED"), "{t}");
         assert!(t.contains(">= 400.0 k/s: met"), "{t}");
+        assert!(t.contains(">= 600.0 k/s: met"), "{t}");
         assert!(t.contains(">= 4.00 M/s: MISSED"), "{t}");
     }
 }

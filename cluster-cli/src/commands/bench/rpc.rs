@@ -12,7 +12,7 @@ use super::client::{report_echo, spawn_or_fail};
 use super::server::wait_for;
 use super::spec::{ClientSpec, Workload, PAYLOAD, PAYLOAD_LEN};
 use crate::commands::print_line;
-use cluster_rpc::{Hub, Member};
+use cluster_rpc::{Hub, Member, MemberBuilder};
 use cluster_transport::{Consumer, Provider};
 use futures_util::{StreamExt, TryStreamExt};
 use std::time::{Duration, Instant};
@@ -40,7 +40,8 @@ impl Echo for Echoer {
     }
 }
 
-/// Our hub, running in the server child: W4 serves [`Echo`], W7 only routes.
+/// Our hub, running in the server child: W4 serves [`Echo`], W5 queues jobs, W7 only
+/// routes.
 #[derive(Debug)]
 pub(crate) struct HubServer {
     hub: Hub,
@@ -56,6 +57,11 @@ impl HubServer {
         Ok(Self {
             hub: builder.start().await?,
         })
+    }
+
+    /// The hub itself.
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     /// The port it listens on.
@@ -79,11 +85,19 @@ impl HubServer {
 /// each message twice to it. The consumer reads the provider's heartbeat frame only after
 /// its open callbacks, so waiting for that frame closes the race.
 pub(crate) async fn connect_member(port: u16) -> anyhow::Result<Member> {
+    connect_member_with(port, |builder| builder).await
+}
+
+/// [`connect_member`] with the member builder set up by `setup` (W5: a worker).
+pub(crate) async fn connect_member_with(
+    port: u16,
+    setup: impl FnOnce(MemberBuilder) -> MemberBuilder,
+) -> anyhow::Result<Member> {
     let consumer = Consumer::builder()
         .host("127.0.0.1")
         .port(port)
         .max_attempts(0);
-    let member = Member::builder(consumer).connect().await?;
+    let member = setup(Member::builder(consumer)).connect().await?;
     let deadline = Instant::now() + OPEN_WAIT;
     while member.consumer().heartbeat_duration().is_none() {
         anyhow::ensure!(

@@ -6,14 +6,16 @@
 //! - `BROADCAST <k> <conns>` → waits for `conns` connections, sends `k` messages to each,
 //!   then `BROADCAST_SENT <nanos>`
 //! - `SUBS <n>` (W7, our hub) → waits for `n` subscriptions, then `SUBS <count>`
+//! - `JOBS <n> <workers>` (W5, our hub) → waits for `workers` workers, submits `n` jobs
+//!   and checks every result, then `JOBS <n> <ns>` ([`jobs::submit_and_check`])
 //!
-//! For W4 and W7 the server is our `cluster_rpc::Hub` ([`rpc::HubServer`]).
+//! For W4, W5 and W7 the server is our `cluster_rpc::Hub` ([`rpc::HubServer`]).
 //!
 //! W1 prints `INGEST <count> <nanos>` by itself once every sender has ended.
 
 use super::spec::{ServerSpec, System, Workload};
 use super::tally::Ingest;
-use super::{baseline, ours, rpc, sys};
+use super::{baseline, jobs, ours, rpc, sys};
 use crate::commands::print_line;
 use anyhow::Context;
 use std::sync::Arc;
@@ -44,7 +46,7 @@ pub(crate) enum Running {
     Ours(Arc<ours::Server>),
     /// The plain tokio-tungstenite server.
     Baseline(Arc<baseline::Server>),
-    /// Our hub on our provider (W4, W7).
+    /// Our hub on our provider (W4, W5, W7).
     Hub(Arc<rpc::HubServer>),
 }
 
@@ -78,13 +80,13 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
         Workload::W1 => Mode::Ingest(Arc::new(Ingest::new(spec.senders))),
         Workload::W2 | Workload::W6 => Mode::Echo,
         Workload::W3 => Mode::Ignore,
-        Workload::W4 | Workload::W7 => match spec.system {
+        Workload::W4 | Workload::W5 | Workload::W7 => match spec.system {
             System::Ours => Mode::Ignore,
             System::Baseline => anyhow::bail!("{} runs on our hub only", spec.workload.name()),
         },
     };
     let server = match (spec.system, spec.workload) {
-        (System::Ours, Workload::W4 | Workload::W7) => {
+        (System::Ours, Workload::W4 | Workload::W5 | Workload::W7) => {
             Running::Hub(Arc::new(rpc::HubServer::start(spec.workload).await?))
         }
         (System::Ours, _) => Running::Ours(Arc::new(ours::Server::start(mode).await?)),
@@ -114,6 +116,20 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
                 };
                 let n: usize = n.parse().context("SUBS n")?;
                 print_line(&format!("SUBS {}", hub.wait_for_subscriptions(n).await?));
+            }
+            ["JOBS", n, workers] => {
+                let Running::Hub(hub) = &server else {
+                    anyhow::bail!("JOBS needs the hub");
+                };
+                let n: u64 = n.parse().context("JOBS n")?;
+                let workers: usize = workers.parse().context("JOBS workers")?;
+                let hub = Arc::clone(hub);
+                tokio::spawn(async move {
+                    match jobs::submit_and_check(hub.hub(), n, workers).await {
+                        Ok(took) => print_line(&format!("JOBS {n} {}", took.as_nanos())),
+                        Err(error) => sys::fail(&error),
+                    }
+                });
             }
             _ => anyhow::bail!("unknown command {line:?}"),
         }

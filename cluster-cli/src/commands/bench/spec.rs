@@ -32,6 +32,9 @@ pub(crate) enum Workload {
     /// RPC: a `#[cluster_service]` echo, one call in flight and 64 (our hub only).
     #[value(name = "W4")]
     W4,
+    /// Jobs: 8 workers of 16 credits work FNV-1a jobs from the hub's queue (our hub only).
+    #[value(name = "W5")]
+    W5,
     /// Idle connections: server RSS per connection and connects/s.
     #[value(name = "W6")]
     W6,
@@ -48,6 +51,7 @@ impl Workload {
             Workload::W2 => "W2",
             Workload::W3 => "W3",
             Workload::W4 => "W4",
+            Workload::W5 => "W5",
             Workload::W6 => "W6",
             Workload::W7 => "W7",
         }
@@ -82,7 +86,7 @@ pub(crate) enum ClientKind {
     Lean,
     /// Our `cluster_transport::Consumer` (W2 only, against our provider).
     Consumer,
-    /// Our `cluster_rpc::Member` (W4 and W7, against our hub).
+    /// Our `cluster_rpc::Member` (W4, W5 and W7, against our hub).
     Member,
 }
 
@@ -99,7 +103,7 @@ pub(crate) enum ChildSpec {
 /// A server child.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ServerSpec {
-    /// Which server: for W4 and W7 `Ours` is a `cluster_rpc::Hub` on our provider.
+    /// Which server: for W4, W5 and W7 `Ours` is a `cluster_rpc::Hub` on our provider.
     pub(crate) system: System,
     /// What it does with messages.
     pub(crate) workload: Workload,
@@ -114,7 +118,7 @@ pub(crate) struct ClientSpec {
     pub(crate) workload: Workload,
     /// The server's port on 127.0.0.1.
     pub(crate) port: u16,
-    /// How many connections.
+    /// How many connections (W5: worker members).
     pub(crate) conns: usize,
     /// W1: messages per connection; W2: measured round trips; W3: messages the server
     /// sends to each connection; W4: measured calls; W7: messages the publisher publishes
@@ -122,7 +126,7 @@ pub(crate) struct ClientSpec {
     pub(crate) count: u64,
     /// W2, W4: round trips or calls before measuring.
     pub(crate) warmup: u64,
-    /// W4: calls in flight at once over the one connection.
+    /// W4: calls in flight at once over the one connection; W5: credits of each worker.
     #[serde(default)]
     pub(crate) in_flight: usize,
     /// Which client code.
