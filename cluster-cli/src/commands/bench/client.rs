@@ -39,10 +39,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs a clients child until its stdin ends.
 pub(crate) fn main(spec: ClientSpec) -> anyhow::Result<()> {
-    let runtime = match spec.workload {
-        Workload::W4 => sys::single_thread_runtime()?,
-        _ => sys::runtime()?,
-    };
+    let runtime = sys::child_runtime(matches!(spec.workload, Workload::W4 | Workload::W5))?;
     runtime.block_on(async move {
         let mut stdin = sys::stdin_lines();
         let mut go = None;

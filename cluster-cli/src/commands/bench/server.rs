@@ -72,7 +72,7 @@ impl Running {
 
 /// Runs a server child until its stdin ends.
 pub(crate) fn main(spec: ServerSpec) -> anyhow::Result<()> {
-    sys::runtime()?.block_on(serve(spec))
+    sys::child_runtime(spec.workload == Workload::W5)?.block_on(serve(spec))
 }
 
 async fn serve(spec: ServerSpec) -> anyhow::Result<()> {

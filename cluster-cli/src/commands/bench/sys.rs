@@ -88,9 +88,23 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A single-threaded runtime, for a clients child that drives one connection (W4): its
-/// one call chain gains nothing from a second worker thread, only cross-thread wake-ups.
-pub(crate) fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The runtime of a child process. Current-thread for W4's client (its one call chain
+/// gains nothing from a second worker thread, only cross-thread wake-ups) and for W5's hub
+/// and workers (two processes on two cores: one thread each, instead of four threads
+/// waking each other across cores; futex wake-ups were 13% of a multi-thread profile).
+/// The environment variable `CLUSTER_BENCH_RUNTIME=multi-thread` gives every child the
+/// multi-threaded runtime instead, for comparison.
+pub(crate) fn child_runtime(single: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let forced_multi = std::env::var("CLUSTER_BENCH_RUNTIME").is_ok_and(|v| v == "multi-thread");
+    if single && !forced_multi {
+        single_thread_runtime()
+    } else {
+        runtime()
+    }
+}
+
+/// A single-threaded runtime.
+fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
