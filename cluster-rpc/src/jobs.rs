@@ -46,6 +46,7 @@
 mod hashing;
 pub(crate) mod queue;
 mod remote;
+mod table;
 mod wire;
 mod worker;
 
