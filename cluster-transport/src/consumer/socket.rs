@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 pub(crate) const MAX_INCOMING: usize = 64 << 20;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 32 * 1024;
+/// Buffers grown past this for one large message are freed once it is handled.
+const KEEP_CAPACITY: usize = 1 << 20;
 
 /// TCP, or TLS over TCP.
 #[derive(Debug)]
@@ -238,6 +240,16 @@ impl Socket {
             // Only a partial frame is left: move it to the front.
             self.buf.drain(..self.start);
             self.start = 0;
+        }
+        // A large message's buffers are not kept for the small ones that follow.
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
+        if self.inflated.capacity() > KEEP_CAPACITY {
+            self.inflated = Vec::new();
+        }
+        if self.fragments.opcode.is_none() && self.fragments.data.capacity() > KEEP_CAPACITY {
+            self.fragments.data = Vec::new();
         }
         let want = self.missing().max(READ_CHUNK);
         if self.buf.capacity() - self.buf.len() < want {
