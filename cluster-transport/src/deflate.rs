@@ -209,20 +209,34 @@ impl Deflater {
                 .compress_vec(rest, out, FlushCompress::Sync)
                 .is_err()
             {
-                self.inner.reset();
-                out.truncate(start);
-                return false;
+                return self.fail(out, start);
             }
+            // All input taken and room left over: the flush is complete.
             let done = (self.inner.total_in() - before) as usize == input.len();
-            if done && out.len() < out.capacity() && out[start..].ends_with(&TAIL) {
+            if done && out.len() < out.capacity() {
                 break;
             }
         }
-        out.truncate(out.len() - TAIL.len());
+        if out[start..].ends_with(&TAIL) {
+            out.truncate(out.len() - TAIL.len());
+        } else if out.len() == start {
+            // Nothing new to flush (an empty message right after another): an empty
+            // stored block, which the receiver completes with the tail it appends.
+            out.push(0x00);
+        } else {
+            return self.fail(out, start);
+        }
         if !self.takeover {
             self.inner.reset();
         }
         true
+    }
+
+    /// Undoes a failed compression: `out` as it was, a fresh context.
+    fn fail(&mut self, out: &mut Vec<u8>, start: usize) -> bool {
+        self.inner.reset();
+        out.truncate(start);
+        false
     }
 }
 
@@ -598,6 +612,21 @@ mod tests {
         // The shared inflater works again after a failure.
         let mut out = Vec::new();
         assert_eq!(inflate_shared(&wire, 32768, &mut out), Ok(()));
+    }
+
+    #[test]
+    fn empty_messages_round_trip_with_and_without_context() {
+        for takeover in [true, false] {
+            let mut deflater = Deflater::new(15, takeover);
+            let mut inflater = Inflater::new(takeover);
+            for msg in [&b""[..], b"", b"hello hello hello hello", b"", b"x"] {
+                let mut wire = Vec::new();
+                assert!(deflater.compress(msg, &mut wire));
+                let mut back = Vec::new();
+                inflater.inflate(&wire, 1024, &mut back).unwrap();
+                assert_eq!(back, msg);
+            }
+        }
     }
 
     #[test]

@@ -332,9 +332,10 @@ mod tests {
     fn fuzz_corpora_run_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 3] = [
+        let targets: [(&str, Target); 4] = [
             ("upgrade_request", upgrade_request),
             ("frames", frames),
+            ("frames_deflate", frames_deflate),
             ("query", query),
         ];
         for (target, run) in targets {
@@ -343,7 +344,14 @@ mod tests {
             };
             for entry in entries.flatten() {
                 let data = std::fs::read(entry.path()).unwrap();
+                let started = std::time::Instant::now();
                 run(&data);
+                let took = started.elapsed();
+                assert!(
+                    took < std::time::Duration::from_secs(2),
+                    "{} took {took:?}",
+                    entry.path().display()
+                );
             }
         }
     }
