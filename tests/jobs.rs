@@ -537,3 +537,72 @@ async fn a_member_submits_jobs_other_members_work_with_progress() {
     submitter.shutdown().await;
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_batch_is_queued_whole_or_not_at_all_and_every_result_comes_back() {
+    let hub = Hub::builder(local())
+        .job_queue({
+            let mut q = QueueOptions::default();
+            q.capacity = 1_000;
+            q
+        })
+        .start()
+        .await
+        .unwrap();
+    let jobs: Vec<Fnv> = (0..1_000u32)
+        .map(|i| Fnv {
+            data: i.to_le_bytes().to_vec(),
+            sleep_ms: 0,
+        })
+        .collect();
+    // One more than fits: refused whole, nothing queued.
+    let too_many: Vec<Fnv> = jobs.iter().cloned().chain([jobs[0].clone()]).collect();
+    assert_eq!(
+        hub.jobs().submit_many(&too_many).unwrap_err(),
+        JobError::QueueFull { capacity: 1_000 }
+    );
+    assert_eq!(hub.jobs().stats().waiting, 0);
+    // Queued before any worker is there; two workers then share them.
+    let handles = hub.jobs().submit_many(&jobs).unwrap();
+    assert_eq!(hub.jobs().stats().waiting, 1_000);
+    let workers = [
+        Member::builder(consumer_of(&hub))
+            .job_credits(8)
+            .worker(work)
+            .connect()
+            .await
+            .unwrap(),
+        Member::builder(consumer_of(&hub))
+            .job_credits(8)
+            .worker(work)
+            .connect()
+            .await
+            .unwrap(),
+    ];
+    for (job, handle) in jobs.iter().zip(handles) {
+        assert_eq!(within("job", handle).await.unwrap(), fnv(&job.data));
+    }
+    let stats = hub.jobs().stats();
+    assert_eq!(
+        (stats.completed, stats.waiting, stats.active),
+        (1_000, 0, 0)
+    );
+    // A delayed batch does not run early.
+    let submitted = Instant::now();
+    let delayed = hub
+        .jobs()
+        .submit_many_with(
+            &jobs[..3],
+            JobOptions::default().delay(Duration::from_millis(200)),
+        )
+        .unwrap();
+    assert_eq!(hub.jobs().stats().delayed, 3);
+    for handle in delayed {
+        within("delayed job", handle).await.unwrap();
+    }
+    assert!(submitted.elapsed() >= Duration::from_millis(200));
+    for w in workers {
+        w.shutdown().await;
+    }
+    hub.shutdown().await;
+}

@@ -301,14 +301,7 @@ impl Queue {
             if st.jobs.contains(id) {
                 return Err(JobError::Duplicate);
             }
-            entry.name = match st.names.get(name) {
-                Some(name) => Arc::clone(name),
-                None => {
-                    let interned: Arc<str> = Arc::from(name);
-                    st.names.insert(Arc::clone(&interned));
-                    interned
-                }
-            };
+            entry.name = st.intern(name);
             let ticket = st.jobs.insert(id, entry);
             match delay {
                 Some(d) if !d.is_zero() => {
@@ -332,6 +325,74 @@ impl Queue {
         }
         tracing::trace!(job.id = %Uuid::from_u128(id), job.name = name, "job queued");
         Ok((rx, progress))
+    }
+
+    /// Queues many jobs of one kind with the same options: all of them, or none (a full
+    /// queue or a duplicate id refuses the whole batch). One lock and one dispatch round
+    /// for the batch; the lock is held while it is queued, so a very large batch delays
+    /// answers that much.
+    pub(crate) fn submit_many(
+        &self,
+        name: &str,
+        jobs: Vec<(JobId, Vec<u8>)>,
+        options: &JobOptions,
+    ) -> Result<Vec<(oneshot::Receiver<Outcome>, Arc<Progress>)>, JobError> {
+        let mut waiters = Vec::with_capacity(jobs.len());
+        let mut entries = Vec::with_capacity(jobs.len());
+        for (id, payload) in jobs {
+            let (tx, rx) = oneshot::channel();
+            let progress = Arc::new(Progress::default());
+            entries.push((
+                id,
+                Entry {
+                    name: Arc::from(""),
+                    payload,
+                    options: options.clone(),
+                    attempts: 0,
+                    status: Status::Waiting,
+                    waiter: Some(tx),
+                    progress: ProgressGuard(Arc::clone(&progress)),
+                    progress_subject: None,
+                },
+            ));
+            waiters.push((rx, progress));
+        }
+        let delay = options.delay.filter(|d| !d.is_zero());
+        let mut st = self.state();
+        if st.waiting + st.delayed_count + entries.len() > self.options.capacity {
+            return Err(JobError::QueueFull {
+                capacity: self.options.capacity,
+            });
+        }
+        let mut ids = HashSet::with_capacity_and_hasher(entries.len(), IdHash::default());
+        if entries
+            .iter()
+            .any(|(id, _)| st.jobs.contains(*id) || !ids.insert(*id))
+        {
+            return Err(JobError::Duplicate);
+        }
+        let name = st.intern(name);
+        let now = Instant::now();
+        for (id, mut entry) in entries {
+            entry.name = Arc::clone(&name);
+            let ticket = st.jobs.insert(id, entry);
+            match delay {
+                Some(d) => st.schedule(ticket, now + d),
+                None => st.make_ready(ticket),
+            }
+        }
+        if delay.is_some() {
+            self.request_dispatch(&mut st);
+        } else if st.free > 0 {
+            self.dispatch_in(&mut st, now);
+            if st
+                .next_due()
+                .is_some_and(|at| st.timer.is_none_or(|t| at < t))
+            {
+                self.request_dispatch(&mut st);
+            }
+        }
+        Ok(waiters)
     }
 
     /// Cancels a job wherever it is; a running attempt is dropped on its worker.
@@ -757,6 +818,18 @@ fn send_cancel(worker: &Worker, id: JobId, attempt: u32) {
 }
 
 impl State {
+    /// The shared copy of a job name.
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        match self.names.get(name) {
+            Some(name) => Arc::clone(name),
+            None => {
+                let interned: Arc<str> = Arc::from(name);
+                self.names.insert(Arc::clone(&interned));
+                interned
+            }
+        }
+    }
+
     /// One of `worker`'s credits is free again; returns the worker if it is still here.
     fn release(&mut self, worker: Uuid) -> Option<&mut Worker> {
         let w = self.workers.get_mut(&worker)?;

@@ -73,9 +73,9 @@ pub(super) async fn workers(spec: &ClientSpec) -> anyhow::Result<Vec<Member>> {
     Ok(members)
 }
 
-/// W5, the server child: waits for `workers` workers, submits `n` jobs, awaits and checks
-/// every result in submission order; returns the time from the first submission to the
-/// last result.
+/// W5, the server child: waits for `workers` workers, submits `n` jobs in one batch
+/// ([`Jobs::submit_many`](cluster_rpc::Jobs::submit_many)), awaits and checks every result
+/// in submission order; returns the time from the submission to the last result.
 pub(crate) async fn submit_and_check(
     hub: &Hub,
     n: u64,
@@ -90,16 +90,14 @@ pub(crate) async fn submit_and_check(
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let expected: Vec<u64> = (0..n).map(|i| fnv(&payload(i))).collect();
-    let jobs = hub.jobs();
+    let batch: Vec<Fnv> = (0..n).map(|i| Fnv { data: payload(i) }).collect();
+    let expected: Vec<u64> = batch.iter().map(|job| fnv(&job.data)).collect();
     let start = Instant::now();
-    let mut handles = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
-    for i in 0..n {
-        let handle = jobs
-            .submit(&Fnv { data: payload(i) })
-            .with_context(|| format!("submitting job {i}"))?;
-        handles.push(handle);
-    }
+    // One batch: one lock and one dispatch round, as a job farm submits its work.
+    let handles = hub
+        .jobs()
+        .submit_many(&batch)
+        .context("submitting the jobs")?;
     for ((i, mut handle), expected) in (0..n).zip(handles).zip(expected) {
         // Handles resolve out of order; most are done when their turn comes, so a timer
         // is armed only for one that is not.
