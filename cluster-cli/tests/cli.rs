@@ -318,6 +318,47 @@ async fn bench_quick_prints_json_for_every_workload() {
         .find(|r| r["case"] == "W4 rpc in-flight 1")
         .unwrap();
     assert!(latency["p50_us"].as_f64().unwrap_or(0.0) > 0.0, "{latency}");
+    // W1 and W6 over TLS and with permessage-deflate: ours only, each a row of its own.
+    for (case, tls, compressor) in [
+        ("W1 ingest C=16 (our consumer)", false, None),
+        ("W1 ingest C=16 tls", true, None),
+        ("W1 ingest C=16 deflate", false, Some("shared")),
+        ("W1 ingest C=16 tls+deflate", true, Some("shared")),
+        ("W6 idle x500 tls", true, None),
+        ("W6 idle x500 deflate", false, Some("shared")),
+        (
+            "W6 idle x500 deflate dedicated-4kb",
+            false,
+            Some("dedicated-4kb"),
+        ),
+    ] {
+        let mine: Vec<&Value> = rows.iter().filter(|r| r["case"] == case).collect();
+        assert_eq!(mine.len(), 1, "{case}: {stdout}");
+        let row = mine[0];
+        assert_eq!(row["system"], "network-cluster", "{row}");
+        assert!(row.get("error").is_none(), "{row}");
+        assert_eq!(row["tls"].as_bool().unwrap_or(false), tls, "{row}");
+        assert_eq!(row["compressor"].as_str(), compressor, "{row}");
+        assert!(
+            row["median_rate"].as_f64().unwrap_or(0.0) > 0.0
+                || row["kb_per_conn"].as_f64().unwrap_or(0.0) > 0.0,
+            "{row}"
+        );
+        if case.starts_with("W1") && compressor.is_some() {
+            assert_eq!(row["payload_bytes"], 64, "{row}");
+            let ratio = row["compression_ratio"].as_f64().unwrap_or(0.0);
+            assert!(ratio > 0.0 && ratio < 1.0, "{row}");
+        }
+    }
+    // The plain rows stay as they were: no TLS or compression fields.
+    let plain = rows
+        .iter()
+        .find(|r| r["case"] == "W1 ingest C=16" && r["system"] == "network-cluster")
+        .unwrap();
+    assert!(
+        plain.get("tls").is_none() && plain.get("compressor").is_none(),
+        "{plain}"
+    );
 }
 
 #[tokio::test]

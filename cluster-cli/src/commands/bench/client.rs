@@ -2,6 +2,9 @@
 //! systems. It answers the provider's text `PING` with `PONG` and skips its
 //! `PROVIDER_HEARTBEAT|…` frame; the baseline sends neither.
 //!
+//! With a `ca` in the spec it connects over TLS (`wss://127.0.0.1`, trusting only that
+//! certificate, no session resumption: every connection is a full handshake).
+//!
 //! Lines to the parent: `CONNECTED` (W1, W3), `ECHO <n> <total ns> <p50 ns> <p99 ns>
 //! <p999 ns>` (W2), `BROADCAST <deliveries> <ns>` (W3), `READY <conns> <connect ns>` (W6).
 //! From the parent: `GO` (W1, W4, W7) and `CPU` (answered `CPU <ns>`). The process ends
@@ -16,6 +19,9 @@ use crate::commands::print_line;
 use anyhow::Context;
 use cluster_transport::{PING, PONG, PROVIDER_HEARTBEAT_PREFIX};
 use futures_util::{FutureExt, SinkExt, StreamExt, TryStreamExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,10 +29,48 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-/// A client connection.
-type Ws = WebSocketStream<TcpStream>;
+/// A client connection, plain or TLS.
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How the lean client reaches the server: the port, and the TLS configuration for
+/// `wss://` (`None`: plain `ws://`).
+#[derive(Debug, Clone)]
+struct Target {
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    /// The spec's server: TLS when it names a certificate to trust.
+    fn of(spec: &ClientSpec) -> anyhow::Result<Self> {
+        let tls = spec.ca.as_deref().map(tls_config).transpose()?;
+        Ok(Self {
+            port: spec.port,
+            tls,
+        })
+    }
+}
+
+/// A rustls client configuration (ring, as the library uses) trusting only the
+/// certificate in `ca`, without session resumption.
+fn tls_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
 
 /// Connections opened at once.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -44,9 +88,18 @@ pub(crate) fn main(spec: ClientSpec) -> anyhow::Result<()> {
         let mut stdin = sys::stdin_lines();
         let mut go = None;
         let mut _workers = Vec::new();
+        let mut _consumers = Vec::new();
         match (spec.workload, spec.client) {
+            (Workload::W1, ClientKind::Consumer) => {
+                let (go_tx, consumers) = consumer_client::ingest(&spec).await?;
+                go = Some(go_tx);
+                _consumers = consumers;
+            }
             (Workload::W2, ClientKind::Consumer) => consumer_client::echo(&spec).await?,
-            (_, ClientKind::Consumer) => anyhow::bail!("our consumer only runs W2"),
+            (Workload::W6, ClientKind::Consumer) => {
+                _consumers = consumer_client::idle_connections(&spec).await?;
+            }
+            (_, ClientKind::Consumer) => anyhow::bail!("our consumer only runs W1, W2 and W6"),
             (Workload::W4, ClientKind::Member) => go = Some(rpc::calls(&spec).await?),
             (Workload::W7, ClientKind::Member) => go = Some(pubsub::pubsub(&spec).await?),
             (Workload::W5, ClientKind::Member) => _workers = jobs::workers(&spec).await?,
@@ -76,14 +129,30 @@ fn client_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER)
 }
 
-/// Opens one connection to `ws://127.0.0.1:PORT/connect`.
-async fn connect(port: u16, config: WebSocketConfig) -> anyhow::Result<Ws> {
+/// Opens one connection to `ws://127.0.0.1:PORT/connect` (`wss://` over TLS).
+async fn connect(target: &Target, config: WebSocketConfig) -> anyhow::Result<Ws> {
     let connecting = async {
+        let port = target.port;
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
-        let url = format!("ws://127.0.0.1:{port}/connect");
-        let (ws, _response) =
-            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        let (ws, _response) = match &target.tls {
+            None => {
+                let url = format!("ws://127.0.0.1:{port}/connect");
+                let stream = MaybeTlsStream::Plain(stream);
+                tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?
+            }
+            Some(tls) => {
+                let url = format!("wss://127.0.0.1:{port}/connect");
+                let connector = Some(Connector::Rustls(Arc::clone(tls)));
+                tokio_tungstenite::client_async_tls_with_config(
+                    url,
+                    stream,
+                    Some(config),
+                    connector,
+                )
+                .await?
+            }
+        };
         anyhow::Ok(ws)
     };
     tokio::time::timeout(IO_TIMEOUT, connecting)
@@ -92,9 +161,13 @@ async fn connect(port: u16, config: WebSocketConfig) -> anyhow::Result<Ws> {
 }
 
 /// Opens `n` connections, [`CONNECT_CONCURRENCY`] at a time.
-async fn connect_all(port: u16, n: usize, config: WebSocketConfig) -> anyhow::Result<Vec<Ws>> {
+async fn connect_all(
+    target: &Target,
+    n: usize,
+    config: WebSocketConfig,
+) -> anyhow::Result<Vec<Ws>> {
     futures_util::stream::iter(0..n)
-        .map(|_| connect(port, config))
+        .map(|_| connect(target, config))
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()
         .await
@@ -151,7 +224,7 @@ pub(super) fn spawn_or_fail(
 /// W1: every connection sends `count` messages back-to-back once the returned sender
 /// says go, the last one an end marker.
 async fn ingest(spec: &ClientSpec) -> anyhow::Result<watch::Sender<bool>> {
-    let conns = connect_all(spec.port, spec.conns, client_config()).await?;
+    let conns = connect_all(&Target::of(spec)?, spec.conns, client_config()).await?;
     let (go_tx, go_rx) = watch::channel(false);
     for ws in conns {
         let mut go = go_rx.clone();
@@ -193,7 +266,7 @@ async fn round_trip(ws: &mut Ws, message: &Message) -> anyhow::Result<()> {
 
 /// W2: sequential round trips on one connection.
 async fn echo(spec: &ClientSpec) -> anyhow::Result<()> {
-    let mut ws = connect(spec.port, client_config()).await?;
+    let mut ws = connect(&Target::of(spec)?, client_config()).await?;
     let message = Message::Text(Utf8Bytes::from_static(PAYLOAD));
     for _ in 0..spec.warmup {
         round_trip(&mut ws, &message).await?;
@@ -257,7 +330,7 @@ impl Deliveries {
 
 /// W3: every connection counts the server's messages until it has `count`.
 async fn broadcast(spec: &ClientSpec) -> anyhow::Result<()> {
-    let conns = connect_all(spec.port, spec.conns, client_config()).await?;
+    let conns = connect_all(&Target::of(spec)?, spec.conns, client_config()).await?;
     let progress = Arc::new(Deliveries {
         per_conn: spec.count,
         conns: conns.len(),
@@ -286,8 +359,9 @@ async fn idle_connections(spec: &ClientSpec) -> anyhow::Result<()> {
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
+    let target = Target::of(spec)?;
     let start = Instant::now();
-    let conns = connect_all(spec.port, spec.conns, config).await?;
+    let conns = connect_all(&target, spec.conns, config).await?;
     let connect_time = start.elapsed();
     let message = Message::Text(Utf8Bytes::from_static(PAYLOAD));
     let conns: Vec<Ws> = futures_util::stream::iter(conns)

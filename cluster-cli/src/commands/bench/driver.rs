@@ -2,9 +2,14 @@
 //! its own pair of child processes under a hard timeout.
 
 use super::children::{Children, Who};
-use super::report::{si, CaseResult, RunFigures};
-use super::spec::{ClientKind, ClientSpec, ServerSpec, System, Workload};
+use super::report::{deflated_len, si, CaseResult, Compare, RunFigures};
+use super::spec::{
+    ClientKind, ClientSpec, ServerSpec, System, TlsFiles, Workload, INGEST_DATA, PAYLOAD_LEN,
+};
 use anyhow::Context;
+use cluster_transport::Compressor;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A run that has not finished by then is killed and its case reported as an error.
@@ -36,6 +41,12 @@ const W7_SUBSCRIBERS: usize = 100;
 const W7_PROBE_K: u64 = 5_000;
 /// Time W6 leaves the server to settle before reading its RSS again.
 const W6_SETTLE: Duration = Duration::from_millis(200);
+/// Senders of the W1 TLS and compression cases (and of W1 with our consumer).
+const W1_VARIANT_CONNS: usize = 16;
+/// The preset of the compressed cases: no per-connection compression state.
+const SHARED: Compressor = Compressor::Shared;
+/// The preset of the W6 case that shows what per-connection compression state costs.
+const DEDICATED: Compressor = Compressor::Dedicated4Kb;
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -61,6 +72,12 @@ struct Case {
     in_flight: usize,
     client: ClientKind,
     systems: Vec<System>,
+    /// Serve and connect over TLS (our provider only).
+    tls: bool,
+    /// Our provider's permessage-deflate preset.
+    compressor: Compressor,
+    /// Our own row this case's ratio is taken against (the TLS and compression cases).
+    compare: Option<Compare>,
 }
 
 /// How big one run is.
@@ -82,6 +99,15 @@ fn cases(plan: &Plan) -> Vec<Case> {
         in_flight: 0,
         client,
         systems: systems.to_vec(),
+        tls: false,
+        compressor: Compressor::Disabled,
+        compare: None,
+    };
+    let versus = |case: &str, label| {
+        Some(Compare {
+            case: case.to_owned(),
+            label,
+        })
     };
     let all = &plan.systems[..];
     let ours: &[System] = if plan.systems.contains(&System::Ours) {
@@ -102,6 +128,37 @@ fn cases(plan: &Plan) -> Vec<Case> {
                         ClientKind::Lean,
                         all,
                     ));
+                }
+                // Ours only: over TLS, and compressed. The lean client cannot compress, so
+                // the compressed cases send with our consumer and compare with a plain
+                // case sending with it too.
+                if !ours.is_empty() {
+                    let c = W1_VARIANT_CONNS;
+                    let lean = format!("W1 ingest C={c}");
+                    let consumer = format!("W1 ingest C={c} (our consumer)");
+                    let w1 = |name: &str, client| {
+                        case(workload, name.to_owned(), "messages/s", c, client, ours)
+                    };
+                    out.push(Case {
+                        compare: versus(&lean, "lean client"),
+                        ..w1(&consumer, ClientKind::Consumer)
+                    });
+                    out.push(Case {
+                        tls: true,
+                        compare: versus(&lean, "plain"),
+                        ..w1(&format!("{lean} tls"), ClientKind::Lean)
+                    });
+                    out.push(Case {
+                        compressor: SHARED,
+                        compare: versus(&consumer, "plain"),
+                        ..w1(&format!("{lean} deflate"), ClientKind::Consumer)
+                    });
+                    out.push(Case {
+                        tls: true,
+                        compressor: SHARED,
+                        compare: versus(&consumer, "plain"),
+                        ..w1(&format!("{lean} tls+deflate"), ClientKind::Consumer)
+                    });
                 }
             }
             Workload::W2 => {
@@ -172,14 +229,39 @@ fn cases(plan: &Plan) -> Vec<Case> {
             Workload::W4 | Workload::W5 | Workload::W7 => {}
             Workload::W6 => {
                 let conns = if plan.quick { 500 } else { 5000 };
+                let plain = format!("W6 idle x{conns}");
                 out.push(case(
                     workload,
-                    format!("W6 idle x{conns}"),
+                    plain.clone(),
                     "connects/s",
                     conns,
                     ClientKind::Lean,
                     all,
                 ));
+                // Ours only: the same idle connections over TLS (the lean client), and
+                // with permessage-deflate negotiated (our consumer: the lean client would
+                // reject the provider's compressed frames).
+                if !ours.is_empty() {
+                    let w6 = |name: String, client| {
+                        case(workload, name, "connects/s", conns, client, ours)
+                    };
+                    out.push(Case {
+                        tls: true,
+                        compare: versus(&plain, "plain"),
+                        ..w6(format!("{plain} tls"), ClientKind::Lean)
+                    });
+                    for compressor in [SHARED, DEDICATED] {
+                        let name = match compressor {
+                            SHARED => format!("{plain} deflate"),
+                            other => format!("{plain} deflate {}", other.name()),
+                        };
+                        out.push(Case {
+                            compressor,
+                            compare: versus(&plain, "plain"),
+                            ..w6(name, ClientKind::Consumer)
+                        });
+                    }
+                }
             }
         }
     }
@@ -192,7 +274,38 @@ pub(crate) async fn run_all(plan: &Plan) -> Vec<CaseResult> {
     for case in cases(plan) {
         rows.extend(run_case(plan, &case).await);
     }
+    if let Some(Ok(files)) = TLS_FILES.get() {
+        if let Some(dir) = files.cert.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     rows
+}
+
+/// The certificate and key of the TLS cases, made once per bench.
+static TLS_FILES: OnceLock<Result<TlsFiles, String>> = OnceLock::new();
+
+/// A self-signed certificate for 127.0.0.1 (rcgen's default: ECDSA P-256) and its key,
+/// written once into a fresh directory under the system's temp dir; [`run_all`] removes
+/// it at the end.
+fn tls_files() -> anyhow::Result<TlsFiles> {
+    TLS_FILES
+        .get_or_init(|| write_tls_files().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!("making a TLS certificate: {e}"))
+}
+
+fn write_tls_files() -> anyhow::Result<TlsFiles> {
+    let dir = std::env::temp_dir().join(format!("cluster-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+    let files = TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, certified.cert.pem())?;
+    std::fs::write(&files.key, certified.key_pair.serialize_pem())?;
+    Ok(files)
 }
 
 /// Sizes the case for each system, then runs it `plan.runs` times, alternating systems
@@ -254,7 +367,15 @@ async fn run_case(plan: &Plan, case: &Case) -> Vec<CaseResult> {
         .zip(runs)
         .zip(errors)
         .map(|((&system, runs), error)| {
-            CaseResult::new(system, case.workload, &case.name, case.unit, runs, error)
+            let mut row =
+                CaseResult::new(system, case.workload, &case.name, case.unit, runs, error);
+            row.tls = case.tls;
+            row.compressor = case.compressor.is_enabled().then(|| case.compressor.name());
+            row.compare = case.compare.clone();
+            if case.workload == Workload::W1 && case.compressor.is_enabled() {
+                row.set_deflated(PAYLOAD_LEN, deflated_len(INGEST_DATA.as_bytes()));
+            }
+            row
         })
         .collect()
 }
@@ -369,10 +490,14 @@ async fn run_once(case: &Case, system: System, size: Size) -> anyhow::Result<Run
     } else {
         0
     };
+    let tls = if case.tls { Some(tls_files()?) } else { None };
+    let ca: Option<PathBuf> = tls.as_ref().map(|files| files.cert.clone());
     let server = ServerSpec {
         system,
         workload: case.workload,
         senders,
+        tls,
+        compressor: case.compressor,
     };
     let (mut children, port) = Children::start_server(server).await?;
     let clients = ClientSpec {
@@ -383,7 +508,9 @@ async fn run_once(case: &Case, system: System, size: Size) -> anyhow::Result<Run
         warmup: size.warmup,
         in_flight: case.in_flight,
         client: case.client,
+        ca,
     };
+    let conns = clients.conns;
     let figures = match case.workload {
         Workload::W1 => ingest(&mut children, clients).await?,
         Workload::W2 => echo(&mut children, clients).await?,
@@ -393,8 +520,27 @@ async fn run_once(case: &Case, system: System, size: Size) -> anyhow::Result<Run
         Workload::W6 => idle(&mut children, clients).await?,
         Workload::W7 => pubsub(&mut children, clients).await?,
     };
+    if case.compressor.is_enabled() {
+        check_compressed(&mut children, conns).await?;
+    }
     children.finish().await;
     Ok(figures)
+}
+
+/// Fails the run unless all `conns` connections are open on the server and every one of
+/// them negotiated permessage-deflate.
+async fn check_compressed(children: &mut Children, conns: usize) -> anyhow::Result<()> {
+    children.send(Who::Server, "COMPRESSED").await?;
+    let [compressed, open] = fields(
+        children.expect(Who::Server, "COMPRESSED").await?,
+        "COMPRESSED",
+    )?;
+    anyhow::ensure!(
+        compressed == conns as u128 && open == conns as u128,
+        "{compressed} of {open} open connections negotiated permessage-deflate, expected \
+         all {conns}"
+    );
+    Ok(())
 }
 
 /// The numbers of a line, checked for count.
@@ -632,6 +778,10 @@ mod tests {
                 "W1 ingest C=1",
                 "W1 ingest C=16",
                 "W1 ingest C=256",
+                "W1 ingest C=16 (our consumer)",
+                "W1 ingest C=16 tls",
+                "W1 ingest C=16 deflate",
+                "W1 ingest C=16 tls+deflate",
                 "W2 echo",
                 "W2 echo (our consumer)",
                 "W3 broadcast",
@@ -639,15 +789,34 @@ mod tests {
                 "W4 rpc 64 in flight",
                 "W5 jobs 8x16 credits",
                 "W6 idle x5000",
+                "W6 idle x5000 tls",
+                "W6 idle x5000 deflate",
+                "W6 idle x5000 deflate dedicated-4kb",
                 "W7 pub/sub"
             ]
         );
+        // The TLS and compression cases run on ours only, each against a plain row of ours.
+        for case in cases(&plan) {
+            let variant = case.tls || case.compressor.is_enabled();
+            if variant {
+                assert_eq!(case.systems, [System::Ours], "{}", case.name);
+            }
+            assert_eq!(
+                variant || case.client == ClientKind::Consumer && case.workload == Workload::W1,
+                case.compare.is_some(),
+                "{}",
+                case.name
+            );
+        }
         let baseline_only = Plan {
             systems: vec![System::Baseline],
             ..plan
         };
         assert!(cases(&baseline_only).iter().all(|c| {
             c.name != "W2 echo (our consumer)"
+                && !c.tls
+                && !c.compressor.is_enabled()
+                && c.client != ClientKind::Consumer
                 && !matches!(c.workload, Workload::W4 | Workload::W5 | Workload::W7)
         }));
     }

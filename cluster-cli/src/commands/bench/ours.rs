@@ -1,9 +1,10 @@
-//! The `network-cluster` side: our provider, heartbeat on, default limits.
+//! The `network-cluster` side: our provider, heartbeat on, default limits; for the TLS and
+//! compression cases with `wss://` and/or a permessage-deflate preset.
 
 use super::server::{wait_for, Mode, BROADCAST_BATCH, DRAIN_WAIT};
-use super::spec::PAYLOAD;
+use super::spec::{TlsFiles, PAYLOAD};
 use super::tally;
-use cluster_transport::{Connection, Provider};
+use cluster_transport::{Compressor, Connection, Provider, SslOptions};
 use std::time::{Duration, Instant};
 
 /// W3 waits while any connection has more than this many bytes queued. With
@@ -18,9 +19,20 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Binds a provider on 127.0.0.1 (any port) that handles messages per `mode`.
-    pub(crate) async fn start(mode: Mode) -> anyhow::Result<Self> {
-        let builder = Provider::builder().host("127.0.0.1").port(0);
+    /// Binds a provider on 127.0.0.1 (any port) that handles messages per `mode`, serving
+    /// `wss://` when `tls` is given and compressing with `compressor`.
+    pub(crate) async fn start(
+        mode: Mode,
+        tls: Option<&TlsFiles>,
+        compressor: Compressor,
+    ) -> anyhow::Result<Self> {
+        let mut builder = Provider::builder()
+            .host("127.0.0.1")
+            .port(0)
+            .compressor(compressor);
+        if let Some(files) = tls {
+            builder = builder.tls(SslOptions::new(&files.cert, &files.key));
+        }
         let builder = match mode {
             Mode::Ingest(ingest) => builder.on_message(move |_conn, message| {
                 if let Some(done) = ingest.record(message.as_bytes()) {
@@ -42,6 +54,13 @@ impl Server {
     /// The port it listens on.
     pub(crate) fn port(&self) -> u16 {
         self.provider.port()
+    }
+
+    /// How many open connections negotiated permessage-deflate, and how many are open.
+    pub(crate) fn compressed(&self) -> (usize, usize) {
+        let connections = self.provider.connections();
+        let compressed = connections.values().filter(|c| c.is_compressed()).count();
+        (compressed, connections.len())
     }
 
     /// W3: `send_to_all` `k` times, pausing while a consumer's queue is long.

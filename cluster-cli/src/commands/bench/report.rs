@@ -1,6 +1,7 @@
 //! Results: per-run figures, medians, the JSON lines of BENCH.md and the table for people.
 
 use super::spec::{System, Workload};
+use flate2::{Compress, Compression, FlushCompress};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -54,6 +55,54 @@ pub(crate) struct CaseResult {
     /// Why the case failed (a run errored or timed out); absent when it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
+    /// Served and connected over TLS; absent (false) for the plain cases.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) tls: bool,
+    /// Our provider's permessage-deflate preset (`shared`, `dedicated-4kb`); absent when
+    /// compression is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) compressor: Option<&'static str>,
+    /// W1 compressed: bytes of the payload sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) payload_bytes: Option<usize>,
+    /// W1 compressed: bytes of that payload on the wire once deflated as the consumer does
+    /// ([`deflated_len`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) deflated_bytes: Option<usize>,
+    /// W1 compressed: `deflated_bytes` over `payload_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) compression_ratio: Option<f64>,
+    /// Our own row the ratio column compares this one with (TLS and compression cases).
+    #[serde(skip)]
+    pub(crate) compare: Option<Compare>,
+}
+
+/// Which of our own rows a TLS or compression row is compared with, and what to call it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Compare {
+    /// That row's case name.
+    pub(crate) case: String,
+    /// What the ratio column calls it ("plain", "lean client").
+    pub(crate) label: &'static str,
+}
+
+/// The W6 target over TLS: KiB per idle connection at most this many times plain.
+const W6_TLS_TARGET_RATIO: f64 = 2.0;
+
+/// Bytes of the payload of a message of `payload` once our consumer compressed it, as
+/// `cluster-transport/src/deflate.rs` does towards a `Shared` provider: raw deflate at
+/// zlib's fast level with a 32 KiB window (the 101 does not limit the client's window),
+/// a fresh stream per message (no context takeover), one sync flush, minus the flush's
+/// `00 00 ff ff` tail. The frame adds the same 2-byte header and 4-byte mask key as an
+/// uncompressed one (RSV1 set).
+pub(crate) fn deflated_len(payload: &[u8]) -> usize {
+    let mut deflater = Compress::new_with_window_bits(Compression::fast(), false, 15);
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    match deflater.compress_vec(payload, &mut out, FlushCompress::Sync) {
+        Ok(_) if out.ends_with(&[0x00, 0x00, 0xff, 0xff]) => out.len() - 4,
+        // Not what a sync flush of a short message gives: report it uncompressed.
+        _ => payload.len(),
+    }
 }
 
 impl CaseResult {
@@ -86,7 +135,20 @@ impl CaseResult {
             kb_per_conn: med(|r| r.kb_per_conn),
             runs,
             error,
+            tls: false,
+            compressor: None,
+            payload_bytes: None,
+            deflated_bytes: None,
+            compression_ratio: None,
+            compare: None,
         }
+    }
+
+    /// Records that the payload of `payload` bytes went on the wire as `deflated` bytes.
+    pub(crate) fn set_deflated(&mut self, payload: usize, deflated: usize) {
+        self.payload_bytes = Some(payload);
+        self.deflated_bytes = Some(deflated);
+        self.compression_ratio = (payload > 0).then(|| deflated as f64 / payload as f64);
     }
 
     /// The JSON line.
@@ -137,10 +199,18 @@ fn figure(row: &CaseResult) -> String {
             row.p999_us.unwrap_or(f64::NAN)
         ),
         "W6" => format!("{:.2} KB/conn; {rate}", row.kb_per_conn.unwrap_or(f64::NAN)),
-        _ => match median(row.runs.iter().filter_map(|r| r.server_cpu_ns)) {
-            Some(cpu) => format!("{rate} (server CPU {cpu:.0} ns/msg)"),
-            None => rate,
-        },
+        _ => {
+            let rate = match median(row.runs.iter().filter_map(|r| r.server_cpu_ns)) {
+                Some(cpu) => format!("{rate} (server CPU {cpu:.0} ns/msg)"),
+                None => rate,
+            };
+            match (row.payload_bytes, row.deflated_bytes, row.compression_ratio) {
+                (Some(p), Some(d), Some(r)) => {
+                    format!("{rate}; payload {p} B -> {d} B deflated (ratio {r:.3})")
+                }
+                _ => rate,
+            }
+        }
     }
 }
 
@@ -186,6 +256,9 @@ fn ratio(row: &CaseResult, rows: &[CaseResult]) -> (String, String) {
     };
     let show = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    if let Some(compare) = &row.compare {
+        return versus(row, compare, ours_of(&compare.case, rows));
+    }
     match row.workload {
         "W1" | "W3" => {
             let r = ratio_of(|c| c.median_rate);
@@ -244,6 +317,49 @@ fn ratio(row: &CaseResult, rows: &[CaseResult]) -> (String, String) {
             )
         }
         _ => (String::new(), String::new()),
+    }
+}
+
+/// A TLS or compression row against our plain row `plain` (or our consumer's W1 row
+/// against the lean client's): the rate for W1, KiB per connection for W6, where TLS has
+/// its target (at most [`W6_TLS_TARGET_RATIO`] times plain) and what TLS adds per
+/// connection.
+fn versus(row: &CaseResult, compare: &Compare, plain: Option<&CaseResult>) -> (String, String) {
+    let label = compare.label;
+    let ratio = |f: fn(&CaseResult) -> Option<f64>| match (f(row), plain.and_then(f)) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let Some(plain) = plain else {
+        return (format!("- ({} not run)", compare.case), String::new());
+    };
+    match row.workload {
+        "W6" => {
+            let Some(r) = ratio(|c| c.kb_per_conn) else {
+                return ("-".to_owned(), String::new());
+            };
+            let added = row.kb_per_conn.unwrap_or(f64::NAN) - plain.kb_per_conn.unwrap_or(f64::NAN);
+            let shown = format!("KB {r:.2}x {label} ({added:+.2} KB/conn)");
+            let target = if row.tls && row.compressor.is_none() {
+                let met = if r <= W6_TLS_TARGET_RATIO {
+                    "met"
+                } else {
+                    "MISSED"
+                };
+                format!("<= {W6_TLS_TARGET_RATIO}x {label}: {met}")
+            } else {
+                String::new()
+            };
+            (shown, target)
+        }
+        _ => {
+            let shown = ratio(|c| c.median_rate)
+                .map_or_else(|| "-".to_owned(), |r| format!("rate {r:.2}x {label}"));
+            let target = row
+                .compression_ratio
+                .map_or(String::new(), |r| format!("ratio reported: {r:.3}"));
+            (shown, target)
+        }
     }
 }
 
@@ -357,6 +473,83 @@ mod tests {
         assert!(t.contains("| ratio "), "{t}");
         assert!(t.contains(">= 1.5x: met"), "{t}");
         assert!(t.contains("ERROR: timed out"), "{t}");
+    }
+
+    #[test]
+    fn tls_and_deflate_rows_compare_with_our_plain_rows() {
+        let idle = |kb| RunFigures {
+            rate: 1e4,
+            kb_per_conn: Some(kb),
+            ..RunFigures::default()
+        };
+        let mut tls = CaseResult::new(
+            System::Ours,
+            Workload::W6,
+            "W6 idle x5000 tls",
+            "connects/s",
+            vec![idle(3.0)],
+            None,
+        );
+        tls.tls = true;
+        tls.compare = Some(Compare {
+            case: "W6 idle x5000".into(),
+            label: "plain",
+        });
+        let mut deflate = CaseResult::new(
+            System::Ours,
+            Workload::W1,
+            "W1 ingest C=16 deflate",
+            "messages/s",
+            vec![run(1e6)],
+            None,
+        );
+        deflate.compressor = Some("shared");
+        deflate.set_deflated(64, 6);
+        deflate.compare = Some(Compare {
+            case: "W1 ingest C=16 (our consumer)".into(),
+            label: "plain",
+        });
+        let rows = vec![
+            CaseResult::new(
+                System::Ours,
+                Workload::W6,
+                "W6 idle x5000",
+                "connects/s",
+                vec![idle(1.0)],
+                None,
+            ),
+            tls,
+            CaseResult::new(
+                System::Ours,
+                Workload::W1,
+                "W1 ingest C=16 (our consumer)",
+                "messages/s",
+                vec![run(4e6)],
+                None,
+            ),
+            deflate,
+        ];
+        let t = table(&rows);
+        assert!(t.contains("KB 3.00x plain (+2.00 KB/conn)"), "{t}");
+        assert!(t.contains("<= 2x plain: MISSED"), "{t}");
+        assert!(t.contains("rate 0.25x plain"), "{t}");
+        assert!(
+            t.contains("payload 64 B -> 6 B deflated (ratio 0.094)"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&rows[3].json()).unwrap();
+        assert_eq!(v["compressor"], "shared");
+        assert_eq!(v["compression_ratio"], 0.09375);
+        assert!(v.get("tls").is_none());
+        let plain: serde_json::Value = serde_json::from_str(&rows[0].json()).unwrap();
+        assert!(plain.get("compressor").is_none() && plain.get("compression_ratio").is_none());
+    }
+
+    #[test]
+    fn deflated_len_of_the_w1_payload_is_short() {
+        use crate::commands::bench::spec::INGEST_DATA;
+        let n = deflated_len(INGEST_DATA.as_bytes());
+        assert!(n > 0 && n < 16, "{n}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! - `RSS` → `RSS <KiB>`
 //! - `CPU` → `CPU <ns>` (CPU time of the process so far)
+//! - `COMPRESSED` (our provider) → `COMPRESSED <compressed> <open>`: open connections that
+//!   negotiated permessage-deflate, and all open connections
 //! - `BROADCAST <k> <conns>` → waits for `conns` connections, sends `k` messages to each,
 //!   then `BROADCAST_SENT <nanos>`
 //! - `SUBS <n>` (W7, our hub) → waits for `n` subscriptions, then `SUBS <count>`
@@ -89,8 +91,16 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
         (System::Ours, Workload::W4 | Workload::W5 | Workload::W7) => {
             Running::Hub(Arc::new(rpc::HubServer::start(spec.workload).await?))
         }
-        (System::Ours, _) => Running::Ours(Arc::new(ours::Server::start(mode).await?)),
-        (System::Baseline, _) => Running::Baseline(Arc::new(baseline::Server::start(mode).await?)),
+        (System::Ours, _) => Running::Ours(Arc::new(
+            ours::Server::start(mode, spec.tls.as_ref(), spec.compressor).await?,
+        )),
+        (System::Baseline, _) => {
+            anyhow::ensure!(
+                spec.tls.is_none() && !spec.compressor.is_enabled(),
+                "the baseline has no TLS or compression"
+            );
+            Running::Baseline(Arc::new(baseline::Server::start(mode).await?))
+        }
     };
     print_line(&format!("PORT {}", server.port()));
     let mut commands = sys::stdin_lines();
@@ -99,6 +109,13 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
         match words.as_slice() {
             ["RSS"] => print_line(&format!("RSS {}", sys::rss_kib()?)),
             ["CPU"] => print_line(&format!("CPU {}", sys::cpu_ns()?)),
+            ["COMPRESSED"] => {
+                let Running::Ours(ours) = &server else {
+                    anyhow::bail!("COMPRESSED needs our provider");
+                };
+                let (compressed, open) = ours.compressed();
+                print_line(&format!("COMPRESSED {compressed} {open}"));
+            }
             ["BROADCAST", k, conns] => {
                 let k: u64 = k.parse().context("BROADCAST k")?;
                 let conns: usize = conns.parse().context("BROADCAST conns")?;

@@ -1,7 +1,9 @@
 //! What `cluster bench` measures and what a child process is told to be. A child gets its
 //! [`ChildSpec`] as JSON in the hidden `--child` argument.
 
+use cluster_transport::Compressor;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// Payload size of every message, as BENCH.md asks.
 pub(crate) const PAYLOAD_LEN: usize = 64;
@@ -84,7 +86,9 @@ impl System {
 pub(crate) enum ClientKind {
     /// The lean tokio-tungstenite client, the same for both systems.
     Lean,
-    /// Our `cluster_transport::Consumer` (W2 only, against our provider).
+    /// Our `cluster_transport::Consumer`, against our provider: W2 (the "our consumer"
+    /// row), and W1 and W6 where the case compresses (the lean client cannot do
+    /// permessage-deflate) or compares with a compressed case.
     Consumer,
     /// Our `cluster_rpc::Member` (W4, W5 and W7, against our hub).
     Member,
@@ -109,6 +113,22 @@ pub(crate) struct ServerSpec {
     pub(crate) workload: Workload,
     /// W1: how many connections send an end marker before the server reports.
     pub(crate) senders: usize,
+    /// Serve `wss://` with this certificate and key (our provider only).
+    #[serde(default)]
+    pub(crate) tls: Option<TlsFiles>,
+    /// permessage-deflate preset of our provider; `Disabled` (the default) for every case
+    /// that is not about compression.
+    #[serde(default)]
+    pub(crate) compressor: Compressor,
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, PEM files written by the parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TlsFiles {
+    /// The certificate; the clients trust exactly this one.
+    pub(crate) cert: PathBuf,
+    /// Its private key (PKCS#8, unencrypted).
+    pub(crate) key: PathBuf,
 }
 
 /// A clients child.
@@ -131,6 +151,10 @@ pub(crate) struct ClientSpec {
     pub(crate) in_flight: usize,
     /// Which client code.
     pub(crate) client: ClientKind,
+    /// Connect with TLS (`wss://127.0.0.1`), trusting only the certificate in this PEM
+    /// file; `None`: plain `ws://`.
+    #[serde(default)]
+    pub(crate) ca: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -156,9 +180,29 @@ mod tests {
             warmup: 0,
             in_flight: 0,
             client: ClientKind::Lean,
+            ca: None,
         });
         let json = serde_json::to_string(&spec).unwrap();
         let back: ChildSpec = serde_json::from_str(&json).unwrap();
         assert!(matches!(back, ChildSpec::Clients(c) if c.count == 7 && c.port == 9));
+    }
+
+    #[test]
+    fn older_specs_read_as_plain_and_uncompressed() {
+        let server: ServerSpec =
+            serde_json::from_str(r#"{"system":"Ours","workload":"W6","senders":0}"#).unwrap();
+        assert!(server.tls.is_none());
+        assert_eq!(server.compressor, Compressor::Disabled);
+        let tls = ServerSpec {
+            tls: Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+            }),
+            compressor: Compressor::Shared,
+            ..server
+        };
+        let back: ServerSpec = serde_json::from_str(&serde_json::to_string(&tls).unwrap()).unwrap();
+        assert_eq!(back.compressor, Compressor::Shared);
+        assert_eq!(back.tls.unwrap().cert, PathBuf::from("c.pem"));
     }
 }
