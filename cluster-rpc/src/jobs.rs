@@ -46,7 +46,6 @@
 mod hashing;
 pub(crate) mod queue;
 mod remote;
-mod table;
 mod wire;
 mod worker;
 

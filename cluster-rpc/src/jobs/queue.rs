@@ -2,7 +2,6 @@
 //! sent to workers in batches, attempt deadlines kept sorted in the queue.
 
 use super::hashing::IdHash;
-use super::table::{Table, Ticket};
 use super::wire::{self, Batch, Malformed, CANCEL_SUBJECT, RUN_SUBJECT};
 use super::{JobError, JobId, JobOptions, Outcome, Progress};
 use crate::codec::{Codec, CodecKind};
@@ -182,17 +181,15 @@ impl Drop for ProgressGuard {
 struct State {
     seq: u64,
     /// Ready jobs by priority, highest first; first in first out within a priority. A
-    /// cancelled job's ticket stays until it reaches the front, where it is skipped.
-    ready: BTreeMap<Reverse<i32>, VecDeque<Ticket>>,
-    delayed: BinaryHeap<Reverse<(Instant, u64, Ticket)>>,
+    /// cancelled job's id stays until it reaches the front, where it is skipped.
+    ready: BTreeMap<Reverse<i32>, VecDeque<JobId>>,
+    delayed: BinaryHeap<Reverse<(Instant, u64, JobId)>>,
     /// Running attempts by deadline, with their job and worker: what the dispatcher
     /// times out. As many entries as attempts running (at most the workers' credits).
-    deadlines: BTreeMap<DeadlineKey, (Ticket, Uuid)>,
-    /// Every job the queue holds.
-    jobs: Table<Entry>,
-    /// The running attempts' tickets by job id: what answers are looked up in, a map as
-    /// small as the workers' credits (the big index of `jobs` stays out of the cache).
-    running: HashMap<JobId, Ticket, IdHash>,
+    deadlines: BTreeMap<DeadlineKey, (JobId, Uuid)>,
+    /// Boxed: an entry is made before taking the lock, and the map moves only pointers
+    /// when it grows.
+    jobs: HashMap<JobId, Box<Entry>, IdHash>,
     workers: HashMap<Uuid, Worker, IdHash>,
     /// Free credits over all workers: a submission skips the dispatch round when none.
     free: usize,
@@ -209,6 +206,9 @@ struct State {
     /// When the dispatcher's timer fires, if it is set.
     timer: Option<Instant>,
 }
+
+/// Where a submitter learns its job's outcome and progress.
+pub(crate) type Waiter = (oneshot::Receiver<Outcome>, Arc<Progress>);
 
 /// Publishes progress for member submitters (set by the hub: its pub/sub router).
 pub(crate) type ProgressSink = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
@@ -276,12 +276,12 @@ impl Queue {
         payload: Vec<u8>,
         options: JobOptions,
         progress_subject: Option<String>,
-    ) -> Result<(oneshot::Receiver<Outcome>, Arc<Progress>), JobError> {
+    ) -> Result<Waiter, JobError> {
         let (tx, rx) = oneshot::channel();
         let progress = Arc::new(Progress::default());
         let delay = options.delay;
         // Made before taking the lock; the name is filled in under it.
-        let mut entry = Entry {
+        let mut entry = Box::new(Entry {
             name: Arc::from(""),
             payload,
             options,
@@ -290,7 +290,7 @@ impl Queue {
             waiter: Some(tx),
             progress: ProgressGuard(Arc::clone(&progress)),
             progress_subject,
-        };
+        });
         {
             let mut st = self.state();
             if st.waiting + st.delayed_count >= self.options.capacity {
@@ -298,20 +298,20 @@ impl Queue {
                     capacity: self.options.capacity,
                 });
             }
-            if st.jobs.contains(id) {
+            if st.jobs.contains_key(&id) {
                 return Err(JobError::Duplicate);
             }
             entry.name = st.intern(name);
-            let ticket = st.jobs.insert(id, entry);
+            st.jobs.insert(id, entry);
             match delay {
                 Some(d) if !d.is_zero() => {
-                    st.schedule(ticket, Instant::now() + d);
+                    st.schedule(id, Instant::now() + d);
                     // The dispatcher may have to wake earlier than it planned.
                     self.request_dispatch(&mut st);
                 }
-                _ if st.free == 0 => st.make_ready(ticket),
+                _ if st.free == 0 => st.make_ready(id),
                 _ => {
-                    st.make_ready(ticket);
+                    st.make_ready(id);
                     self.dispatch_in(&mut st, Instant::now());
                     // An attempt started here may be due before the dispatcher's timer.
                     if st
@@ -336,7 +336,7 @@ impl Queue {
         name: &str,
         jobs: Vec<(JobId, Vec<u8>)>,
         options: &JobOptions,
-    ) -> Result<Vec<(oneshot::Receiver<Outcome>, Arc<Progress>)>, JobError> {
+    ) -> Result<Vec<Waiter>, JobError> {
         let mut waiters = Vec::with_capacity(jobs.len());
         let mut entries = Vec::with_capacity(jobs.len());
         for (id, payload) in jobs {
@@ -344,7 +344,7 @@ impl Queue {
             let progress = Arc::new(Progress::default());
             entries.push((
                 id,
-                Entry {
+                Box::new(Entry {
                     name: Arc::from(""),
                     payload,
                     options: options.clone(),
@@ -353,7 +353,7 @@ impl Queue {
                     waiter: Some(tx),
                     progress: ProgressGuard(Arc::clone(&progress)),
                     progress_subject: None,
-                },
+                }),
             ));
             waiters.push((rx, progress));
         }
@@ -367,18 +367,19 @@ impl Queue {
         let mut ids = HashSet::with_capacity_and_hasher(entries.len(), IdHash::default());
         if entries
             .iter()
-            .any(|(id, _)| st.jobs.contains(*id) || !ids.insert(*id))
+            .any(|(id, _)| st.jobs.contains_key(id) || !ids.insert(*id))
         {
             return Err(JobError::Duplicate);
         }
         let name = st.intern(name);
         let now = Instant::now();
+        st.jobs.reserve(entries.len());
         for (id, mut entry) in entries {
             entry.name = Arc::clone(&name);
-            let ticket = st.jobs.insert(id, entry);
+            st.jobs.insert(id, entry);
             match delay {
-                Some(d) => st.schedule(ticket, now + d),
-                None => st.make_ready(ticket),
+                Some(d) => st.schedule(id, now + d),
+                None => st.make_ready(id),
             }
         }
         if delay.is_some() {
@@ -398,7 +399,7 @@ impl Queue {
     /// Cancels a job wherever it is; a running attempt is dropped on its worker.
     pub(crate) fn cancel(&self, id: JobId) {
         let mut st = self.state();
-        let Some(mut entry) = st.jobs.ticket(id).and_then(|t| st.jobs.remove(t)) else {
+        let Some(mut entry) = st.jobs.remove(&id) else {
             return;
         };
         match entry.status {
@@ -406,7 +407,6 @@ impl Queue {
             Status::Delayed => st.delayed_count -= 1,
             Status::Running { worker, deadline } => {
                 st.deadlines.remove(&deadline);
-                st.running.remove(&id);
                 st.active -= 1;
                 if let Some(w) = st.release(worker) {
                     send_cancel(w, id, entry.attempts);
@@ -423,8 +423,7 @@ impl Queue {
     pub(crate) fn progress(&self, id: JobId, value: f64) {
         let forward = {
             let st = self.state();
-            let ticket = st.running.get(&id).copied().or_else(|| st.jobs.ticket(id));
-            let Some(entry) = ticket.and_then(|t| st.jobs.get(t)) else {
+            let Some(entry) = st.jobs.get(&id) else {
                 return;
             };
             entry.progress.0.set(value);
@@ -496,10 +495,7 @@ impl Queue {
                     break;
                 }
             };
-            let Some(&ticket) = st.running.get(&done.id) else {
-                continue;
-            };
-            let deadline = match st.jobs.get(ticket) {
+            let deadline = match st.jobs.get(&done.id).map(|e| &**e) {
                 Some(Entry {
                     status: Status::Running { worker, deadline },
                     attempts,
@@ -507,7 +503,6 @@ impl Queue {
                 }) if *worker == worker_id && *attempts == done.attempt => *deadline,
                 _ => continue,
             };
-            st.running.remove(&done.id);
             st.deadlines.remove(&deadline);
             st.active -= 1;
             freed = true;
@@ -518,11 +513,11 @@ impl Queue {
                         w.completed += 1;
                     }
                     st.completed += 1;
-                    if let Some(entry) = st.jobs.remove(ticket) {
+                    if let Some(entry) = st.jobs.remove(&done.id) {
                         finished.push((entry, output));
                     }
                 }
-                Err(error) => self.retry_or_bury(&mut st, ticket, error.to_owned(), true),
+                Err(error) => self.retry_or_bury(&mut st, done.id, error.to_owned(), true),
             }
         }
         if freed {
@@ -569,7 +564,7 @@ impl Queue {
     pub(crate) fn requeue_dead(
         &self,
         id: JobId,
-    ) -> Result<(oneshot::Receiver<Outcome>, Arc<Progress>), JobError> {
+    ) -> Result<Waiter, JobError> {
         let dead = {
             let mut st = self.state();
             let at = st
@@ -636,30 +631,26 @@ impl Queue {
 
     /// Delayed jobs whose time has come become ready.
     fn promote_delayed(&self, st: &mut State, now: Instant) {
-        while let Some(Reverse((at, _, ticket))) = st.delayed.peek().copied() {
+        while let Some(Reverse((at, _, id))) = st.delayed.peek().copied() {
             if at > now {
                 break;
             }
             st.delayed.pop();
-            if matches!(
-                st.jobs.get(ticket).map(|e| &e.status),
-                Some(Status::Delayed)
-            ) {
+            if matches!(st.jobs.get(&id).map(|e| &e.status), Some(Status::Delayed)) {
                 st.delayed_count -= 1;
-                st.make_ready(ticket);
+                st.make_ready(id);
             }
         }
     }
 
     /// Attempts past their deadline are dropped on their worker and requeued.
     fn expire(&self, st: &mut State, now: Instant) {
-        while let Some((&key, &(ticket, worker_id))) = st.deadlines.first_key_value() {
+        while let Some((&key, &(id, worker_id))) = st.deadlines.first_key_value() {
             if key.at > now {
                 break;
             }
             st.deadlines.remove(&key);
-            let id = ticket.id;
-            let attempt = match st.jobs.get(ticket) {
+            let attempt = match st.jobs.get(&id).map(|e| &**e) {
                 Some(Entry {
                     status: Status::Running { deadline, .. },
                     attempts,
@@ -667,13 +658,12 @@ impl Queue {
                 }) if *deadline == key => *attempts,
                 _ => continue,
             };
-            st.running.remove(&id);
             st.active -= 1;
             if let Some(w) = st.release(worker_id) {
                 send_cancel(w, id, attempt);
             }
             tracing::debug!(job.id = %Uuid::from_u128(id), job.attempt = attempt, "job timed out");
-            self.retry_or_bury(st, ticket, "timed out".into(), false);
+            self.retry_or_bury(st, id, "timed out".into(), false);
         }
     }
 
@@ -699,11 +689,11 @@ impl Queue {
             let Some(mut front) = st.ready.first_entry() else {
                 return;
             };
-            let Some(&ticket) = front.get().front() else {
+            let Some(&id) = front.get().front() else {
                 front.remove();
                 continue;
             };
-            let Some(entry) = st.jobs.get(ticket) else {
+            let Some(entry) = st.jobs.get(&id) else {
                 front.get_mut().pop_front();
                 continue;
             };
@@ -726,18 +716,18 @@ impl Queue {
             if front.get().is_empty() {
                 front.remove();
             }
-            self.start_attempt(st, ticket, worker_id, now);
+            self.start_attempt(st, id, worker_id, now);
         }
     }
 
-    fn start_attempt(&self, st: &mut State, ticket: Ticket, worker_id: Uuid, now: Instant) {
+    fn start_attempt(&self, st: &mut State, id: JobId, worker_id: Uuid, now: Instant) {
         st.seq += 1;
         let seq = st.seq;
-        let (Some(worker), Some(entry)) = (st.workers.get_mut(&worker_id), st.jobs.get_mut(ticket))
+        let (Some(worker), Some(entry)) = (st.workers.get_mut(&worker_id), st.jobs.get_mut(&id))
         else {
             return;
         };
-        let id = ticket.id;
+        let entry = &mut **entry;
         let timeout = entry.options.timeout.unwrap_or(self.options.timeout);
         let deadline = DeadlineKey {
             at: now + timeout,
@@ -759,16 +749,14 @@ impl Queue {
             .batch
             .push_run(id, entry.attempts, &entry.name, &entry.payload);
         tracing::trace!(job.id = %Uuid::from_u128(id), job.attempt = entry.attempts, "job started");
-        st.deadlines.insert(deadline, (ticket, worker_id));
-        st.running.insert(id, ticket);
+        st.deadlines.insert(deadline, (id, worker_id));
         st.waiting -= 1;
         st.active += 1;
     }
 
-    fn retry_or_bury(&self, st: &mut State, ticket: Ticket, error: String, backoff: bool) {
+    fn retry_or_bury(&self, st: &mut State, id: JobId, error: String, backoff: bool) {
         st.failed += 1;
-        let id = ticket.id;
-        let Some(entry) = st.jobs.get(ticket) else {
+        let Some(entry) = st.jobs.get(&id) else {
             return;
         };
         let max = entry
@@ -777,7 +765,7 @@ impl Queue {
             .unwrap_or(self.options.max_attempts)
             .max(1);
         if entry.attempts >= max {
-            let Some(mut entry) = st.jobs.remove(ticket) else {
+            let Some(mut entry) = st.jobs.remove(&id) else {
                 return;
             };
             tracing::warn!(job.id = %Uuid::from_u128(id), attempts = entry.attempts, cause = %error, "job dead");
@@ -801,10 +789,10 @@ impl Queue {
         }
         if backoff {
             let delay = backoff_delay(&self.options, entry.attempts);
-            st.schedule(ticket, Instant::now() + delay);
+            st.schedule(id, Instant::now() + delay);
             self.request_dispatch(st);
         } else {
-            st.make_ready(ticket);
+            st.make_ready(id);
         }
     }
 }
@@ -838,8 +826,8 @@ impl State {
         Some(w)
     }
 
-    fn make_ready(&mut self, ticket: Ticket) {
-        let Some(entry) = self.jobs.get_mut(ticket) else {
+    fn make_ready(&mut self, id: JobId) {
+        let Some(entry) = self.jobs.get_mut(&id) else {
             return;
         };
         entry.status = Status::Waiting;
@@ -847,17 +835,17 @@ impl State {
         self.ready
             .entry(Reverse(priority))
             .or_default()
-            .push_back(ticket);
+            .push_back(id);
         self.waiting += 1;
     }
 
-    fn schedule(&mut self, ticket: Ticket, at: Instant) {
-        let Some(entry) = self.jobs.get_mut(ticket) else {
+    fn schedule(&mut self, id: JobId, at: Instant) {
+        let Some(entry) = self.jobs.get_mut(&id) else {
             return;
         };
         entry.status = Status::Delayed;
         self.seq += 1;
-        self.delayed.push(Reverse((at, self.seq, ticket)));
+        self.delayed.push(Reverse((at, self.seq, id)));
         self.delayed_count += 1;
     }
 
@@ -894,7 +882,7 @@ impl State {
             return false;
         };
         self.free -= worker.credits.saturating_sub(worker.active);
-        let orphans: Vec<(DeadlineKey, Ticket)> = self
+        let orphans: Vec<(DeadlineKey, JobId)> = self
             .deadlines
             .iter()
             .filter(|(_, (_, worker))| *worker == id)
@@ -902,9 +890,8 @@ impl State {
             .collect();
         for (key, job) in orphans {
             self.deadlines.remove(&key);
-            self.running.remove(&job.id);
             self.active -= 1;
-            if let Some(entry) = self.jobs.get_mut(job) {
+            if let Some(entry) = self.jobs.get_mut(&job) {
                 entry.attempts = entry.attempts.saturating_sub(1);
             }
             self.make_ready(job);
@@ -933,9 +920,9 @@ mod tests {
         for (id, priority) in [(1, 0), (2, 5), (3, 0), (4, 5)] {
             let (waiter, _) = oneshot::channel();
             let progress = ProgressGuard(Arc::default());
-            let ticket = st.jobs.insert(
+            st.jobs.insert(
                 id,
-                Entry {
+                Box::new(Entry {
                     name: Arc::from("x"),
                     payload: Vec::new(),
                     options: JobOptions::default().priority(priority),
@@ -944,11 +931,11 @@ mod tests {
                     waiter: Some(waiter),
                     progress,
                     progress_subject: None,
-                },
+                }),
             );
-            st.make_ready(ticket);
+            st.make_ready(id);
         }
-        let order: Vec<JobId> = st.ready.values().flatten().map(|t| t.id).collect();
+        let order: Vec<JobId> = st.ready.values().flatten().copied().collect();
         assert_eq!(order, [2, 4, 1, 3]);
         assert_eq!(st.waiting, 4);
     }
