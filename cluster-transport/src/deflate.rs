@@ -6,6 +6,8 @@
 //! each message starts from an empty window, so one compressor (and one decompressor) per
 //! thread serves every connection; with it, each connection keeps its own.
 
+mod quick;
+
 use crate::compressor::Compressor;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use std::cell::RefCell;
@@ -362,8 +364,13 @@ thread_local! {
     static SHARED_INFLATER: RefCell<Option<Box<Inflater>>> = const { RefCell::new(None) };
 }
 
-/// Compresses one message with this thread's shared compressor for a window of `bits`.
+/// Compresses one message on its own (no context takeover): small ones with the quick
+/// encoder, larger ones with this thread's shared zlib compressor for a window of `bits`.
 pub(crate) fn compress_shared(bits: u8, input: &[u8], out: &mut Vec<u8>) -> bool {
+    if input.len() <= quick::MAX_INPUT {
+        quick::compress(input, bits, out);
+        return true;
+    }
     let slot = usize::from(bits.clamp(9, 15) - 9);
     SHARED_DEFLATERS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut deflaters) => deflaters[slot]

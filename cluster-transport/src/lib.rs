@@ -169,6 +169,23 @@ pub mod __fuzz {
 }
 mod fuzzing;
 
+/// What `cluster bench` reports about compression. **Not a public API**: hidden, and may
+/// change in any release.
+#[doc(hidden)]
+pub mod __bench {
+    /// The bytes a message of `payload` takes on the wire compressed without context
+    /// takeover (a `Shared` provider, or any consumer it answers), before framing; the
+    /// payload's own length when it would go uncompressed.
+    pub fn deflated_len(payload: &[u8]) -> usize {
+        let mut out = Vec::new();
+        if crate::deflate::MessageDeflater::Shared(15).compress(payload, &mut out) {
+            out.len()
+        } else {
+            payload.len()
+        }
+    }
+}
+
 pub use auth::{Refusal, UpgradeRequest};
 pub use compressor::{Compressor, UnknownCompressor};
 pub use connection::Connection;

@@ -561,10 +561,7 @@ impl Queue {
         self.state().dead.iter().cloned().collect()
     }
 
-    pub(crate) fn requeue_dead(
-        &self,
-        id: JobId,
-    ) -> Result<Waiter, JobError> {
+    pub(crate) fn requeue_dead(&self, id: JobId) -> Result<Waiter, JobError> {
         let dead = {
             let mut st = self.state();
             let at = st

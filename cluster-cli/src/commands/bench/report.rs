@@ -1,7 +1,6 @@
 //! Results: per-run figures, medians, the JSON lines of BENCH.md and the table for people.
 
 use super::spec::{System, Workload};
-use flate2::{Compress, Compression, FlushCompress};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -89,20 +88,11 @@ pub(crate) struct Compare {
 /// The W6 target over TLS: KiB per idle connection at most this many times plain.
 const W6_TLS_TARGET_RATIO: f64 = 2.0;
 
-/// Bytes of the payload of a message of `payload` once our consumer compressed it, as
-/// `cluster-transport/src/deflate.rs` does towards a `Shared` provider: raw deflate at
-/// zlib's fast level with a 32 KiB window (the 101 does not limit the client's window),
-/// a fresh stream per message (no context takeover), one sync flush, minus the flush's
-/// `00 00 ff ff` tail. The frame adds the same 2-byte header and 4-byte mask key as an
-/// uncompressed one (RSV1 set).
+/// Bytes of the payload of a message of `payload` once our consumer compressed it for a
+/// `Shared` provider (no context takeover), computed by the library's own encoder. The
+/// frame adds the same 2-byte header and 4-byte mask key as an uncompressed one (RSV1 set).
 pub(crate) fn deflated_len(payload: &[u8]) -> usize {
-    let mut deflater = Compress::new_with_window_bits(Compression::fast(), false, 15);
-    let mut out = Vec::with_capacity(payload.len() + 64);
-    match deflater.compress_vec(payload, &mut out, FlushCompress::Sync) {
-        Ok(_) if out.ends_with(&[0x00, 0x00, 0xff, 0xff]) => out.len() - 4,
-        // Not what a sync flush of a short message gives: report it uncompressed.
-        _ => payload.len(),
-    }
+    cluster_transport::__bench::deflated_len(payload)
 }
 
 impl CaseResult {
