@@ -124,7 +124,8 @@ pub struct DeadJob {
 struct Worker {
     link: Arc<dyn Link>,
     name: Option<String>,
-    jobs: Vec<String>,
+    /// The job names it runs, interned: compared by pointer first.
+    jobs: Vec<Arc<str>>,
     credits: usize,
     active: usize,
     completed: u64,
@@ -135,8 +136,10 @@ struct Worker {
 }
 
 impl Worker {
-    fn runs(&self, name: &str) -> bool {
-        self.jobs.iter().any(|j| j == name)
+    fn runs(&self, name: &Arc<str>) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| Arc::ptr_eq(j, name) || **j == **name)
     }
 }
 
@@ -374,6 +377,12 @@ impl Queue {
         let name = st.intern(name);
         let now = Instant::now();
         st.jobs.reserve(entries.len());
+        if delay.is_none() {
+            st.ready
+                .entry(Reverse(options.priority))
+                .or_default()
+                .reserve(entries.len());
+        }
         for (id, mut entry) in entries {
             entry.name = Arc::clone(&name);
             st.jobs.insert(id, entry);
@@ -451,6 +460,7 @@ impl Queue {
         }
         let mut st = self.state();
         st.free += credits;
+        let jobs = jobs.iter().map(|job| st.intern(job)).collect();
         st.workers.insert(
             id,
             Worker {
