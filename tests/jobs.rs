@@ -606,3 +606,62 @@ async fn a_batch_is_queued_whole_or_not_at_all_and_every_result_comes_back() {
     }
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn cancelled_queued_jobs_never_run_and_free_their_place() {
+    let hub = Hub::builder(local()).start().await.unwrap();
+    let jobs: Vec<Fnv> = (0..3_000u32)
+        .map(|i| Fnv {
+            data: i.to_le_bytes().to_vec(),
+            sleep_ms: 0,
+        })
+        .collect();
+    // No worker yet: all 3,000 wait; 2,000 of them (every one but each third) are cancelled.
+    let handles = hub.jobs().submit_many(&jobs).unwrap();
+    let mut kept = Vec::new();
+    let mut cancelled = Vec::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        if i % 3 == 0 {
+            kept.push((i, handle));
+        } else {
+            handle.cancel();
+            cancelled.push(handle);
+        }
+    }
+    assert_eq!(hub.jobs().stats().waiting, 1_000);
+    for handle in cancelled {
+        assert_eq!(within("cancelled", handle).await, Err(JobError::Cancelled));
+    }
+    let runs = Arc::new(Mutex::new(HashSet::new()));
+    let seen = Arc::clone(&runs);
+    let member = Member::builder(consumer_of(&hub))
+        .job_credits(16)
+        .worker(move |job: Fnv, _| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().insert(job.data.clone());
+                Ok(fnv(&job.data))
+            }
+        })
+        .connect()
+        .await
+        .unwrap();
+    for (i, handle) in kept {
+        assert_eq!(
+            within("kept job", handle).await.unwrap(),
+            fnv(&jobs[i].data)
+        );
+    }
+    let ran = runs.lock().unwrap().clone();
+    assert_eq!(ran.len(), 1_000, "only the jobs not cancelled ran");
+    assert!(ran
+        .iter()
+        .all(|data| u32::from_le_bytes(data[..4].try_into().unwrap()) % 3 == 0));
+    let stats = hub.jobs().stats();
+    assert_eq!(
+        (stats.waiting, stats.active, stats.completed),
+        (0, 0, 1_000)
+    );
+    member.shutdown().await;
+    hub.shutdown().await;
+}

@@ -153,7 +153,9 @@ pub enum JobError {
         /// The queue's capacity.
         capacity: usize,
     },
-    /// A job with this id is already queued.
+    /// A job with this id is already in the queue. Checked at submission against jobs
+    /// delayed or running and within a batch, and again when a job would start (ids the
+    /// hub makes never collide; a member could reuse one).
     #[error("a job with this id is already queued")]
     Duplicate,
     /// The output or payload did not decode.
@@ -177,6 +179,11 @@ pub(crate) struct Progress {
     /// Someone asked for updates: reports and the close go through the channel too.
     watched: std::sync::atomic::AtomicBool,
     closed: std::sync::atomic::AtomicBool,
+    /// The job waits in a ready queue (changed under the queue's lock).
+    queued: std::sync::atomic::AtomicBool,
+    /// The job was cancelled: its handle resolves at once, and a queued entry is dropped
+    /// when the dispatcher reaches it.
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -213,6 +220,26 @@ impl Progress {
                 rx
             }
         }
+    }
+
+    /// Marks the job as waiting in a ready queue, or not.
+    pub(crate) fn set_queued(&self, queued: bool) {
+        self.queued.store(queued, Ordering::Relaxed);
+    }
+
+    /// Whether the job waits in a ready queue.
+    pub(crate) fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Marks the job cancelled.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the job was cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
     }
 
     /// The job resolved: no more reports, receivers see the channel closed.
@@ -271,7 +298,7 @@ impl<T> JobHandle<T> {
     /// The handle then resolves to [`JobError::Cancelled`].
     pub fn cancel(&self) {
         match &self.cancel {
-            Canceller::Queue(queue) => queue.cancel(self.id),
+            Canceller::Queue(queue) => queue.cancel(self.id, &self.progress),
             Canceller::Call(abort) => abort.abort(),
         }
     }
@@ -291,6 +318,9 @@ impl<T: DeserializeOwned> Future for JobHandle<T> {
     type Output = Result<T, JobError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.progress.is_cancelled() && matches!(self.cancel, Canceller::Queue(_)) {
+            return Poll::Ready(Err(JobError::Cancelled));
+        }
         let outcome = match Pin::new(&mut self.outcome).poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(outcome)) => outcome,

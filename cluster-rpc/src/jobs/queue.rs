@@ -183,15 +183,19 @@ impl Drop for ProgressGuard {
 #[derive(Default)]
 struct State {
     seq: u64,
-    /// Ready jobs by priority, highest first; first in first out within a priority. A
-    /// cancelled job's id stays until it reaches the front, where it is skipped.
-    ready: BTreeMap<Reverse<i32>, VecDeque<JobId>>,
+    /// Ready jobs by priority, highest first; first in first out within a priority. The
+    /// queue owns waiting entries here: dispatching takes them in order without a lookup
+    /// in `jobs`. A cancelled one stays until the front (or a compaction) drops it.
+    ready: BTreeMap<Reverse<i32>, VecDeque<(JobId, Box<Entry>)>>,
+    /// Cancelled entries still in `ready`.
+    cancelled_waiting: usize,
     delayed: BinaryHeap<Reverse<(Instant, u64, JobId)>>,
     /// Running attempts by deadline, with their job and worker: what the dispatcher
     /// times out. As many entries as attempts running (at most the workers' credits).
     deadlines: BTreeMap<DeadlineKey, (JobId, Uuid)>,
-    /// Boxed: an entry is made before taking the lock, and the map moves only pointers
-    /// when it grows.
+    /// Delayed and running jobs (waiting ones are in `ready`): a map as small as the
+    /// workers' credits under load, so its lookups stay in the cache. Boxed: an entry is
+    /// made before taking the lock, and moves between here and `ready` as a pointer.
     jobs: HashMap<JobId, Box<Entry>, IdHash>,
     workers: HashMap<Uuid, Worker, IdHash>,
     /// Free credits over all workers: a submission skips the dispatch round when none.
@@ -305,16 +309,15 @@ impl Queue {
                 return Err(JobError::Duplicate);
             }
             entry.name = st.intern(name);
-            st.jobs.insert(id, entry);
             match delay {
                 Some(d) if !d.is_zero() => {
-                    st.schedule(id, Instant::now() + d);
+                    st.schedule(id, entry, Instant::now() + d);
                     // The dispatcher may have to wake earlier than it planned.
                     self.request_dispatch(&mut st);
                 }
-                _ if st.free == 0 => st.make_ready(id),
+                _ if st.free == 0 => st.make_ready(id, entry),
                 _ => {
-                    st.make_ready(id);
+                    st.make_ready(id, entry);
                     self.dispatch_in(&mut st, Instant::now());
                     // An attempt started here may be due before the dispatcher's timer.
                     if st
@@ -376,7 +379,6 @@ impl Queue {
         }
         let name = st.intern(name);
         let now = Instant::now();
-        st.jobs.reserve(entries.len());
         if delay.is_none() {
             st.ready
                 .entry(Reverse(options.priority))
@@ -385,10 +387,9 @@ impl Queue {
         }
         for (id, mut entry) in entries {
             entry.name = Arc::clone(&name);
-            st.jobs.insert(id, entry);
             match delay {
-                Some(d) => st.schedule(id, now + d),
-                None => st.make_ready(id),
+                Some(d) => st.schedule(id, entry, now + d),
+                None => st.make_ready(id, entry),
             }
         }
         if delay.is_some() {
@@ -405,12 +406,26 @@ impl Queue {
         Ok(waiters)
     }
 
-    /// Cancels a job wherever it is; a running attempt is dropped on its worker.
-    pub(crate) fn cancel(&self, id: JobId) {
+    /// Cancels a job wherever it is; a running attempt is dropped on its worker. The
+    /// job's `progress` (shared with its entry) marks a waiting one, which the dispatcher
+    /// then drops; its handle resolves at once by the same mark.
+    pub(crate) fn cancel(&self, id: JobId, progress: &Progress) {
         let mut st = self.state();
-        let Some(mut entry) = st.jobs.remove(&id) else {
+        // The entry under this id must be this job's (a member may reuse another's id).
+        let held = st
+            .jobs
+            .get(&id)
+            .is_some_and(|entry| std::ptr::eq(Arc::as_ptr(&entry.progress.0), progress));
+        let Some(mut entry) = held.then(|| st.jobs.remove(&id)).flatten() else {
+            if progress.is_queued() && !progress.is_cancelled() {
+                progress.cancel();
+                st.waiting -= 1;
+                st.cancelled_waiting += 1;
+                st.compact_ready();
+            }
             return;
         };
+        progress.cancel();
         match entry.status {
             Status::Waiting => st.waiting -= 1,
             Status::Delayed => st.delayed_count -= 1,
@@ -629,7 +644,13 @@ impl Queue {
         }
         // Hub stopped: everyone still waiting learns it.
         let mut st = self.state();
-        for (_, mut entry) in st.jobs.drain() {
+        let waiting: Vec<Box<Entry>> = std::mem::take(&mut st.ready)
+            .into_values()
+            .flatten()
+            .map(|(_, entry)| entry)
+            .collect();
+        let held: Vec<Box<Entry>> = st.jobs.drain().map(|(_, entry)| entry).collect();
+        for mut entry in waiting.into_iter().chain(held) {
             if let Some(waiter) = entry.waiter.take() {
                 let _ = waiter.send(Err(JobError::Rpc(RpcError::Cancelled)));
             }
@@ -645,7 +666,9 @@ impl Queue {
             st.delayed.pop();
             if matches!(st.jobs.get(&id).map(|e| &e.status), Some(Status::Delayed)) {
                 st.delayed_count -= 1;
-                st.make_ready(id);
+                if let Some(entry) = st.jobs.remove(&id) {
+                    st.make_ready(id, entry);
+                }
             }
         }
     }
@@ -696,16 +719,13 @@ impl Queue {
             let Some(mut front) = st.ready.first_entry() else {
                 return;
             };
-            let Some(&id) = front.get().front() else {
+            let Some((_, entry)) = front.get().front() else {
                 front.remove();
                 continue;
             };
-            let Some(entry) = st.jobs.get(&id) else {
+            if entry.progress.0.is_cancelled() {
                 front.get_mut().pop_front();
-                continue;
-            };
-            if !matches!(entry.status, Status::Waiting) {
-                front.get_mut().pop_front();
+                st.cancelled_waiting -= 1;
                 continue;
             }
             // The worker running this job with the most free credits.
@@ -719,10 +739,22 @@ impl Queue {
                 // Strict priority order: the best job waits for a worker, the rest too.
                 return;
             };
-            front.get_mut().pop_front();
+            let Some((id, mut entry)) = front.get_mut().pop_front() else {
+                continue;
+            };
             if front.get().is_empty() {
                 front.remove();
             }
+            entry.progress.0.set_queued(false);
+            if st.jobs.contains_key(&id) {
+                // A member reused the id of a job running or delayed: this one is refused.
+                st.waiting -= 1;
+                if let Some(waiter) = entry.waiter.take() {
+                    let _ = waiter.send(Err(JobError::Duplicate));
+                }
+                continue;
+            }
+            st.jobs.insert(id, entry);
             self.start_attempt(st, id, worker_id, now);
         }
     }
@@ -794,12 +826,16 @@ impl Queue {
             });
             return;
         }
-        if backoff {
-            let delay = backoff_delay(&self.options, entry.attempts);
-            st.schedule(id, Instant::now() + delay);
-            self.request_dispatch(st);
-        } else {
-            st.make_ready(id);
+        let delay = backoff.then(|| backoff_delay(&self.options, entry.attempts));
+        let Some(entry) = st.jobs.remove(&id) else {
+            return;
+        };
+        match delay {
+            Some(delay) => {
+                st.schedule(id, entry, Instant::now() + delay);
+                self.request_dispatch(st);
+            }
+            None => st.make_ready(id, entry),
         }
     }
 }
@@ -833,24 +869,37 @@ impl State {
         Some(w)
     }
 
-    fn make_ready(&mut self, id: JobId) {
-        let Some(entry) = self.jobs.get_mut(&id) else {
-            return;
-        };
+    /// Queues a waiting entry at the back of its priority.
+    fn make_ready(&mut self, id: JobId, mut entry: Box<Entry>) {
         entry.status = Status::Waiting;
+        entry.progress.0.set_queued(true);
         let priority = entry.options.priority;
         self.ready
             .entry(Reverse(priority))
             .or_default()
-            .push_back(id);
+            .push_back((id, entry));
         self.waiting += 1;
     }
 
-    fn schedule(&mut self, id: JobId, at: Instant) {
-        let Some(entry) = self.jobs.get_mut(&id) else {
+    /// Frees cancelled entries waiting in the ready queues once they outnumber the live
+    /// ones (or are all there is), instead of when the dispatcher reaches them.
+    fn compact_ready(&mut self) {
+        if self.waiting > 0
+            && (self.cancelled_waiting < 1024 || self.cancelled_waiting < self.waiting)
+        {
             return;
-        };
+        }
+        for queue in self.ready.values_mut() {
+            queue.retain(|(_, entry)| !entry.progress.0.is_cancelled());
+        }
+        self.ready.retain(|_, queue| !queue.is_empty());
+        self.cancelled_waiting = 0;
+    }
+
+    /// Holds an entry until `at`.
+    fn schedule(&mut self, id: JobId, mut entry: Box<Entry>, at: Instant) {
         entry.status = Status::Delayed;
+        self.jobs.insert(id, entry);
         self.seq += 1;
         self.delayed.push(Reverse((at, self.seq, id)));
         self.delayed_count += 1;
@@ -898,10 +947,10 @@ impl State {
         for (key, job) in orphans {
             self.deadlines.remove(&key);
             self.active -= 1;
-            if let Some(entry) = self.jobs.get_mut(&job) {
+            if let Some(mut entry) = self.jobs.remove(&job) {
                 entry.attempts = entry.attempts.saturating_sub(1);
+                self.make_ready(job, entry);
             }
-            self.make_ready(job);
         }
         true
     }
@@ -927,7 +976,7 @@ mod tests {
         for (id, priority) in [(1, 0), (2, 5), (3, 0), (4, 5)] {
             let (waiter, _) = oneshot::channel();
             let progress = ProgressGuard(Arc::default());
-            st.jobs.insert(
+            st.make_ready(
                 id,
                 Box::new(Entry {
                     name: Arc::from("x"),
@@ -940,9 +989,8 @@ mod tests {
                     progress_subject: None,
                 }),
             );
-            st.make_ready(id);
         }
-        let order: Vec<JobId> = st.ready.values().flatten().copied().collect();
+        let order: Vec<JobId> = st.ready.values().flatten().map(|(id, _)| *id).collect();
         assert_eq!(order, [2, 4, 1, 3]);
         assert_eq!(st.waiting, 4);
     }

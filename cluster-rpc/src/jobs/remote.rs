@@ -38,13 +38,14 @@ pub(crate) struct JobsService {
 struct CancelOnDrop {
     queue: Arc<Queue>,
     id: super::JobId,
-    armed: bool,
+    /// The job's progress, when it was queued: what a cancel marks.
+    progress: Option<Arc<Progress>>,
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if self.armed {
-            self.queue.cancel(self.id);
+        if let Some(progress) = self.progress.take() {
+            self.queue.cancel(self.id, &progress);
         }
     }
 }
@@ -84,7 +85,10 @@ impl Service for JobsService {
                 let guard = CancelOnDrop {
                     queue: Arc::clone(&self.queue),
                     id: req.id,
-                    armed: queued.is_ok(),
+                    progress: queued
+                        .as_ref()
+                        .ok()
+                        .map(|(_, progress)| Arc::clone(progress)),
                 };
                 Ok(async move {
                     // Moved in whole: dropping this future (a cancelled call) cancels the job.
@@ -93,7 +97,7 @@ impl Service for JobsService {
                         Err(error) => Err(error),
                         Ok((outcome, _progress)) => {
                             let outcome = outcome.await.unwrap_or(Err(JobError::Cancelled));
-                            guard.armed = false;
+                            guard.progress = None;
                             outcome.map(serde_bytes::ByteBuf::from)
                         }
                     };
