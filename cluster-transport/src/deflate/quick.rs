@@ -100,9 +100,10 @@ fn hash(bytes: &[u8]) -> usize {
 }
 
 /// Appends `input` (at most [`MAX_INPUT`] bytes) compressed to `out`, with matches no
-/// farther back than `1 << window_bits`.
+/// farther back than `1 << window_bits` (8 to 15: unlike zlib, a 256-byte window is kept
+/// exactly).
 pub(crate) fn compress(input: &[u8], window_bits: u8, out: &mut Vec<u8>) {
-    let window = 1usize << window_bits.clamp(9, 15);
+    let window = 1usize << window_bits.clamp(8, 15);
     out.reserve(input.len() / 2 + 16);
     let mut bits = Bits {
         out,
@@ -179,6 +180,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn inflate(data: &[u8], window_bits: u8) -> Vec<u8> {
+        // zlib's raw inflater takes no 8-bit window: check the distances against 256 apart.
         let mut d = Decompress::new_with_window_bits(false, window_bits.max(9));
         let mut input = data.to_vec();
         input.extend_from_slice(&[0, 0, 0xff, 0xff]);
@@ -187,6 +189,66 @@ mod tests {
             .unwrap();
         assert_eq!(d.total_in() as usize, input.len(), "all input taken");
         out
+    }
+
+    /// The farthest match distance in a fixed-Huffman block written by `compress`.
+    fn max_distance(data: &[u8]) -> usize {
+        let bit = |pos: usize| (data[pos / 8] >> (pos % 8)) & 1;
+        let read = |pos: &mut usize, n: u32| {
+            let mut v = 0u32;
+            for i in 0..n {
+                v |= u32::from(bit(*pos)) << i;
+                *pos += 1;
+            }
+            v
+        };
+        let huff = |pos: &mut usize, n: u32| {
+            let mut v = 0u32;
+            for _ in 0..n {
+                v = (v << 1) | u32::from(bit(*pos));
+                *pos += 1;
+            }
+            v
+        };
+        // Symbol -> (base, extra bits), from the encoder's own mappings.
+        let mut lengths = [(0usize, 0u32); 286];
+        for len in (MIN_MATCH..=MAX_MATCH).rev() {
+            let (symbol, extra, _) = length_symbol(len);
+            lengths[symbol as usize] = (len, extra);
+        }
+        let mut distances = [(0usize, 0u32); 30];
+        for dist in (1..=32768).rev() {
+            let (symbol, extra, _) = distance_symbol(dist);
+            distances[symbol as usize] = (dist, extra);
+        }
+        let mut pos = 3;
+        let mut max = 0;
+        loop {
+            // Literal/length symbol: 7, 8 or 9 bits (RFC 1951, 3.2.6).
+            let mut code = huff(&mut pos, 7);
+            let symbol = if code <= 0x17 {
+                code + 256
+            } else {
+                code = (code << 1) | huff(&mut pos, 1);
+                if (0x30..=0xBF).contains(&code) {
+                    code - 0x30
+                } else if (0xC0..=0xC7).contains(&code) {
+                    code - 0xC0 + 280
+                } else {
+                    code = (code << 1) | huff(&mut pos, 1);
+                    code - 0x190 + 144
+                }
+            };
+            match symbol {
+                256 => return max,
+                0..=255 => {}
+                _ => {
+                    read(&mut pos, lengths[symbol as usize].1);
+                    let (base, extra) = distances[huff(&mut pos, 5) as usize];
+                    max = max.max(base + read(&mut pos, extra) as usize);
+                }
+            }
+        }
     }
 
     #[test]
@@ -226,11 +288,12 @@ mod tests {
         #[test]
         fn any_message_inflates_back(
             msg in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), any::<u8>()], 0..MAX_INPUT),
-            window_bits in 9u8..=15,
+            window_bits in 8u8..=15,
         ) {
             let mut out = Vec::new();
             compress(&msg, window_bits, &mut out);
             prop_assert_eq!(inflate(&out, window_bits), msg);
+            prop_assert!(max_distance(&out) <= 1 << window_bits);
         }
     }
 }
