@@ -259,6 +259,39 @@ pub(crate) fn header_len(payload_len: usize, masked: bool) -> usize {
     }
 }
 
+/// A close frame's payload as a peer sent it: its code and reason, or why it is invalid
+/// (the code and reason to fail the connection with).
+pub(crate) fn parse_close(payload: &[u8]) -> Result<crate::CloseInfo, (u16, &'static str)> {
+    use crate::close_code;
+    match payload {
+        [] => Ok(crate::CloseInfo::new(close_code::NO_STATUS, "")),
+        [_] => Err((close_code::PROTOCOL, "invalid close frame")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !is_valid_close_code(code) {
+                return Err((close_code::PROTOCOL, "invalid close code"));
+            }
+            let Ok(reason) = std::str::from_utf8(reason) else {
+                return Err((close_code::INVALID_PAYLOAD, "invalid utf-8 in close reason"));
+            };
+            Ok(crate::CloseInfo::new(code, reason))
+        }
+    }
+}
+
+/// The payload of a close frame with `code` and `reason`, the reason cut on a character
+/// boundary to fit a control frame (125 bytes).
+pub(crate) fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    payload
+}
+
 /// Whether a close code received from a peer is one RFC 6455 allows on the wire.
 pub(crate) fn is_valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)

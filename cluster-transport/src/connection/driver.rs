@@ -511,20 +511,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     }
 
     fn handle_close(&mut self, payload: &[u8]) -> Result<(), (u16, &'static str)> {
-        let info = match payload {
-            [] => CloseInfo::new(close_code::NO_STATUS, ""),
-            [_] => return Err((close_code::PROTOCOL, "invalid close frame")),
-            [hi, lo, reason @ ..] => {
-                let code = u16::from_be_bytes([*hi, *lo]);
-                if !frame::is_valid_close_code(code) {
-                    return Err((close_code::PROTOCOL, "invalid close code"));
-                }
-                let Ok(reason) = std::str::from_utf8(reason) else {
-                    return Err((close_code::INVALID_PAYLOAD, "invalid utf-8 in close reason"));
-                };
-                CloseInfo::new(code, reason)
-            }
-        };
+        let info = frame::parse_close(payload)?;
         match std::mem::replace(&mut self.state, State::Open) {
             State::Open => {
                 let mut outbox = self.conn.lock();
@@ -628,14 +615,9 @@ fn compressed_limit(max: u64) -> u64 {
 
 /// Appends a close frame with a code and a reason cut to fit a control frame.
 pub(crate) fn push_close_frame(out: &mut Vec<u8>, code: u16, reason: &str) {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let reason = &reason.as_bytes()[..end];
-    frame::encode_header(OpCode::Close, 2 + reason.len(), out);
-    out.extend_from_slice(&code.to_be_bytes());
-    out.extend_from_slice(reason);
+    let payload = frame::close_payload(code, reason);
+    frame::encode_header(OpCode::Close, payload.len(), out);
+    out.extend_from_slice(&payload);
 }
 
 impl CloseRequest {

@@ -362,31 +362,8 @@ impl Socket {
 
     /// A close frame from the provider: checks it and queues our reply.
     fn close_received(&mut self, payload: Range<usize>) -> Result<Ready, ReadError> {
-        let info = match &self.buf[payload] {
-            [] => CloseInfo::new(close_code::NO_STATUS, ""),
-            [_] => {
-                return Err(ReadError::Protocol(
-                    close_code::PROTOCOL,
-                    "invalid close frame",
-                ))
-            }
-            [hi, lo, reason @ ..] => {
-                let code = u16::from_be_bytes([*hi, *lo]);
-                if !frame::is_valid_close_code(code) {
-                    return Err(ReadError::Protocol(
-                        close_code::PROTOCOL,
-                        "invalid close code",
-                    ));
-                }
-                let Ok(reason) = std::str::from_utf8(reason) else {
-                    return Err(ReadError::Protocol(
-                        close_code::INVALID_PAYLOAD,
-                        "invalid utf-8 in close reason",
-                    ));
-                };
-                CloseInfo::new(code, reason)
-            }
-        };
+        let info = frame::parse_close(&self.buf[payload])
+            .map_err(|(code, reason)| ReadError::Protocol(code, reason))?;
         if !self.closing {
             self.closing = true;
             // Echo the provider's code, as RFC 6455 asks.
@@ -469,14 +446,7 @@ fn encode_masked(opcode: OpCode, rsv1: bool, payload: &[u8], out: &mut Vec<u8>) 
 
 /// Appends a masked close frame with a code and a reason cut to fit a control frame.
 fn push_close(out: &mut Vec<u8>, code: u16, reason: &str) {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut body = Vec::with_capacity(2 + end);
-    body.extend_from_slice(&code.to_be_bytes());
-    body.extend_from_slice(&reason.as_bytes()[..end]);
-    encode_control(OpCode::Close, &body, out);
+    encode_control(OpCode::Close, &frame::close_payload(code, reason), out);
 }
 
 #[cfg(test)]
