@@ -400,14 +400,19 @@ impl Jobs {
             .encode(job, &mut payload)
             .map_err(|e| JobError::Decode(e.to_string()))?;
         let id = new_job_id();
-        let (outcome, progress) = self.queue.submit(id, J::NAME, payload, options, None)?;
-        Ok(JobHandle::new(
+        let waiter = self.queue.submit(id, J::NAME, payload, options, None)?;
+        Ok(self.handle(id, waiter))
+    }
+
+    /// The handle of a job queued in the hub's own queue.
+    fn handle<T>(&self, id: JobId, (outcome, progress): queue::Waiter) -> JobHandle<T> {
+        JobHandle::new(
             id,
             outcome,
             progress,
             Canceller::Queue(Arc::clone(&self.queue)),
             self.queue.codec(),
-        ))
+        )
     }
 
     /// Submits many jobs of one kind with default options, all or none: one lock and one
@@ -461,15 +466,7 @@ impl Jobs {
         Ok(ids
             .into_iter()
             .zip(waiters)
-            .map(|(id, (outcome, progress))| {
-                JobHandle::new(
-                    id,
-                    outcome,
-                    progress,
-                    Canceller::Queue(Arc::clone(&self.queue)),
-                    codec,
-                )
-            })
+            .map(|(id, waiter)| self.handle(id, waiter))
             .collect())
     }
 
@@ -489,14 +486,8 @@ impl Jobs {
     /// # Errors
     /// [`JobError::QueueFull`], or [`JobError::Decode`] if no dead job has this id.
     pub fn requeue_dead<T>(&self, id: JobId) -> Result<JobHandle<T>, JobError> {
-        let (outcome, progress) = self.queue.requeue_dead(id)?;
-        Ok(JobHandle::new(
-            id,
-            outcome,
-            progress,
-            Canceller::Queue(Arc::clone(&self.queue)),
-            self.queue.codec(),
-        ))
+        let waiter = self.queue.requeue_dead(id)?;
+        Ok(self.handle(id, waiter))
     }
 }
 

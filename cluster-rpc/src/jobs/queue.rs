@@ -171,6 +171,30 @@ struct Entry {
     progress_subject: Option<String>,
 }
 
+impl Entry {
+    /// A new waiting entry (its name is interned under the lock), and where its outcome
+    /// and progress arrive.
+    fn new(
+        payload: Vec<u8>,
+        options: JobOptions,
+        progress_subject: Option<String>,
+    ) -> (Box<Self>, Waiter) {
+        let (tx, rx) = oneshot::channel();
+        let progress = Arc::new(Progress::default());
+        let entry = Box::new(Entry {
+            name: Arc::from(""),
+            payload,
+            options,
+            attempts: 0,
+            status: Status::Waiting,
+            waiter: Some(tx),
+            progress: ProgressGuard(Arc::clone(&progress)),
+            progress_subject,
+        });
+        (entry, (rx, progress))
+    }
+}
+
 /// Closes a job's progress when its entry goes (the job resolved or the hub stopped).
 struct ProgressGuard(Arc<Progress>);
 
@@ -284,20 +308,9 @@ impl Queue {
         options: JobOptions,
         progress_subject: Option<String>,
     ) -> Result<Waiter, JobError> {
-        let (tx, rx) = oneshot::channel();
-        let progress = Arc::new(Progress::default());
-        let delay = options.delay;
+        let delay = options.delay.filter(|d| !d.is_zero());
         // Made before taking the lock; the name is filled in under it.
-        let mut entry = Box::new(Entry {
-            name: Arc::from(""),
-            payload,
-            options,
-            attempts: 0,
-            status: Status::Waiting,
-            waiter: Some(tx),
-            progress: ProgressGuard(Arc::clone(&progress)),
-            progress_subject,
-        });
+        let (mut entry, waiter) = Entry::new(payload, options, progress_subject);
         {
             let mut st = self.state();
             if st.waiting + st.delayed_count >= self.options.capacity {
@@ -309,28 +322,32 @@ impl Queue {
                 return Err(JobError::Duplicate);
             }
             entry.name = st.intern(name);
+            let now = Instant::now();
             match delay {
-                Some(d) if !d.is_zero() => {
-                    st.schedule(id, entry, Instant::now() + d);
-                    // The dispatcher may have to wake earlier than it planned.
-                    self.request_dispatch(&mut st);
-                }
-                _ if st.free == 0 => st.make_ready(id, entry),
-                _ => {
-                    st.make_ready(id, entry);
-                    self.dispatch_in(&mut st, Instant::now());
-                    // An attempt started here may be due before the dispatcher's timer.
-                    if st
-                        .next_due()
-                        .is_some_and(|at| st.timer.is_none_or(|t| at < t))
-                    {
-                        self.request_dispatch(&mut st);
-                    }
-                }
+                Some(d) => st.schedule(id, entry, now + d),
+                None => st.make_ready(id, entry),
             }
+            self.after_queueing(&mut st, delay.is_some(), now);
         }
         tracing::trace!(job.id = %Uuid::from_u128(id), job.name = name, "job queued");
-        Ok((rx, progress))
+        Ok(waiter)
+    }
+
+    /// What follows queueing jobs: a delayed job may be due before the dispatcher's timer;
+    /// ready ones start at once where credits are free (and an attempt started here may
+    /// be due before that timer too).
+    fn after_queueing(&self, st: &mut State, delayed: bool, now: Instant) {
+        if delayed {
+            self.request_dispatch(st);
+        } else if st.free > 0 {
+            self.dispatch_in(st, now);
+            if st
+                .next_due()
+                .is_some_and(|at| st.timer.is_none_or(|t| at < t))
+            {
+                self.request_dispatch(st);
+            }
+        }
     }
 
     /// Queues many jobs of one kind with the same options: all of them, or none (a full
@@ -346,22 +363,9 @@ impl Queue {
         let mut waiters = Vec::with_capacity(jobs.len());
         let mut entries = Vec::with_capacity(jobs.len());
         for (id, payload) in jobs {
-            let (tx, rx) = oneshot::channel();
-            let progress = Arc::new(Progress::default());
-            entries.push((
-                id,
-                Box::new(Entry {
-                    name: Arc::from(""),
-                    payload,
-                    options: options.clone(),
-                    attempts: 0,
-                    status: Status::Waiting,
-                    waiter: Some(tx),
-                    progress: ProgressGuard(Arc::clone(&progress)),
-                    progress_subject: None,
-                }),
-            ));
-            waiters.push((rx, progress));
+            let (entry, waiter) = Entry::new(payload, options.clone(), None);
+            entries.push((id, entry));
+            waiters.push(waiter);
         }
         let delay = options.delay.filter(|d| !d.is_zero());
         let mut st = self.state();
@@ -392,17 +396,7 @@ impl Queue {
                 None => st.make_ready(id, entry),
             }
         }
-        if delay.is_some() {
-            self.request_dispatch(&mut st);
-        } else if st.free > 0 {
-            self.dispatch_in(&mut st, now);
-            if st
-                .next_due()
-                .is_some_and(|at| st.timer.is_none_or(|t| at < t))
-            {
-                self.request_dispatch(&mut st);
-            }
-        }
+        self.after_queueing(&mut st, delay.is_some(), now);
         Ok(waiters)
     }
 
