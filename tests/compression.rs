@@ -5,15 +5,14 @@
 
 mod common;
 
+use common::pki::Pki;
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use network_cluster::transport::{Compressor, ConsumerEvent, ProviderEvent, SslOptions};
+use network_cluster::transport::{Compressor, ConsumerEvent, ProviderEvent};
 use network_cluster::Message;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -21,48 +20,6 @@ use tokio::net::TcpStream;
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
-
-/// A CA and a certificate it signed for 127.0.0.1, as PEM files in a directory removed on
-/// drop.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("cluster-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "compression test CA");
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca_cert, &ca_key)
-            .unwrap();
-        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-
-    fn plain(&self) -> SslOptions {
-        SslOptions::new(self.path("cert.pem"), self.path("key.pem"))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A raw client: upgrades offering `extensions` (if any) and returns the 101's head.
 async fn upgrade(addr: SocketAddr, extensions: Option<&str>) -> (TcpStream, String, Vec<u8>) {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pki;
+
 use futures_util::{SinkExt, StreamExt};
 use network_cluster::transport::{ProviderBuilder, ProviderEvent};
 use network_cluster::{Consumer, Provider};
