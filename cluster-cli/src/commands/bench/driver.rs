@@ -569,6 +569,19 @@ async fn cpu(children: &mut Children) -> anyhow::Result<[u128; 2]> {
     Ok([server, clients])
 }
 
+/// A throughput run's figures: `count` messages in `nanos`, with the CPU both children
+/// spent between two [`cpu`] readings.
+fn throughput(count: u64, nanos: u128, before: [u128; 2], after: [u128; 2]) -> RunFigures {
+    RunFigures {
+        rate: count as f64 / secs(nanos).max(1e-9),
+        count,
+        secs: secs(nanos),
+        server_cpu_ns: per_msg(before[0], after[0], count),
+        client_cpu_ns: per_msg(before[1], after[1], count),
+        ..RunFigures::default()
+    }
+}
+
 /// CPU ns per message between two [`cpu`] readings.
 fn per_msg(before: u128, after: u128, count: u64) -> Option<f64> {
     (count > 0).then(|| after.saturating_sub(before) as f64 / count as f64)
@@ -587,14 +600,12 @@ async fn ingest(children: &mut Children, clients: ClientSpec) -> anyhow::Result<
         count == expected,
         "server counted {count} messages, {expected} were sent"
     );
-    Ok(RunFigures {
-        rate: count as f64 / secs(nanos).max(1e-9),
+    Ok(throughput(
         count,
-        secs: secs(nanos),
-        server_cpu_ns: per_msg(server_before, server_after, count),
-        client_cpu_ns: per_msg(clients_before, clients_after, count),
-        ..RunFigures::default()
-    })
+        nanos,
+        [server_before, clients_before],
+        [server_after, clients_after],
+    ))
 }
 
 async fn echo(children: &mut Children, clients: ClientSpec) -> anyhow::Result<RunFigures> {
@@ -630,14 +641,12 @@ async fn broadcast(children: &mut Children, clients: ClientSpec) -> anyhow::Resu
         "clients got {total} messages, expected {}",
         k * conns as u64
     );
-    Ok(RunFigures {
-        rate: total as f64 / secs(nanos).max(1e-9),
-        count: total,
-        secs: secs(nanos),
-        server_cpu_ns: per_msg(server_before, server_after, total),
-        client_cpu_ns: per_msg(clients_before, clients_after, total),
-        ..RunFigures::default()
-    })
+    Ok(throughput(
+        total,
+        nanos,
+        [server_before, clients_before],
+        [server_after, clients_after],
+    ))
 }
 
 /// W4: the member warms up and connects; its calls are timed after `GO`.
@@ -687,14 +696,12 @@ async fn jobs(children: &mut Children, clients: ClientSpec) -> anyhow::Result<Ru
     let [server_after, clients_after] = cpu(children).await?;
     let done = u64::try_from(done)?;
     anyhow::ensure!(done == n, "the hub checked {done} results of {n} jobs");
-    Ok(RunFigures {
-        rate: done as f64 / secs(nanos).max(1e-9),
-        count: done,
-        secs: secs(nanos),
-        server_cpu_ns: per_msg(server_before, server_after, done),
-        client_cpu_ns: per_msg(clients_before, clients_after, done),
-        ..RunFigures::default()
-    })
+    Ok(throughput(
+        done,
+        nanos,
+        [server_before, clients_before],
+        [server_after, clients_after],
+    ))
 }
 
 /// W7: every member connects and subscribes, the hub confirms the subscriptions, then
@@ -721,14 +728,12 @@ async fn pubsub(children: &mut Children, clients: ClientSpec) -> anyhow::Result<
         total == expected,
         "subscribers got {total} messages, expected {expected}"
     );
-    Ok(RunFigures {
-        rate: total as f64 / secs(nanos).max(1e-9),
-        count: total,
-        secs: secs(nanos),
-        server_cpu_ns: per_msg(server_before, server_after, total),
-        client_cpu_ns: per_msg(clients_before, clients_after, total),
-        ..RunFigures::default()
-    })
+    Ok(throughput(
+        total,
+        nanos,
+        [server_before, clients_before],
+        [server_after, clients_after],
+    ))
 }
 
 async fn idle(children: &mut Children, clients: ClientSpec) -> anyhow::Result<RunFigures> {
