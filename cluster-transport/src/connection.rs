@@ -39,6 +39,8 @@ pub(crate) struct ConnectionShared {
     max_backpressure: usize,
     /// Whether `PING`/`PONG`/`PROVIDER_HEARTBEAT|…` are protocol here (heartbeat enabled).
     reserves_texts: bool,
+    /// How a broadcast reaches it: fixed at the upgrade, read without the outbox's lock.
+    send_path: SendPath,
     outbox: Mutex<Outbox>,
 }
 
@@ -84,7 +86,14 @@ impl Connection {
         parameters: Parameters,
         max_backpressure: usize,
         reserves_texts: bool,
+        deflate: Option<Deflate>,
     ) -> Self {
+        let deflater = deflate.map(|d| d.deflater());
+        let send_path = match &deflater {
+            None => SendPath::Plain,
+            Some(MessageDeflater::Shared(bits)) => SendPath::SharedDeflate(*bits),
+            Some(MessageDeflater::Own(_)) => SendPath::OwnDeflate,
+        };
         Self {
             shared: Arc::new(ConnectionShared {
                 id: Uuid::new_v4(),
@@ -95,7 +104,11 @@ impl Connection {
                 alive: AtomicBool::new(true),
                 max_backpressure,
                 reserves_texts,
-                outbox: Mutex::new(Outbox::default()),
+                send_path,
+                outbox: Mutex::new(Outbox {
+                    deflater,
+                    ..Outbox::default()
+                }),
             }),
         }
     }
@@ -189,21 +202,12 @@ impl Connection {
     /// Whether this connection negotiated permessage-deflate (the provider's
     /// [`Compressor`](crate::Compressor) is on and the consumer offered it).
     pub fn is_compressed(&self) -> bool {
-        self.lock().deflater.is_some()
-    }
-
-    /// Turns on permessage-deflate for what this connection sends.
-    pub(crate) fn enable_deflate(&self, deflate: Deflate) {
-        self.lock().deflater = Some(deflate.deflater());
+        self.shared.send_path != SendPath::Plain
     }
 
     /// How a broadcast reaches this connection.
     pub(crate) fn send_path(&self) -> SendPath {
-        match &self.lock().deflater {
-            None => SendPath::Plain,
-            Some(MessageDeflater::Shared(bits)) => SendPath::SharedDeflate(*bits),
-            Some(MessageDeflater::Own(_)) => SendPath::OwnDeflate,
-        }
+        self.shared.send_path
     }
 
     /// Queues a frame encoded once for many connections ([`encode_frame`]).
@@ -421,6 +425,7 @@ mod tests {
             Parameters::new(),
             max_backpressure,
             true,
+            None,
         )
     }
 

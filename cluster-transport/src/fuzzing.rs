@@ -214,10 +214,8 @@ fn drive(
             Default::default(),
             shared.options.ws.max_backpressure,
             shared.options.heartbeat.enabled,
+            deflate,
         );
-        if let Some(deflate) = deflate {
-            conn.enable_deflate(deflate);
-        }
         let mut driver = Driver::new(stream, conn, Arc::clone(shared), leftover, deflate);
         let mut cx = Context::from_waker(Waker::noop());
         // Every poll reads or ends; the bound only guards the fuzzer against a livelock,

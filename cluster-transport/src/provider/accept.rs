@@ -167,10 +167,8 @@ where
         request.into_parameters(),
         options.ws.max_backpressure,
         options.heartbeat.enabled,
+        deflate,
     );
-    if let Some(deflate) = &deflate {
-        conn.enable_deflate(*deflate);
-    }
     tracing::debug!(conn.id = %conn.id(), peer.ip = %ip, "connection open");
     shared.register(&conn);
     shared.emit_open(&conn).await;
