@@ -4,7 +4,6 @@
 
 use network_cluster::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 /// What we publish.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,12 +31,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let europe = member("europe").await?;
     let audit = member("audit").await?;
 
-    let mut created_in_eu = europe.subscribe::<Order>("orders.eu.*")?;
-    let mut everything = audit.subscribe::<Order>("orders.>")?;
+    // A member's subscribe returns once the hub has it: publications from now on reach it.
+    let mut created_in_eu = europe.subscribe::<Order>("orders.eu.*").await?;
+    let mut everything = audit.subscribe::<Order>("orders.>").await?;
     let mut hub_view = hub.subscribe::<Order>("orders.*.shipped")?;
-    while hub.subscription_count() < 3 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 
     shop.publish(
         "orders.eu.created",

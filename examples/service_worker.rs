@@ -67,6 +67,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port = hub.provider().port();
     println!("hub on ws://{}/connect", hub.provider().local_addr());
 
+    // A member is registered by the time its connection's open event is out.
+    let mut events = hub.provider().events();
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for name in ["ada", "grace", "linus"] {
@@ -77,8 +79,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .spawn()?,
         );
     }
-    while hub.members_serving("Hasher").len() < children.len() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut opened = 0;
+    while opened < children.len() {
+        match events.recv().await {
+            Some(ProviderEvent::Open(_)) => opened += 1,
+            Some(_) => {}
+            None => return Err("hub stopped".into()),
+        }
     }
 
     // One by one: each call goes to the next worker.
@@ -106,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Broadcast: every worker at once, outcomes keyed by connection.
     let outcomes = hub
-        .broadcast(|_| true, |w: HasherClient| async move { w.name().await })
+        .broadcast(|w: HasherClient| async move { w.name().await })
         .collect()
         .await;
     for (id, outcome) in &outcomes {

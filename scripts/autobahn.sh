@@ -76,6 +76,35 @@ ensure_kosoku() {
     fi
 }
 
+# kosoku 0.1.0 hands a 12.x/13.x case a compressed echo as `bytes` but an uncompressed
+# one as `str` (its bridge for Python 2's str payloads), and the case hashes it; so any
+# message sent uncompressed under permessage-deflate fails the case with "Strings must
+# be encoded before hashing". RFC 7692 lets a sender leave any message uncompressed
+# (RSV1 clear), and ours do whenever compressing would not shrink a message. Run a copy
+# of kosoku whose case file turns such a `str` back into the bytes that were on the wire
+# (kosoku's bridge: UTF-8 for text, latin-1 byte for byte for binary); nothing else in
+# kosoku changes.
+patch_kosoku() {
+    local src
+    src=$("$PY" -c 'import kosoku, os; print(os.path.dirname(kosoku.__file__))') \
+        || die "kosoku is not importable with $PY"
+    KOSOKU_COPY=$(mktemp -d)
+    trap 'rm -rf "$KOSOKU_COPY"' EXIT
+    cp -r "$src" "$KOSOKU_COPY/kosoku"
+    "$PY" - "$KOSOKU_COPY/kosoku/cases/case12_x_x.py" <<'PATCH' || die "patching kosoku failed"
+import sys
+path = sys.argv[1]
+text = open(path).read()
+head = "def onMessage(self, msg, binary):\n"
+fix = "   if isinstance(msg, str):\n      msg = msg.encode('latin-1' if binary else 'utf-8')\n"
+if fix not in text:
+    assert text.count(head) == 1, "kosoku's 12.x onMessage changed: revisit this patch"
+    open(path, "w").write(text.replace(head, head + fix))
+PATCH
+    KOSOKU=(env PYTHONPATH="$KOSOKU_COPY" "$PY" -c \
+        'import sys; sys.argv[0] = "kosoku"; from kosoku._cli import main; main()')
+}
+
 check_port() {
     [[ $1 =~ ^[0-9]+$ ]] && (( $1 > 0 && $1 < 65536 )) || die "bad PORT: '$1'"
 }
@@ -240,6 +269,7 @@ case $cmd in
         outdir=${AUTOBAHN_OUTDIR:-reports/autobahn-server}
         tmo=${AUTOBAHN_TIMEOUT:-300}
         ensure_kosoku
+        patch_kosoku
         build_selection "$@"
         echo "autobahn: waiting up to ${AUTOBAHN_WAIT:-20}s for $HOST:$port" >&2
         wait_port "$HOST" "$port" "${AUTOBAHN_WAIT:-20}" \
@@ -263,6 +293,7 @@ case $cmd in
         outdir=${AUTOBAHN_OUTDIR:-reports/autobahn-client}
         tmo=${AUTOBAHN_TIMEOUT:-900}
         ensure_kosoku
+        patch_kosoku
         build_selection "$@"
         port_open "$HOST" "$port" && die "$HOST:$port is already in use"
         clean_outdir "$outdir"

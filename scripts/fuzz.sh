@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fuzzes every decoder that reads the network, for a bounded time each, on stable Rust:
 # the upgrade-request parser (and the handshake behind it), the frame decoder (and the
-# connection core behind it), without and with permessage-deflate, and the query decoder. The targets live in fuzz/ (cargo-fuzz),
-# their seed corpora in fuzz/corpus/<target>/. New inputs the fuzzer finds go to a scratch
+# connection core behind it, both roles), without and with permessage-deflate, the
+# deflate encoders (a compressed message must shrink and inflate back), and the query
+# decoder. The targets live in fuzz/ (cargo-fuzz), their seed corpora in
+# fuzz/corpus/<target>/. New inputs the fuzzer finds go to a scratch
 # directory, so the repository's corpus stays a few seed files. A crash fails the script;
 # libFuzzer leaves the input in fuzz/artifacts/<target>/, to be turned into a regression
 # test (see cluster-transport/src/fuzzing.rs). Built with debug assertions and overflow
@@ -14,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-30}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(upgrade_request frames frames_deflate query)
+[ ${#targets[@]} -gt 0 ] || targets=(upgrade_request frames frames_deflate deflate_encoder query)
 
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 

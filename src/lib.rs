@@ -30,7 +30,16 @@
 //! provider.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it brings |
+//! |---|---|---|
+//! | `tls` | yes | `wss://` on both sides: rustls with its ring provider (see [`transport`]'s TLS section). Off, none of rustls, ring or the certificate loaders is built; options asking for TLS fail at `bind`/`connect` with a clear error. |
+//! | `bincode` | yes | the typed layer's bincode codec (`rpc::CodecKind::Bincode`), forwarded to `cluster-rpc` |
+//! | `nats` | no | several hubs as one cluster on NATS (`rpc::HubBuilder::cluster`, `rpc::cluster`), forwarded to `cluster-rpc`; brings async-nats |
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub use cluster_rpc as rpc;
@@ -62,7 +71,6 @@ pub use cluster_transport as transport;
 ///     .serve(HasherServer::new(Fnv))
 ///     .connect()
 ///     .await?;
-/// # while hub.members_serving("Hasher").is_empty() { tokio::task::yield_now().await; }
 /// let hash = hub.any::<HasherClient>()?.fnv(b"hello".to_vec()).await?;
 /// assert_eq!(hash, 0xa430d84680aabd0b);
 /// # worker.shutdown().await; hub.shutdown().await;
@@ -78,7 +86,8 @@ pub mod __private {
 
 #[doc(inline)]
 pub use cluster_rpc::{
-    Broadcast, Caller, CodecKind, Hub, Member, Published, RpcError, Subscription,
+    Broadcast, ByteBuf, Caller, CodecKind, Hub, Member, Published, RpcError, RpcErrorKind,
+    Subscription,
 };
 #[doc(inline)]
 pub use cluster_transport::{
@@ -86,11 +95,14 @@ pub use cluster_transport::{
     ConsumerOptions, Message, MessageRef, Provider, ProviderEvent, ProviderOptions, SendError,
     SendErrorKind,
 };
+/// The id type of connections ([`Connection::id`]) and worker statistics; a job id
+/// (`u128`) reads as one with `Uuid::from_u128`.
+pub use uuid::Uuid;
 
 /// The handful of types most programs need: `use network_cluster::prelude::*;`.
 pub mod prelude {
     pub use crate::cluster_service;
-    pub use cluster_rpc::{Hub, Member, RpcError, ServiceClient};
+    pub use cluster_rpc::{Hub, Member, RpcError, RpcErrorKind, ServiceClient};
     pub use cluster_transport::{
         Connection, Consumer, ConsumerEvent, Message, MessageRef, Provider, ProviderEvent,
     };

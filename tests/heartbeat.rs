@@ -1,4 +1,7 @@
 //! The heartbeat: PING/PONG with strikes on the provider, the watchdog on the consumer.
+//!
+//! Time is the subject here, so the clock is paused: the heartbeat's seconds pass at once
+//! and the times it acts at are asserted exactly, both ways (never too early, never late).
 
 mod common;
 
@@ -6,12 +9,16 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use network_cluster::transport::ProviderEvent;
 use network_cluster::ConsumerEvent;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-#[tokio::test]
+/// Slack for the few milliseconds of virtual time a loopback exchange may be charged.
+const SLACK: Duration = Duration::from_millis(100);
+
+#[tokio::test(start_paused = true)]
 async fn consumer_that_stops_answering_is_killed_after_max_strikes() {
-    let interval = Duration::from_millis(100);
+    let interval = Duration::from_secs(1);
     let provider = local()
         .heartbeat_interval(interval)
         .max_strikes(2)
@@ -25,19 +32,27 @@ async fn consumer_that_stops_answering_is_killed_after_max_strikes() {
         _ => None,
     })
     .await;
-    assert_eq!(next_text(&mut socket).await, "PROVIDER_HEARTBEAT|100");
-    // Answer five PINGs: the connection stays, strikes stay at 0.
+    assert_eq!(next_text(&mut socket).await, "PROVIDER_HEARTBEAT|1000");
+    // Answer five PINGs, one per interval: the connection stays, strikes stay at 0.
+    let mut last = Instant::now();
     for _ in 0..5 {
         assert_eq!(next_text(&mut socket).await, "PING");
+        let gap = last.elapsed();
+        assert!(gap <= interval + SLACK, "a PING every interval: {gap:?}");
+        last = Instant::now();
         assert!(conn.last_ping() > 0);
+        assert_eq!(conn.strikes(), 0);
         socket.send(WsMessage::text("PONG")).await.unwrap();
     }
     assert_eq!(next_text(&mut socket).await, "PING");
-    // Now stop answering: strike, strike, kill (about 3 intervals after this PING).
+    // Now stop answering: strike, strike, kill, at the next three cycles.
     let silent_since = Instant::now();
     assert_eq!(closed_with(&mut socket).await, 1008);
     let took = silent_since.elapsed();
-    assert!(took >= interval * 2, "killed too early: {took:?}");
+    assert!(
+        took >= interval * 3 && took <= interval * 3 + SLACK,
+        "killed after {took:?}, not 3 intervals"
+    );
     let info = next_event(&mut events, |e| match e {
         ProviderEvent::Close(c, info) if c.id() == conn.id() => Some(info),
         _ => None,
@@ -49,10 +64,12 @@ async fn consumer_that_stops_answering_is_killed_after_max_strikes() {
     provider.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn our_consumer_answers_pings_and_stays() {
+    let interval = Duration::from_secs(1);
     let provider = local()
-        .heartbeat_interval(Duration::from_millis(50))
+        .heartbeat_interval(interval)
+        .max_strikes(2)
         .bind()
         .await
         .unwrap();
@@ -63,20 +80,9 @@ async fn our_consumer_answers_pings_and_stays() {
         _ => None,
     })
     .await;
-    // Watch ten heartbeats arrive and be answered.
-    let mut last = consumer.last_heartbeat();
-    let mut seen = 0;
-    within("ten heartbeats", async {
-        while seen < 10 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let now = consumer.last_heartbeat();
-            if now != last {
-                seen += 1;
-                last = now;
-            }
-        }
-    })
-    .await;
+    // Ten cycles: a consumer that did not answer would be closed after three.
+    tokio::time::sleep(interval * 10 + SLACK).await;
+    assert!(consumer.last_heartbeat() > 0);
     assert!(consumer.is_connected());
     assert_eq!(provider.connection_count(), 1);
     assert!(conn.strikes() <= 1);
@@ -89,9 +95,9 @@ async fn our_consumer_answers_pings_and_stays() {
     provider.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn consumer_watchdog_reconnects_when_pings_stop() {
-    // A server that announces a 100 ms heartbeat and then never pings.
+    // A server that announces a 1 s heartbeat and then never pings.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(async move {
@@ -99,7 +105,7 @@ async fn consumer_watchdog_reconnects_when_pings_stop() {
         for _ in 0..2 {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            ws.send(WsMessage::text("PROVIDER_HEARTBEAT|100"))
+            ws.send(WsMessage::text("PROVIDER_HEARTBEAT|1000"))
                 .await
                 .unwrap();
             sockets.push(ws);
@@ -109,29 +115,40 @@ async fn consumer_watchdog_reconnects_when_pings_stop() {
             while let Some(Ok(_)) = ws.next().await {}
         }
     });
+    let reconnect = Duration::from_millis(500);
     let consumer = network_cluster::Consumer::builder()
         .host("127.0.0.1")
         .port(port)
-        .reconnect_interval(Duration::from_millis(10))
+        .reconnect_interval(reconnect)
         .build();
     let mut events = consumer.events();
     consumer.connect().await.unwrap();
     let started = Instant::now();
-    let mut opens = 0;
-    let mut disconnect = None;
-    while opens < 2 {
+    let info = loop {
         match within("watchdog", events.recv()).await.unwrap() {
-            ConsumerEvent::Open => opens += 1,
-            ConsumerEvent::Disconnect(info) => disconnect = Some(info),
-            _ => {}
+            ConsumerEvent::Disconnect(info) => break info,
+            ConsumerEvent::Open => {}
+            other => panic!("{other:?}"),
         }
-    }
-    let info = disconnect.expect("a disconnect before the reconnect");
+    };
+    // Twice the announced interval without a PING, and not a moment before.
+    let dropped = started.elapsed();
     assert_eq!(info.reason, "heartbeat timeout");
-    assert!(started.elapsed() >= Duration::from_millis(190));
+    let cutoff = Duration::from_secs(2);
+    assert!(
+        dropped >= cutoff && dropped <= cutoff + SLACK,
+        "dropped after {dropped:?}"
+    );
+    assert_eq!(consumer.heartbeat_cutoff(), Some(cutoff));
+    // Then one reconnect interval later, connected again.
     assert_eq!(
-        consumer.heartbeat_cutoff(),
-        Some(Duration::from_millis(200))
+        within("reopen", events.recv()).await,
+        Some(ConsumerEvent::Open)
+    );
+    let reopened = started.elapsed() - dropped;
+    assert!(
+        reopened >= reconnect && reopened <= reconnect + SLACK,
+        "reconnected after {reopened:?}"
     );
     consumer.destroy();
     server.abort();

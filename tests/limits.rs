@@ -217,3 +217,41 @@ async fn control_ping_gets_a_pong_and_pipelined_frames_are_read() {
     assert_eq!(texts, ["PROVIDER_HEARTBEAT|30000", "one"]);
     provider.shutdown().await;
 }
+
+/// The consumer applies `max_payload_length` to what it receives, as the provider does:
+/// a message at the limit is delivered, one byte more closes the connection with 1009.
+#[tokio::test]
+async fn the_consumer_closes_a_message_over_its_limit_with_1009() {
+    let provider = local().bind().await.unwrap();
+    let mut events = provider.events();
+    let consumer = consumer_for(&provider)
+        .max_payload_length(1000)
+        .max_attempts(0)
+        .build();
+    let mut consumer_events = consumer.events();
+    consumer.connect().await.unwrap();
+    let conn = open_conn(&mut events).await;
+
+    conn.send("a".repeat(1000).as_str()).unwrap();
+    conn.send("a".repeat(1001).as_str()).unwrap();
+    let (mut delivered, mut disconnect) = (Vec::new(), None);
+    while disconnect.is_none() {
+        match within("consumer events", consumer_events.recv())
+            .await
+            .unwrap()
+        {
+            network_cluster::ConsumerEvent::Message(m) => delivered.push(m.len()),
+            network_cluster::ConsumerEvent::Disconnect(info) => disconnect = Some(info),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        delivered,
+        [1000],
+        "the message at the limit, not the one over it"
+    );
+    assert_eq!(disconnect.map(|i| i.code), Some(1009));
+    assert_eq!(close_code_of(&mut events, conn.id()).await, 1009);
+    consumer.shutdown().await;
+    provider.shutdown().await;
+}

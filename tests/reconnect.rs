@@ -1,14 +1,28 @@
-//! Reconnects: after the provider restarts on the same port, and giving up after
-//! max_attempts with one disconnect per failed attempt and a single close.
+//! Reconnects: after the provider restarts on the same port, giving up after
+//! max_attempts with one disconnect per failed attempt and a single close, and a crowd of
+//! consumers spread over the window by jittered backoff instead of arriving at once.
+//!
+//! Where the reconnect timer is the subject, the clock is paused and the times asserted
+//! exactly; the crowd runs on the real clock, as its spread over real time is the point.
 
 mod common;
 
 use common::*;
-use network_cluster::transport::{ConnectErrorKind, ConsumerState};
+use network_cluster::transport::{Backoff, ConnectErrorKind, ConsumerState};
 use network_cluster::{Consumer, ConsumerEvent, Message};
 use std::time::Duration;
+use tokio::time::Instant;
 
-#[tokio::test]
+/// Slack for the few milliseconds of virtual time a loopback exchange may be charged.
+const SLACK: Duration = Duration::from_millis(100);
+
+/// Connect time limit for attempts against a closed port. On a paused clock, tokio
+/// advances virtual time to the next timer whenever the runtime waits on real I/O, so an
+/// attempt whose refusal has not arrived yet is charged up to this limit: keep it small
+/// and count it in the bounds.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
+
+#[tokio::test(start_paused = true)]
 async fn consumer_reconnects_after_provider_restart_on_the_same_port() {
     let first = local()
         .on_message(|c, m| {
@@ -18,7 +32,11 @@ async fn consumer_reconnects_after_provider_restart_on_the_same_port() {
         .await
         .unwrap();
     let port = first.port();
-    let consumer = consumer_for(&first).max_attempts(100).build();
+    let interval = Duration::from_secs(1);
+    let consumer = consumer_for(&first)
+        .reconnect_interval(interval)
+        .max_attempts(100)
+        .build();
     let mut events = consumer.events();
     consumer.connect().await.unwrap();
     assert_eq!(
@@ -31,8 +49,11 @@ async fn consumer_reconnects_after_provider_restart_on_the_same_port() {
         ConsumerEvent::Disconnect(info) => assert_eq!(info.code, 1001),
         other => panic!("{other:?}"),
     }
+    let dropped = Instant::now();
     assert!(!consumer.is_connected());
 
+    // The provider is back before the first attempt: the consumer is back one fixed
+    // interval after the drop (the seed's policy, the default).
     let second = local()
         .port(port)
         .on_message(|c, m| {
@@ -41,13 +62,15 @@ async fn consumer_reconnects_after_provider_restart_on_the_same_port() {
         .bind()
         .await
         .unwrap();
-    loop {
-        match within("reopen", events.recv()).await.unwrap() {
-            ConsumerEvent::Open => break,
-            ConsumerEvent::Disconnect(info) => assert_eq!(info.code, 1006),
-            other => panic!("{other:?}"),
-        }
-    }
+    assert_eq!(
+        within("reopen", events.recv()).await,
+        Some(ConsumerEvent::Open)
+    );
+    let took = dropped.elapsed();
+    assert!(
+        took >= interval && took <= interval + SLACK,
+        "reconnected after {took:?}"
+    );
     consumer.ready().await.unwrap();
     consumer.send("again").unwrap();
     loop {
@@ -60,22 +83,32 @@ async fn consumer_reconnects_after_provider_restart_on_the_same_port() {
     second.shutdown().await;
 }
 
-#[tokio::test]
+/// A port nobody listens on: bind, note it, close.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test(start_paused = true)]
 async fn gives_up_after_max_attempts() {
-    // A port nobody listens on: bind, note it, close.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let interval = Duration::from_secs(1);
     let consumer = Consumer::builder()
         .host("127.0.0.1")
-        .port(port)
-        .reconnect_interval(Duration::from_millis(5))
+        .port(closed_port())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .reconnect_interval(interval)
         .max_attempts(3)
         .build();
     let mut events = consumer.events();
+    let started = Instant::now();
     let error = within("give up", consumer.connect()).await.unwrap_err();
     assert_eq!(error.kind(), ConnectErrorKind::MaxAttempts);
+    // The first attempt and three retries, one interval apart.
+    let took = started.elapsed();
+    assert!(
+        took >= interval * 3 && took <= interval * 3 + CONNECT_TIMEOUT * 4 + SLACK,
+        "gave up after {took:?}"
+    );
     let mut disconnects = 0;
     loop {
         match within("events", events.recv()).await.unwrap() {
@@ -89,4 +122,94 @@ async fn gives_up_after_max_attempts() {
     }
     assert_eq!(disconnects, 4, "the first attempt and three retries");
     assert!(matches!(consumer.state(), ConsumerState::Closed(_)));
+}
+
+/// With exponential backoff, attempt n waits at most `interval x 2^(n-1)`: six attempts
+/// against a port nobody listens on take at most 1 + 2 + 4 + 8 + 16 intervals, capped by
+/// `max_interval`, and never longer.
+#[tokio::test(start_paused = true)]
+async fn exponential_backoff_stays_under_its_ceilings() {
+    let interval = Duration::from_secs(1);
+    let consumer = Consumer::builder()
+        .host("127.0.0.1")
+        .port(closed_port())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .reconnect_backoff(Backoff::Exponential)
+        .reconnect_interval(interval)
+        .max_reconnect_interval(Duration::from_secs(10))
+        .max_attempts(5)
+        .build();
+    let ceilings = Duration::from_secs(1 + 2 + 4 + 8 + 10);
+    let started = Instant::now();
+    // Virtual time: waiting past the ceilings costs nothing, and would be a failure.
+    let error = tokio::time::timeout(ceilings * 2, consumer.connect())
+        .await
+        .expect("gave up in time")
+        .unwrap_err();
+    assert_eq!(error.kind(), ConnectErrorKind::MaxAttempts);
+    let took = started.elapsed();
+    assert!(
+        took <= ceilings + CONNECT_TIMEOUT * 6 + SLACK,
+        "took {took:?}, over the ceilings"
+    );
+}
+
+/// 500 consumers whose provider restarts come back spread over the backoff window, not
+/// in one instant: attempt 1 waits a random time up to the interval (full jitter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jittered_backoff_spreads_a_crowd_over_the_window() {
+    const CONSUMERS: usize = 500;
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let window = Duration::from_secs(1);
+    let first = local().bind().await.unwrap();
+    let port = first.port();
+    let consumers: Vec<Consumer> = (0..CONSUMERS)
+        .map(|_| {
+            consumer_for(&first)
+                .reconnect_backoff(Backoff::Exponential)
+                .reconnect_interval(window)
+                .max_attempts(20)
+                .build()
+        })
+        .collect();
+    within(
+        "connects",
+        futures_util::future::try_join_all(consumers.iter().map(|c| c.connect())),
+    )
+    .await
+    .unwrap();
+
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    first.shutdown().await;
+    let dropped = Instant::now();
+    let second = local()
+        .port(port)
+        .on_open(move |_| {
+            let _ = arrived_tx.send(Instant::now());
+        })
+        .bind()
+        .await
+        .unwrap();
+    let mut offsets = Vec::with_capacity(CONSUMERS);
+    while offsets.len() < CONSUMERS {
+        let at = within("every consumer back", arrived.recv()).await.unwrap();
+        offsets.push(at.saturating_duration_since(dropped));
+    }
+    offsets.sort();
+    // Uniform over the window puts the middle 80% across 0.8 s; a fixed interval puts
+    // everyone within a few milliseconds of it.
+    let middle = offsets[CONSUMERS * 9 / 10] - offsets[CONSUMERS / 10];
+    assert!(
+        middle >= window * 4 / 10,
+        "the middle 80% arrived within {middle:?}: not spread"
+    );
+    // Nobody waited past the ceilings of two attempts (1 + 2 windows; the first attempt
+    // may have found the port still closed), with 2 s of slack for 500 handshakes on a
+    // loaded 2-core machine: a third wait (up to 4 windows more) would pass 7 s.
+    let last = offsets[CONSUMERS - 1];
+    assert!(last <= window * 5, "the last one came after {last:?}");
+    for c in &consumers {
+        c.destroy();
+    }
+    second.shutdown().await;
 }

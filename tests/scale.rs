@@ -25,6 +25,13 @@ async fn a_thousand_consumers_connect_and_all_receive() {
     )
     .await
     .unwrap();
+    // A connect resolves at the 101; the provider registers the connection just after.
+    within("1000 registrations", async {
+        while provider.connection_count() < 1000 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     assert_eq!(provider.connection_count(), 1000);
     let mut ns: Vec<usize> = provider
         .connections()

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::http::Captured;
 use common::pki::{Pki, PASSPHRASE};
 use common::*;
 use network_cluster::transport::{BindError, ConnectErrorKind, ProviderEvent, SslOptions};
@@ -332,20 +333,6 @@ async fn a_silent_client_is_dropped_at_the_handshake_time_limit() {
     provider.shutdown().await;
 }
 
-/// A writer the test subscriber logs into.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn secrets_reach_no_log_line() {
     let captured = Captured::default();
@@ -386,7 +373,7 @@ async fn secrets_reach_no_log_line() {
     consumer.shutdown().await;
     provider.shutdown().await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("provider listening"),
         "the capture works: {logs}"

@@ -1,10 +1,11 @@
 //! One module per subcommand.
 
-pub(crate) mod bench;
 pub(crate) mod consumer;
+pub(crate) mod external;
 pub(crate) mod jobs;
 pub(crate) mod provider;
 pub(crate) mod pubsub;
+pub(crate) mod top;
 
 /// Parses `KEY=VALUE` for repeated flags.
 pub(crate) fn key_value(s: &str) -> Result<(String, String), String> {

@@ -1,11 +1,11 @@
 //! `cluster`: run a network-cluster provider or consumer from the shell, and benchmark it.
 
+mod allocator;
 mod commands;
 
 use clap::{Parser, Subcommand};
-
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+use commands::external;
+use std::io::IsTerminal;
 
 /// Processes on many machines talking through a hub.
 #[derive(Debug, Parser)]
@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a provider until Ctrl-C / SIGTERM, then shut down gracefully.
-    Provider(commands::provider::Args),
+    Provider(Box<commands::provider::Args>),
     /// Join a provider: stdin lines are sent, received messages printed.
     Consumer(commands::consumer::Args),
     /// Publish one message on a subject through a running provider.
@@ -27,8 +27,15 @@ enum Command {
     Sub(commands::pubsub::SubArgs),
     /// Inspect the job queue of a running provider.
     Jobs(commands::jobs::Args),
-    /// Run the benchmark workloads of BENCH.md.
-    Bench(commands::bench::Args),
+    /// Watch a running hub in the terminal: connections, rates, the job queue (its admin
+    /// feed; the hub needs --admin-token).
+    Top(commands::top::Args),
+    /// Run the benchmark workloads of BENCH.md (runs `cluster-bench bench`; see
+    /// `cluster bench --help`).
+    Bench(external::Args),
+    /// Run the soak: a real provider under slowloris, floods, garbage, slow readers and
+    /// crowds, phase by phase (runs `cluster-bench soak`; see `cluster soak --help`).
+    Soak(external::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,17 +49,22 @@ fn main() -> anyhow::Result<()> {
         // tungstenite logs its whole client request, auth values included, at trace:
         // never let that through (see cluster-transport's security review).
         .add_directive("tungstenite::handshake::client=warn".parse()?);
+    // Colour only on a terminal: a log file or a pipe gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour escapes only where someone reads them: not in a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Provider(args) => runtime()?.block_on(commands::provider::run(args)),
+        Command::Provider(args) => runtime()?.block_on(commands::provider::run(*args)),
         Command::Consumer(args) => runtime()?.block_on(commands::consumer::run(args)),
         Command::Pub(args) => runtime()?.block_on(commands::pubsub::publish(args)),
         Command::Sub(args) => runtime()?.block_on(commands::pubsub::subscribe(args)),
         Command::Jobs(args) => runtime()?.block_on(commands::jobs::run(args)),
-        Command::Bench(args) => commands::bench::run(args),
+        Command::Top(args) => runtime()?.block_on(commands::top::run(args)),
+        Command::Bench(args) => external::run(external::BENCH_EXE, "bench", args),
+        Command::Soak(args) => external::run(external::BENCH_EXE, "soak", args),
     }
 }
 

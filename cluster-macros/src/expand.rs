@@ -309,7 +309,7 @@ impl<'a> Expansion<'a> {
                         );
                         let mut #buf = ::std::vec::Vec::new();
                         #root::Codec::encode(&#codec, &#out, &mut #buf).map_err(|#e| {
-                            #root::RpcError::Encode(::std::string::ToString::to_string(&#e))
+                            #root::RpcError::new(#root::RpcErrorKind::Encode, ::std::string::ToString::to_string(&#e))
                         })?;
                         ::core::result::Result::Ok(#buf)
                     }))
@@ -343,19 +343,19 @@ impl<'a> Expansion<'a> {
                     match #method {
                         #(#known_arms)*
                         _ => {
-                            return ::core::result::Result::Err(#root::RpcError::NoSuchMethod(
+                            return ::core::result::Result::Err(#root::RpcError::new(#root::RpcErrorKind::NoSuchMethod,
                                 ::std::borrow::ToOwned::to_owned(#method),
                             ));
                         }
                     }
                     let #request_value: #request = #root::Codec::decode(&#codec, #bytes).map_err(|#e| {
-                        #root::RpcError::Decode(::std::string::ToString::to_string(&#e))
+                        #root::RpcError::new(#root::RpcErrorKind::Decode, ::std::string::ToString::to_string(&#e))
                     })?;
                     let #inner = ::core::clone::Clone::clone(&self.inner);
                     match (#method, #request_value) {
                         #(#dispatch_arms)*
                         #[allow(unreachable_patterns)]
-                        (#method, _) => ::core::result::Result::Err(#root::RpcError::Decode(
+                        (#method, _) => ::core::result::Result::Err(#root::RpcError::new(#root::RpcErrorKind::Decode,
                             ::std::format!(
                                 "the request is not a call of {}::{}",
                                 #service_name,
@@ -386,7 +386,7 @@ impl<'a> Expansion<'a> {
              future cancels the call. Cheap to clone."
         );
         let deadline_doc = "This client with a deadline for each of its calls: a call that \
-                            takes longer fails with `RpcError::Timeout`, and the far side is \
+                            takes longer fails with `RpcErrorKind::Timeout`, and the far side is \
                             told to stop.";
         let (response_value, value, deadline) =
             (local("response"), local("value"), local("deadline"));
@@ -429,7 +429,7 @@ impl<'a> Expansion<'a> {
                     match #response_value {
                         #response::#variant(#value) => ::core::result::Result::Ok(#value),
                         #[allow(unreachable_patterns)]
-                        _ => ::core::result::Result::Err(#root::RpcError::Decode(
+                        _ => ::core::result::Result::Err(#root::RpcError::new(#root::RpcErrorKind::Decode,
                             ::std::borrow::ToOwned::to_owned(#unexpected),
                         )),
                     }

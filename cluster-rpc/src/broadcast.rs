@@ -58,6 +58,33 @@ impl<T> Stream for Broadcast<T> {
     }
 }
 
+/// The outcome of a broadcast across a cluster ([`Hub::broadcast_cluster`]): every
+/// member's outcome that arrived, and which hubs did not answer. A partial answer says
+/// so: [`is_complete`](Self::is_complete) is false and [`missing`](Self::missing) names
+/// the hubs whose members' outcomes are unknown.
+///
+/// [`Hub::broadcast_cluster`]: crate::Hub::broadcast_cluster
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Gathered<T> {
+    /// Each member's outcome by connection id, this hub's members and the other hubs'.
+    pub outcomes: HashMap<Uuid, Result<T, RpcError>>,
+    /// The hubs that answered, by name (this hub first).
+    pub answered: Vec<String>,
+    /// The hubs in the cluster that did not answer by the deadline, by name.
+    pub missing: Vec<String>,
+}
+
+#[cfg(feature = "nats")]
+impl<T> Gathered<T> {
+    /// Whether every hub of the cluster answered.
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
 impl<T> fmt::Debug for Broadcast<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Broadcast")

@@ -1,6 +1,6 @@
 //! Codecs: how typed values become the payload bytes of a binary frame.
 //!
-//! MessagePack ([`MessagePack`], rmp-serde) is the default; [`Bincode`] (bincode 2 with its
+//! MessagePack ([`MessagePack`], rmp-serde) is the default; `Bincode` (bincode 2 with its
 //! serde support) is the option for Rust-only clusters that want the smallest frames. A
 //! member names its codec in its connect parameters (`codec=msgpack` or `codec=bincode`);
 //! a hub refuses a codec it was not configured for at connect time (HTTP 406 with a body
@@ -76,9 +76,12 @@ impl Codec for MessagePack {
 }
 
 /// bincode 2 (serde mode, standard configuration): compact, Rust-only.
+#[cfg(feature = "bincode")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bincode")))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bincode;
 
+#[cfg(feature = "bincode")]
 impl Codec for Bincode {
     fn name(&self) -> &'static str {
         "bincode"
@@ -110,16 +113,22 @@ pub enum CodecKind {
     #[default]
     MessagePack,
     /// [`Bincode`].
+    #[cfg(feature = "bincode")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "bincode")))]
     Bincode,
 }
 
 impl CodecKind {
     /// Every codec this crate has.
-    pub const ALL: [CodecKind; 2] = [CodecKind::MessagePack, CodecKind::Bincode];
+    pub const ALL: &'static [CodecKind] = &[
+        CodecKind::MessagePack,
+        #[cfg(feature = "bincode")]
+        CodecKind::Bincode,
+    ];
 
     /// The codec with this connect-parameter name.
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
+        Self::ALL.iter().copied().find(|c| c.name() == name)
     }
 }
 
@@ -127,6 +136,7 @@ impl Codec for CodecKind {
     fn name(&self) -> &'static str {
         match self {
             CodecKind::MessagePack => MessagePack.name(),
+            #[cfg(feature = "bincode")]
             CodecKind::Bincode => Bincode.name(),
         }
     }
@@ -138,6 +148,7 @@ impl Codec for CodecKind {
     ) -> Result<(), CodecError> {
         match self {
             CodecKind::MessagePack => MessagePack.encode(value, out),
+            #[cfg(feature = "bincode")]
             CodecKind::Bincode => Bincode.encode(value, out),
         }
     }
@@ -145,6 +156,7 @@ impl Codec for CodecKind {
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
         match self {
             CodecKind::MessagePack => MessagePack.decode(bytes),
+            #[cfg(feature = "bincode")]
             CodecKind::Bincode => Bincode.decode(bytes),
         }
     }
@@ -194,7 +206,7 @@ mod tests {
     proptest! {
         #[test]
         fn both_codecs_round_trip(value in shape(), result: Result<u64, String>) {
-            for codec in CodecKind::ALL {
+            for &codec in CodecKind::ALL {
                 let mut out = Vec::new();
                 codec.encode(&(value.clone(), result.clone()), &mut out).unwrap();
                 let back: (Shape, Result<u64, String>) = codec.decode(&out).unwrap();
@@ -204,7 +216,7 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_are_an_error_not_a_panic(bytes: Vec<u8>) {
-            for codec in CodecKind::ALL {
+            for &codec in CodecKind::ALL {
                 let _ = codec.decode::<Shape>(&bytes);
                 let _ = codec.decode::<(Vec<String>, u64)>(&bytes);
             }
@@ -217,6 +229,7 @@ mod tests {
             CodecKind::from_name("msgpack"),
             Some(CodecKind::MessagePack)
         );
+        #[cfg(feature = "bincode")]
         assert_eq!(CodecKind::from_name("bincode"), Some(CodecKind::Bincode));
         assert_eq!(CodecKind::from_name("json"), None);
         assert_eq!(CodecKind::default().to_string(), "msgpack");

@@ -1,8 +1,10 @@
 //! The envelope: one binary frame format for requests, responses, errors, cancellations
 //! and pub/sub. See the crate docs for the byte layout.
 
-/// The envelope version this crate speaks.
-pub const VERSION: u8 = 1;
+/// The envelope version this crate speaks. Version 2 added `Ready` and `Subscribed`, and
+/// jobs get their ids from the hub, their progress and results travelling as job records
+/// (see [`jobs`](crate::jobs)).
+pub const VERSION: u8 = 2;
 
 /// One decoded frame, borrowing from the bytes it was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +72,26 @@ pub enum Envelope<'a> {
         /// The codec-encoded message.
         payload: &'a [u8],
     },
+    /// The hub has registered the member (its services, job names and credits): calls to
+    /// it can be routed from now on. The hub sends it first on every member connection.
+    Ready {
+        /// The largest frame the hub accepts; the member refuses larger ones itself.
+        max_payload: u32,
+    },
+    /// The hub's answer to a `Subscribe`: the subscription is in place (`code` 0), or it
+    /// was refused (`code` is an [`RpcErrorKind`](crate::RpcErrorKind) code).
+    Subscribed {
+        /// The subscription's id.
+        sid: u64,
+        /// 0, or why not.
+        code: u8,
+        /// Detail text of a refusal.
+        message: &'a str,
+    },
 }
 
-/// A frame that is not an envelope this crate can read.
+/// A frame that is not an envelope this crate can read, or an envelope that cannot be
+/// written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EnvelopeError {
@@ -82,7 +101,23 @@ pub enum EnvelopeError {
     /// Bytes that do not form an envelope.
     #[error("malformed envelope: {0}")]
     Malformed(&'static str),
+    /// A field longer than its length prefix can say (names: 255 bytes, subjects:
+    /// 65,535). Refused rather than cut, so the far side never reads half a name.
+    #[error("{field} of {len} bytes is longer than the envelope's limit of {max}")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The most the envelope carries.
+        max: usize,
+    },
 }
+
+/// Longest service or method name an envelope carries.
+pub const MAX_NAME_LEN: usize = u8::MAX as usize;
+/// Longest subject an envelope carries.
+pub const MAX_SUBJECT_LEN: usize = u16::MAX as usize;
 
 const REQUEST: u8 = 1;
 const RESPONSE: u8 = 2;
@@ -92,10 +127,25 @@ const SUBSCRIBE: u8 = 5;
 const UNSUBSCRIBE: u8 = 6;
 const PUBLISH: u8 = 7;
 const MESSAGE: u8 = 8;
+const READY: u8 = 9;
+const SUBSCRIBED: u8 = 10;
 
 impl<'a> Envelope<'a> {
     /// Appends the encoded envelope to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    ///
+    /// # Errors
+    /// [`EnvelopeError::TooLong`] for a name or subject longer than its length prefix
+    /// allows; `out` is left as it was.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+        let start = out.len();
+        let written = self.encode_into(out);
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EnvelopeError> {
         let (kind, id) = match *self {
             Envelope::Request { id, .. } => (REQUEST, id),
             Envelope::Response { id, .. } => (RESPONSE, id),
@@ -105,6 +155,8 @@ impl<'a> Envelope<'a> {
             Envelope::Unsubscribe { sid } => (UNSUBSCRIBE, sid),
             Envelope::Publish { .. } => (PUBLISH, 0),
             Envelope::Message { sid, .. } => (MESSAGE, sid),
+            Envelope::Ready { .. } => (READY, 0),
+            Envelope::Subscribed { sid, .. } => (SUBSCRIBED, sid),
         };
         out.push(VERSION);
         out.push(kind);
@@ -118,27 +170,33 @@ impl<'a> Envelope<'a> {
                 ..
             } => {
                 out.extend_from_slice(&deadline_ms.to_le_bytes());
-                push_short(out, service);
-                push_short(out, method);
+                push_name(out, "service name", service)?;
+                push_name(out, "method name", method)?;
                 out.extend_from_slice(payload);
             }
             Envelope::Response { payload, .. } => out.extend_from_slice(payload),
-            Envelope::Error { code, message, .. } => {
+            Envelope::Error { code, message, .. } | Envelope::Subscribed { code, message, .. } => {
                 out.push(code);
                 out.extend_from_slice(message.as_bytes());
             }
+            Envelope::Ready { max_payload } => out.extend_from_slice(&max_payload.to_le_bytes()),
             Envelope::Cancel { .. } | Envelope::Unsubscribe { .. } => {}
             Envelope::Subscribe { pattern, .. } => out.extend_from_slice(pattern.as_bytes()),
             Envelope::Publish { subject, payload }
             | Envelope::Message {
                 subject, payload, ..
             } => {
-                let len = u16::try_from(subject.len()).unwrap_or(u16::MAX);
+                let len = u16::try_from(subject.len()).map_err(|_| EnvelopeError::TooLong {
+                    field: "subject",
+                    len: subject.len(),
+                    max: MAX_SUBJECT_LEN,
+                })?;
                 out.extend_from_slice(&len.to_le_bytes());
-                out.extend_from_slice(&subject.as_bytes()[..usize::from(len)]);
+                out.extend_from_slice(subject.as_bytes());
                 out.extend_from_slice(payload);
             }
         }
+        Ok(())
     }
 
     /// Decodes an envelope. Never panics, whatever the bytes.
@@ -170,14 +228,27 @@ impl<'a> Envelope<'a> {
                 }
             }
             RESPONSE => Envelope::Response { id, payload: body },
-            ERROR => {
+            ERROR | SUBSCRIBED => {
                 let (code, message) = body
                     .split_first()
-                    .ok_or(EnvelopeError::Malformed("error without a code"))?;
-                Envelope::Error {
-                    id,
-                    code: *code,
-                    message: utf8(message)?,
+                    .ok_or(EnvelopeError::Malformed("answer without a code"))?;
+                let (code, message) = (*code, utf8(message)?);
+                if *kind == ERROR {
+                    Envelope::Error { id, code, message }
+                } else {
+                    Envelope::Subscribed {
+                        sid: id,
+                        code,
+                        message,
+                    }
+                }
+            }
+            READY => {
+                let (max_payload, _) = body
+                    .split_first_chunk::<4>()
+                    .ok_or(EnvelopeError::Malformed("ready without a payload limit"))?;
+                Envelope::Ready {
+                    max_payload: u32::from_le_bytes(*max_payload),
                 }
             }
             CANCEL => Envelope::Cancel { id },
@@ -218,10 +289,15 @@ fn take_u64(bytes: &[u8]) -> Result<(u64, &[u8]), EnvelopeError> {
     Ok((u64::from_le_bytes(*id), rest))
 }
 
-fn push_short(out: &mut Vec<u8>, s: &str) {
-    let len = s.len().min(255);
-    out.push(len as u8);
-    out.extend_from_slice(&s.as_bytes()[..len]);
+fn push_name(out: &mut Vec<u8>, field: &'static str, name: &str) -> Result<(), EnvelopeError> {
+    let len = u8::try_from(name.len()).map_err(|_| EnvelopeError::TooLong {
+        field,
+        len: name.len(),
+        max: MAX_NAME_LEN,
+    })?;
+    out.push(len);
+    out.extend_from_slice(name.as_bytes());
+    Ok(())
 }
 
 fn take_short(bytes: &[u8]) -> Result<(&str, &[u8]), EnvelopeError> {
@@ -247,7 +323,7 @@ mod tests {
 
     fn envelope() -> impl Strategy<Value = (u8, u64, u32, String, String, Vec<u8>)> {
         (
-            0u8..8,
+            0u8..10,
             any::<u64>(),
             any::<u32>(),
             "[a-zA-Z0-9_.*>]{0,40}",
@@ -281,6 +357,12 @@ mod tests {
                 subject: a,
                 payload: p,
             },
+            8 => Envelope::Ready { max_payload: d },
+            9 => Envelope::Subscribed {
+                sid: id,
+                code: d as u8,
+                message: b,
+            },
             _ => Envelope::Message {
                 sid: id,
                 subject: a,
@@ -294,7 +376,7 @@ mod tests {
         fn round_trip((kind, id, d, a, b, p) in envelope()) {
             let e = build(kind, id, d, &a, &b, &p);
             let mut out = Vec::new();
-            e.encode(&mut out);
+            e.encode(&mut out).unwrap();
             prop_assert_eq!(Envelope::decode(&out), Ok(e));
         }
 
@@ -305,9 +387,54 @@ mod tests {
     }
 
     #[test]
+    fn long_names_and_subjects_are_refused_not_cut() {
+        let long = "m".repeat(MAX_NAME_LEN + 1);
+        let mut out = vec![7];
+        let request = Envelope::Request {
+            id: 1,
+            deadline_ms: 1,
+            service: "S",
+            method: &long,
+            payload: b"",
+        };
+        assert_eq!(
+            request.encode(&mut out),
+            Err(EnvelopeError::TooLong {
+                field: "method name",
+                len: 256,
+                max: 255
+            })
+        );
+        assert_eq!(out, [7], "a refused envelope leaves nothing behind");
+        let subject = "s".repeat(MAX_SUBJECT_LEN + 1);
+        let publish = Envelope::Publish {
+            subject: &subject,
+            payload: b"",
+        };
+        assert!(matches!(
+            publish.encode(&mut out),
+            Err(EnvelopeError::TooLong {
+                field: "subject",
+                ..
+            })
+        ));
+        let fits = "m".repeat(MAX_NAME_LEN);
+        let request = Envelope::Request {
+            id: 1,
+            deadline_ms: 1,
+            service: &fits,
+            method: &fits,
+            payload: b"",
+        };
+        let mut out = Vec::new();
+        request.encode(&mut out).unwrap();
+        assert_eq!(Envelope::decode(&out), Ok(request));
+    }
+
+    #[test]
     fn version_is_checked() {
         let mut out = Vec::new();
-        Envelope::Cancel { id: 7 }.encode(&mut out);
+        Envelope::Cancel { id: 7 }.encode(&mut out).unwrap();
         out[0] = 9;
         assert_eq!(
             Envelope::decode(&out),

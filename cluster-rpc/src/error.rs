@@ -1,118 +1,222 @@
-//! Errors of a call, one enum for every failure a caller can see.
+//! Errors of the typed layer: a kind to match on and the detail that says what happened.
+//! The same value crosses the wire (a kind code and the detail text), as tarpc's
+//! `ServerError { kind, detail }` does.
 
-use cluster_transport::SendError;
+use cluster_transport::{SendError, SendErrorKind};
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
-/// Why a call did not produce the method's return value.
+/// Why a call, publish or subscribe did not succeed.
 ///
-/// A method that returns `Result<T, E>` reports its own `E` inside `Ok(Err(e))`; this
-/// enum is for everything around the method: deadlines, connections, decoding, panics.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+/// A method that returns `Result<T, E>` reports its own `E` inside `Ok(Err(e))`; this is
+/// for everything around the method: deadlines, connections, limits, decoding, panics.
+/// Match on [`kind`](Self::kind); [`detail`](Self::detail) says more (a name, a size, a
+/// cause).
+///
+/// ```
+/// use cluster_rpc::{RpcError, RpcErrorKind};
+/// let error = RpcError::new(RpcErrorKind::NoSuchService, "Whoami");
+/// assert_eq!(error.kind(), RpcErrorKind::NoSuchService);
+/// assert_eq!(error.to_string(), "no such service: Whoami");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcError {
+    kind: RpcErrorKind,
+    detail: String,
+}
+
+/// What kind of failure an [`RpcError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
-pub enum RpcError {
+pub enum RpcErrorKind {
     /// The deadline passed before the answer came; the far side was told to stop.
-    #[error("deadline exceeded")]
     Timeout,
-    /// The connection dropped while the call was in flight.
-    #[error("connection lost before the call completed")]
+    /// The connection dropped while the call was in flight (the detail says how, when
+    /// known).
     Disconnected,
     /// The call was cancelled (its future dropped, or the node shut down).
-    #[error("call cancelled")]
     Cancelled,
     /// The far side serves no service of this name.
-    #[error("no such service: {0}")]
-    NoSuchService(String),
+    NoSuchService,
     /// The service has no method of this name.
-    #[error("no such method: {0}")]
-    NoSuchMethod(String),
-    /// A request or response could not be decoded.
-    #[error("decode error: {0}")]
-    Decode(String),
-    /// A request or response could not be encoded.
-    #[error("encode error: {0}")]
-    Encode(String),
+    NoSuchMethod,
+    /// A request, response or message could not be decoded.
+    Decode,
+    /// A request, response or message could not be encoded.
+    Encode,
     /// The handler panicked; the connection stays up.
-    #[error("remote handler panicked: {0}")]
-    Panicked(String),
-    /// The far side has too many of our calls running already.
-    #[error("peer is overloaded: too many calls in flight")]
+    Panicked,
+    /// The far side has too many of our calls running already; this one never started.
     Overloaded,
-    /// No connection to send the call on.
-    #[error("not connected")]
+    /// No connection to send on.
     NotConnected,
     /// No connected peer serves this service.
-    #[error("no connected peer serves {0}")]
-    NoPeer(String),
-    /// The transport refused the frame (backpressure, too large).
-    #[error("send failed: {0}")]
-    Send(String),
+    NoPeer,
+    /// A frame is larger than a limit on its way (the sender's or the receiver's payload
+    /// limit): refused, the connection stays up.
+    TooLarge,
+    /// The connection's send queue is full (the peer does not read fast enough), or a
+    /// member's reconnect buffer is full while it reconnects.
+    Backpressure,
+    /// A subject or pattern is not valid: empty tokens, wildcards in a subject, too long,
+    /// or reserved (first token starting with `__`).
+    InvalidSubject,
+    /// A service or method name is longer than the envelope carries (255 bytes).
+    InvalidName,
+    /// The hub's limit of subscription patterns per member is reached.
+    TooManySubscriptions,
+    /// A kind this version does not know, from a newer peer (the detail holds its code).
+    Unknown,
+}
+
+impl RpcErrorKind {
+    /// Every kind and its code on the wire.
+    const CODES: [(RpcErrorKind, u8); 17] = [
+        (RpcErrorKind::Timeout, 1),
+        (RpcErrorKind::Disconnected, 2),
+        (RpcErrorKind::Cancelled, 3),
+        (RpcErrorKind::NoSuchService, 4),
+        (RpcErrorKind::NoSuchMethod, 5),
+        (RpcErrorKind::Decode, 6),
+        (RpcErrorKind::Encode, 7),
+        (RpcErrorKind::Panicked, 8),
+        (RpcErrorKind::Overloaded, 9),
+        (RpcErrorKind::NotConnected, 10),
+        (RpcErrorKind::NoPeer, 11),
+        (RpcErrorKind::TooLarge, 12),
+        (RpcErrorKind::Backpressure, 13),
+        (RpcErrorKind::InvalidSubject, 14),
+        (RpcErrorKind::InvalidName, 15),
+        (RpcErrorKind::TooManySubscriptions, 16),
+        (RpcErrorKind::Unknown, 255),
+    ];
+
+    /// The kind's code on the wire.
+    pub(crate) fn code(self) -> u8 {
+        Self::CODES
+            .iter()
+            .find(|(kind, _)| *kind == self)
+            .map_or(255, |(_, code)| *code)
+    }
+
+    /// The kind with this wire code, if this version knows it.
+    fn from_code(code: u8) -> Option<Self> {
+        Self::CODES
+            .iter()
+            .find(|(_, c)| *c == code)
+            .map(|(kind, _)| *kind)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            RpcErrorKind::Timeout => "deadline exceeded",
+            RpcErrorKind::Disconnected => "connection lost before the call completed",
+            RpcErrorKind::Cancelled => "cancelled",
+            RpcErrorKind::NoSuchService => "no such service",
+            RpcErrorKind::NoSuchMethod => "no such method",
+            RpcErrorKind::Decode => "decode error",
+            RpcErrorKind::Encode => "encode error",
+            RpcErrorKind::Panicked => "remote handler panicked",
+            RpcErrorKind::Overloaded => "peer is overloaded: too many calls in flight",
+            RpcErrorKind::NotConnected => "not connected",
+            RpcErrorKind::NoPeer => "no connected peer serves the service",
+            RpcErrorKind::TooLarge => "frame too large",
+            RpcErrorKind::Backpressure => "send queue full",
+            RpcErrorKind::InvalidSubject => "invalid subject",
+            RpcErrorKind::InvalidName => "invalid name",
+            RpcErrorKind::TooManySubscriptions => "too many subscriptions",
+            RpcErrorKind::Unknown => "unknown error",
+        }
+    }
+}
+
+impl fmt::Display for RpcErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
 }
 
 impl RpcError {
-    /// The error's code on the wire.
+    /// An error of `kind`, with `detail` (may be empty).
+    pub fn new(kind: RpcErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> RpcErrorKind {
+        self.kind
+    }
+
+    /// What happened, in words (a name, a size, a cause); may be empty.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    /// The error's kind code on the wire.
     pub(crate) fn code(&self) -> u8 {
-        match self {
-            RpcError::Timeout => 1,
-            RpcError::Disconnected => 2,
-            RpcError::Cancelled => 3,
-            RpcError::NoSuchService(_) => 4,
-            RpcError::NoSuchMethod(_) => 5,
-            RpcError::Decode(_) => 6,
-            RpcError::Encode(_) => 7,
-            RpcError::Panicked(_) => 8,
-            RpcError::Overloaded => 9,
-            RpcError::NotConnected => 10,
-            RpcError::NoPeer(_) => 11,
-            RpcError::Send(_) => 12,
-        }
+        self.kind.code()
     }
 
-    /// The detail sent along with the code.
-    pub(crate) fn detail(&self) -> &str {
-        match self {
-            RpcError::NoSuchService(d)
-            | RpcError::NoSuchMethod(d)
-            | RpcError::Decode(d)
-            | RpcError::Encode(d)
-            | RpcError::Panicked(d)
-            | RpcError::NoPeer(d)
-            | RpcError::Send(d) => d,
-            _ => "",
-        }
-    }
-
-    /// Rebuilds an error from its wire code and detail.
+    /// Rebuilds an error from its wire code and detail; a code this version does not know
+    /// becomes [`RpcErrorKind::Unknown`] with the code in the detail.
     pub(crate) fn from_wire(code: u8, detail: &str) -> Self {
-        let d = detail.to_owned();
-        match code {
-            1 => RpcError::Timeout,
-            2 => RpcError::Disconnected,
-            3 => RpcError::Cancelled,
-            4 => RpcError::NoSuchService(d),
-            5 => RpcError::NoSuchMethod(d),
-            6 => RpcError::Decode(d),
-            7 => RpcError::Encode(d),
-            8 => RpcError::Panicked(d),
-            9 => RpcError::Overloaded,
-            10 => RpcError::NotConnected,
-            11 => RpcError::NoPeer(d),
-            _ => RpcError::Send(d),
+        match RpcErrorKind::from_code(code) {
+            Some(kind) => Self::new(kind, detail),
+            None => Self::new(RpcErrorKind::Unknown, format!("code {code}: {detail}")),
         }
     }
 }
 
+impl From<RpcErrorKind> for RpcError {
+    fn from(kind: RpcErrorKind) -> Self {
+        Self::new(kind, "")
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.detail.is_empty() {
+            write!(f, "{}", self.kind)
+        } else {
+            write!(f, "{}: {}", self.kind, self.detail)
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
+
 impl From<SendError> for RpcError {
     fn from(error: SendError) -> Self {
-        match error.kind() {
-            cluster_transport::SendErrorKind::NotConnected => RpcError::NotConnected,
-            _ => RpcError::Send(error.to_string()),
-        }
+        let kind = match error.kind() {
+            SendErrorKind::NotConnected => RpcErrorKind::NotConnected,
+            SendErrorKind::PayloadTooLarge => RpcErrorKind::TooLarge,
+            SendErrorKind::Backpressure | SendErrorKind::BufferFull => RpcErrorKind::Backpressure,
+            _ => RpcErrorKind::Unknown,
+        };
+        Self::new(kind, error.to_string())
+    }
+}
+
+impl From<crate::envelope::EnvelopeError> for RpcError {
+    fn from(error: crate::envelope::EnvelopeError) -> Self {
+        use crate::envelope::EnvelopeError;
+        let kind = match error {
+            EnvelopeError::TooLong {
+                field: "subject", ..
+            } => RpcErrorKind::InvalidSubject,
+            EnvelopeError::TooLong { .. } => RpcErrorKind::InvalidName,
+            _ => RpcErrorKind::Decode,
+        };
+        Self::new(kind, error.to_string())
     }
 }
 
 impl From<crate::codec::CodecError> for RpcError {
     fn from(error: crate::codec::CodecError) -> Self {
-        RpcError::Decode(error.to_string())
+        Self::new(RpcErrorKind::Decode, error.to_string())
     }
 }
 
@@ -122,21 +226,27 @@ mod tests {
 
     #[test]
     fn wire_round_trip() {
-        for e in [
-            RpcError::Timeout,
-            RpcError::Disconnected,
-            RpcError::Cancelled,
-            RpcError::NoSuchService("a".into()),
-            RpcError::NoSuchMethod("b".into()),
-            RpcError::Decode("c".into()),
-            RpcError::Encode("d".into()),
-            RpcError::Panicked("boom".into()),
-            RpcError::Overloaded,
-            RpcError::NotConnected,
-            RpcError::NoPeer("e".into()),
-            RpcError::Send("f".into()),
-        ] {
-            assert_eq!(RpcError::from_wire(e.code(), e.detail()), e);
+        for (kind, code) in RpcErrorKind::CODES {
+            let error = RpcError::new(kind, "detail");
+            assert_eq!(error.code(), code);
+            if kind != RpcErrorKind::Unknown {
+                assert_eq!(RpcError::from_wire(error.code(), error.detail()), error);
+            }
         }
+        let newer = RpcError::from_wire(200, "x");
+        assert_eq!(newer.kind(), RpcErrorKind::Unknown);
+        assert_eq!(newer.detail(), "code 200: x");
+    }
+
+    #[test]
+    fn messages_name_the_kind_then_the_detail() {
+        assert_eq!(
+            RpcError::from(RpcErrorKind::Timeout).to_string(),
+            "deadline exceeded"
+        );
+        assert_eq!(
+            RpcError::new(RpcErrorKind::TooLarge, "reply of 40000 bytes").to_string(),
+            "frame too large: reply of 40000 bytes"
+        );
     }
 }

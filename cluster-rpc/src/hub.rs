@@ -17,212 +17,60 @@
 //! # member.shutdown().await; hub.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! A hub owns everything it starts: dropping the last [`Hub`] handle (or
+//! [`shutdown`](Hub::shutdown)) stops its provider, its job dispatcher and every call
+//! its members made.
+
+#[cfg(feature = "admin")]
+pub(crate) use inspect::WeakHub;
+
+mod inspect;
+mod routes;
+mod state;
 
 use crate::broadcast::Broadcast;
 use crate::codec::{Codec, CodecKind, CODEC_PARAMETER};
-use crate::envelope::{Envelope, EnvelopeError};
-use crate::error::RpcError;
-use crate::jobs::{Jobs, JobsService, Queue, QueueOptions, JOBS_PARAMETER, JOB_CREDITS_PARAMETER};
-use crate::link::Link;
-use crate::options::NodeConfig;
-use crate::peer::{Caller, PeerCore};
-use crate::pubsub::{
-    is_valid_pattern, is_valid_subject, LocalSink, SubjectTable, Subscription, Unsubscribe,
+use crate::error::{RpcError, RpcErrorKind};
+use crate::jobs::{
+    self, JobStore, Jobs, LogOptions, LogStore, Queue, QueueOptions, StoreError, JOBS_PARAMETER,
+    JOB_CREDITS_PARAMETER,
 };
+use crate::options::{NodeConfig, DEFAULT_MAX_SUBSCRIPTIONS};
+use crate::peer::Caller;
+use crate::pubsub::{check, Subscription, Unsubscribe};
 use crate::service::{Service, ServiceClient};
 use cluster_transport::{
-    close_code, BindError, Connection, MessageRef, Provider, ProviderBuilder, Refusal,
+    BindError, Connection, MessageRef, Parameters, Provider, ProviderBuilder, Refusal,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
+use state::{HubPeer, HubState, MemberLimits};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
 /// The connect parameter in which members list the services they serve.
 pub const SERVICES_PARAMETER: &str = "services";
 
-/// One member as the hub knows it.
-#[derive(Clone)]
-struct HubPeer {
-    conn: Connection,
-    core: Arc<PeerCore>,
-}
-
-/// A subscriber of the hub's routing table.
-#[derive(Clone)]
-enum Target {
-    Member { conn: Connection, sid: u64 },
-    Local { sid: u64, sink: LocalSink },
-}
-
-/// State the transport's callbacks share with the hub handle.
-struct HubState {
-    config: NodeConfig,
-    queue: Arc<Queue>,
-    stop: tokio_util::sync::CancellationToken,
-    services: Arc<crate::service::Services>,
-    peers: Mutex<HashMap<Uuid, HubPeer>>,
-    routes: RwLock<SubjectTable<Target>>,
-    next_sid: AtomicU64,
-    next_pick: AtomicUsize,
-}
-
-impl HubState {
-    fn peer(&self, id: Uuid) -> Option<HubPeer> {
-        self.peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
-    }
-
-    fn opened(&self, conn: &Connection) {
-        let core = PeerCore::new(
-            Arc::new(conn.clone()) as Arc<dyn Link>,
-            self.config.codec,
-            self.config.limits,
-            Arc::clone(&self.services),
-        );
-        let peer = HubPeer {
-            conn: conn.clone(),
-            core,
-        };
-        {
-            let params = conn.parameters();
-            let jobs: Vec<String> = params
-                .get(JOBS_PARAMETER)
-                .map(|j| {
-                    j.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let credits = params
-                .get(JOB_CREDITS_PARAMETER)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            self.queue.worker_joined(
-                conn.id(),
-                Arc::clone(peer.core.link()),
-                jobs,
-                credits,
-                params.get("name").cloned(),
-            );
-        }
-        self.peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(conn.id(), peer);
-    }
-
-    fn closed(&self, conn: &Connection) {
-        let peer = self
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&conn.id());
-        self.queue.worker_left(conn.id());
-        if let Some(peer) = peer {
-            peer.core.disconnected(true);
-        }
-        let id = conn.id();
-        self.routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|t| !matches!(t, Target::Member { conn, .. } if conn.id() == id));
-    }
-
-    fn received(&self, conn: &Connection, frame: &[u8]) {
-        let envelope = match Envelope::decode(frame) {
-            Ok(e) => e,
-            Err(error) => {
-                let code = match error {
-                    EnvelopeError::UnknownVersion(_) => close_code::UNSUPPORTED_DATA,
-                    _ => close_code::INVALID_PAYLOAD,
-                };
-                tracing::warn!(conn.id = %conn.id(), cause = %error, "undecodable envelope; closing");
-                conn.close(code, &error.to_string());
-                return;
-            }
-        };
-        match envelope {
-            Envelope::Subscribe { sid, pattern } => {
-                if is_valid_pattern(pattern) {
-                    let target = Target::Member {
-                        conn: conn.clone(),
-                        sid,
-                    };
-                    self.routes
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(pattern, target);
-                }
-            }
-            Envelope::Unsubscribe { sid } => {
-                let id = conn.id();
-                self.routes.write().unwrap_or_else(|p| p.into_inner()).retain(
-                    |t| !matches!(t, Target::Member { conn, sid: s } if conn.id() == id && *s == sid),
-                );
-            }
-            Envelope::Publish { subject, payload } if subject == crate::jobs::DONE_SUBJECT => {
-                if let Err(error) = self.queue.answers(conn.id(), payload) {
-                    tracing::warn!(conn.id = %conn.id(), cause = %error, "closing");
-                    conn.close(close_code::INVALID_PAYLOAD, &error.to_string());
-                }
-            }
-            Envelope::Publish { subject, payload } if subject == crate::jobs::PROGRESS_SUBJECT => {
-                if let Ok((id, value)) = self.config.codec.decode::<(u128, f64)>(payload) {
-                    self.queue.progress(id, value);
-                }
-            }
-            Envelope::Publish { subject, payload } => {
-                if is_valid_subject(subject) {
-                    self.route(subject, payload);
-                }
-            }
-            other => {
-                if let Some(peer) = self.peer(conn.id()) {
-                    peer.core.handle(other);
-                }
-            }
-        }
-    }
-
-    /// Delivers a publication to every matching subscription. Never waits: a member that
-    /// does not read is closed by its backpressure limit, the others go on.
-    fn route(&self, subject: &str, payload: &[u8]) -> usize {
-        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-        let mut delivered = 0;
-        // Encoded once; only the subscription id (bytes 2..10) differs per subscriber.
-        let mut frame = Vec::new();
-        routes.for_each_match(subject, |target| match target {
-            Target::Member { conn, sid } => {
-                if frame.is_empty() {
-                    Envelope::Message {
-                        sid: *sid,
-                        subject,
-                        payload,
-                    }
-                    .encode(&mut frame);
-                }
-                frame[2..10].copy_from_slice(&sid.to_le_bytes());
-                if conn.send(MessageRef::Binary(&frame)).is_ok() {
-                    delivered += 1;
-                }
-            }
-            Target::Local { sink, .. } => {
-                sink.deliver(subject, payload);
-                delivered += 1;
-            }
-        });
-        delivered
-    }
+/// Why a hub did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The provider could not listen.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The job store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The hub could not join its cluster (options it cannot run with, NATS unreachable).
+    #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Builds a [`Hub`] on a provider builder.
@@ -231,6 +79,14 @@ pub struct HubBuilder {
     provider: ProviderBuilder,
     config: NodeConfig,
     queue: QueueOptions,
+    max_subscriptions: usize,
+    #[cfg(feature = "admin")]
+    admin: Option<crate::admin::AdminOptions>,
+    store: Option<Arc<dyn JobStore>>,
+    storage: Option<(std::path::PathBuf, LogOptions)>,
+    jobs_admin_token: Option<String>,
+    #[cfg(feature = "nats")]
+    cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 impl fmt::Debug for HubBuilder {
@@ -263,10 +119,18 @@ impl HubBuilder {
         self
     }
 
-    /// Most calls from one member running at once; more are refused `Overloaded`.
+    /// Most calls from one member running at once; more are refused
+    /// [`Overloaded`](RpcErrorKind::Overloaded) before their handler starts.
     /// Default: 1024.
     pub fn max_concurrent_calls(mut self, max: usize) -> Self {
         self.config.limits.max_concurrent_calls = max;
+        self
+    }
+
+    /// Most subscription patterns one member holds; a subscribe past it is refused
+    /// [`TooManySubscriptions`](RpcErrorKind::TooManySubscriptions). Default: 10,000.
+    pub fn max_subscriptions_per_member(mut self, max: usize) -> Self {
+        self.max_subscriptions = max;
         self
     }
 
@@ -276,66 +140,179 @@ impl HubBuilder {
         self
     }
 
-    /// Binds the provider and starts serving.
+    /// Serves the admin page at `/admin` on the hub's port, for clients with one of its
+    /// tokens (see [`admin`](crate::admin)). Off unless set.
+    #[cfg(feature = "admin")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+    pub fn admin(mut self, options: crate::admin::AdminOptions) -> Self {
+        self.admin = Some(options);
+        self
+    }
+
+    /// Keeps the job queue's state in `store` (see [`jobs::store`](crate::jobs::store)).
+    /// Default: a [`MemoryStore`](crate::jobs::MemoryStore), which keeps nothing past the
+    /// hub's life.
+    pub fn jobs_store(mut self, store: impl JobStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self.storage = None;
+        self
+    }
+
+    /// Keeps the job queue's state in the data directory `dir`, in a
+    /// [`LogStore`](crate::jobs::LogStore) with its default options (group commit): jobs
+    /// accepted, their attempts, dead letters and kept results survive a restart, a crash
+    /// or `kill -9`. The directory is created if missing, and locked while the hub runs.
+    pub fn jobs_storage(self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.jobs_storage_with(dir, LogOptions::default())
+    }
+
+    /// [`jobs_storage`](Self::jobs_storage) with [`LogOptions`] (fsync policy, segment
+    /// and compaction sizes, a size limit).
+    pub fn jobs_storage_with(
+        mut self,
+        dir: impl Into<std::path::PathBuf>,
+        options: LogOptions,
+    ) -> Self {
+        self.storage = Some((dir.into(), options));
+        self.store = None;
+        self
+    }
+
+    /// Lets members that connect with `token` in the
+    /// [`JOBS_ADMIN_PARAMETER`](crate::jobs::JOBS_ADMIN_PARAMETER) connect parameter make
+    /// operator calls on the job queue: look jobs up and list them, requeue and delete
+    /// dead letters, cancel any job ([`MemberJobs::job`](crate::MemberJobs::job) and the
+    /// rest; `cluster jobs`). Default: none (operator calls are refused).
+    pub fn jobs_admin_token(mut self, token: impl Into<String>) -> Self {
+        self.jobs_admin_token = Some(token.into());
+        self
+    }
+
+    /// Joins the cluster of hubs on NATS that `options` names (see
+    /// [`cluster`](crate::cluster)). Off unless set: a hub alone. The hub's jobs go on
+    /// NATS JetStream too, shared by every hub, unless the options say
+    /// [`local_jobs`](crate::cluster::ClusterOptions::local_jobs) or a store is given
+    /// ([`jobs_store`](Self::jobs_store), [`jobs_storage`](Self::jobs_storage)).
+    #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+    pub fn cluster(mut self, options: crate::cluster::ClusterOptions) -> Self {
+        self.cluster = Some(options);
+        self
+    }
+
+    /// Binds the provider and starts serving; the job queue first takes back what its
+    /// store kept.
     ///
     /// # Errors
-    /// As [`ProviderBuilder::bind`].
-    pub async fn start(self) -> Result<Hub, BindError> {
-        let mut config = self.config;
-        let stop = tokio_util::sync::CancellationToken::new();
-        let state = Arc::new_cyclic(|weak: &std::sync::Weak<HubState>| {
-            let router = weak.clone();
-            let sink: crate::jobs::queue::ProgressSink = Arc::new(move |subject, payload| {
-                if let Some(state) = router.upgrade() {
-                    state.route(subject, payload);
-                }
-            });
-            let queue = Queue::start(self.queue, config.codec, stop.child_token(), sink);
-            config.serve(JobsService {
-                queue: Arc::clone(&queue),
-            });
-            HubState {
-                services: Arc::new(config.services.clone()),
-                config,
-                queue,
-                stop,
-                peers: Mutex::new(HashMap::new()),
-                routes: RwLock::new(SubjectTable::default()),
-                next_sid: AtomicU64::new(1),
-                next_pick: AtomicUsize::new(0),
+    /// As [`ProviderBuilder::bind`], and [`StartError::Store`] when the job store cannot
+    /// be read. With a cluster, `StartError::Cluster` when its options cannot work or
+    /// NATS cannot be reached in time.
+    pub async fn start(self) -> Result<Hub, StartError> {
+        #[cfg(feature = "nats")]
+        let (cluster, jetstream) = match self.cluster {
+            Some(options) => {
+                let jetstream = options.jetstream(&self.queue);
+                (
+                    Some(crate::cluster::Cluster::connect(options).await?),
+                    jetstream,
+                )
             }
-        });
+            None => (None, None),
+        };
+        let config = self.config;
+        let stop = tokio_util::sync::CancellationToken::new();
+        #[cfg(feature = "nats")]
+        let (store, jetstream) = match (self.store, &self.storage, jetstream) {
+            (None, None, Some(options)) => {
+                let jobs = crate::jobs::store::JetStreamStore::connect(options).await?;
+                (
+                    Some(Arc::new(jobs.clone()) as Arc<dyn JobStore>),
+                    Some(jobs),
+                )
+            }
+            (store, _, _) => (store, None),
+        };
+        #[cfg(not(feature = "nats"))]
+        let store = self.store;
+        let store: Arc<dyn JobStore> = match (store, self.storage) {
+            (Some(store), _) => store,
+            (None, Some((dir, options))) => {
+                let opened = tokio::task::spawn_blocking(move || LogStore::open(dir, options))
+                    .await
+                    .map_err(|e| StoreError::Io(format!("opening the job store: {e}")))??;
+                Arc::new(opened)
+            }
+            (None, None) => Arc::new(jobs::MemoryStore::new()),
+        };
+        let queue = Queue::start(self.queue, config.codec, stop.child_token(), store)?;
+        let limits = MemberLimits {
+            subscriptions: self.max_subscriptions,
+            max_payload: self.provider.options().ws.max_payload_length,
+        };
+        let state = Arc::new(HubState::new(
+            config,
+            queue,
+            self.jobs_admin_token,
+            stop,
+            limits,
+        ));
+        let _ = state.me.set(Arc::downgrade(&state));
+        #[cfg(feature = "nats")]
+        if let Some(cluster) = cluster {
+            let hub: std::sync::Weak<HubState> = Arc::downgrade(&state);
+            let interest = cluster.attach(hub, &state.services.names_list(), &state.stop);
+            state.routes_mut().set_interest(interest);
+            if let Some(jobs) = jetstream {
+                cluster.set_jobs_store(jobs);
+            }
+            let _ = state.cluster.set(cluster);
+        }
         let codec = state.config.codec;
         let (on_open, on_message, on_close) =
             (Arc::clone(&state), Arc::clone(&state), Arc::clone(&state));
-        let provider = self
-            .provider
-            .upgrade_check(
-                move |request| match request.parameters().get(CODEC_PARAMETER) {
-                    None => Ok(()),
-                    Some(name) if name == codec.name() => Ok(()),
-                    Some(name) => Err(Refusal::new(
-                        406,
-                        format!("unsupported codec {name:?}: this hub speaks {codec}"),
-                    )),
-                },
-            )
+        let provider = self.provider;
+        #[cfg(feature = "admin")]
+        let (provider, admin) = match self.admin {
+            Some(options) => {
+                let (provider, admin) = crate::admin::install(provider, options);
+                (provider, Some(admin))
+            }
+            None => (provider, None),
+        };
+        let provider = provider
+            .on_metrics_flush(crate::metrics::flush_calls)
+            .upgrade_check(move |request| check_parameters(request.parameters(), codec))
             .on_open(move |conn| on_open.opened(conn))
             .on_message(move |conn, message| {
                 if let MessageRef::Binary(frame) = message {
                     on_message.received(conn, frame);
                 }
             })
-            .on_close(move |conn, _| on_close.closed(conn))
+            .on_close(move |conn, info| on_close.closed(conn, info))
             .bind()
             .await?;
-        Ok(Hub {
+        // Ends with the hub: its stop token is cancelled when the hub stops or is dropped.
+        tokio::spawn(crate::metrics::publish_queue(
+            Arc::downgrade(&state.queue),
+            state.stop.clone(),
+        ));
+        let hub = Hub {
             inner: Arc::new(HubInner { state, provider }),
-        })
+        };
+        #[cfg(feature = "admin")]
+        if let Some(admin) = admin {
+            admin.attach(&hub);
+        }
+        #[cfg(feature = "nats")]
+        if let Some(cluster) = hub.cluster() {
+            cluster.announce_joined().await;
+        }
+        Ok(hub)
     }
 }
 
-/// The provider side of the typed layer. Cheap to clone.
+/// The provider side of the typed layer. Cheap to clone; dropping the last clone stops
+/// the hub (as [`Provider::destroy`] and [`shutdown`](Self::shutdown) without the wait).
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<HubInner>,
@@ -346,6 +323,13 @@ struct HubInner {
     provider: Provider,
 }
 
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        self.provider.destroy();
+        self.state.stopped();
+    }
+}
+
 impl Hub {
     /// A hub on top of a provider builder (auth, limits and callbacks stay yours).
     pub fn builder(provider: ProviderBuilder) -> HubBuilder {
@@ -353,12 +337,35 @@ impl Hub {
             provider,
             config: NodeConfig::default(),
             queue: QueueOptions::default(),
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            #[cfg(feature = "admin")]
+            admin: None,
+            store: None,
+            storage: None,
+            jobs_admin_token: None,
+            #[cfg(feature = "nats")]
+            cluster: None,
         }
     }
 
-    /// The provider underneath: raw text messages and events keep working beside RPC.
+    /// The provider underneath: raw text messages, events, and the raw binary messages
+    /// of consumers that are not members keep working beside the typed layer.
     pub fn provider(&self) -> &Provider {
         &self.inner.provider
+    }
+
+    /// The hub's place in its cluster, if it joined one ([`HubBuilder::cluster`]).
+    #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.inner.state.cluster.get()
+    }
+
+    /// Whether `conn` joined the typed layer at its upgrade (it named a codec, as every
+    /// [`Member`](crate::Member) does): its binary messages are envelopes the hub handles.
+    /// Other connections keep raw binary semantics.
+    pub fn is_member(conn: &Connection) -> bool {
+        state::is_member(conn)
     }
 
     /// The codec this hub speaks.
@@ -366,55 +373,94 @@ impl Hub {
         self.inner.state.config.codec
     }
 
-    /// A client of the service member `id` serves.
+    /// A client of the service member `id` serves. In a cluster, a member of another
+    /// hub is reached through NATS; if no hub has it, its calls fail
+    /// [`NotConnected`](RpcErrorKind::NotConnected).
     ///
     /// # Errors
-    /// [`RpcError::NotConnected`] if no such member is connected.
+    /// [`RpcErrorKind::NotConnected`] if no such member is connected (to this hub, when
+    /// it is not in a cluster).
     pub fn client<C: ServiceClient>(&self, id: Uuid) -> Result<C, RpcError> {
-        let peer = self.inner.state.peer(id).ok_or(RpcError::NotConnected)?;
-        Ok(C::from_caller(Caller::new(peer.core)))
+        if let Some(peer) = self.inner.state.peer(id) {
+            return Ok(C::from_caller(Caller::new(peer.core)));
+        }
+        #[cfg(feature = "nats")]
+        if let Some(remote) = self.cluster().and_then(|c| c.remote_member(id)) {
+            return Ok(C::from_caller(self.remote_caller(remote)));
+        }
+        Err(RpcError::new(
+            RpcErrorKind::NotConnected,
+            format!("no member {id}"),
+        ))
+    }
+
+    #[cfg(feature = "nats")]
+    fn remote_caller(&self, remote: crate::cluster::Remote) -> Caller {
+        let config = &self.inner.state.config;
+        Caller::remote(remote, config.codec, config.limits.default_deadline)
     }
 
     /// Members that announced they serve `service`, by connection.
     pub fn members_serving(&self, service: &str) -> Vec<Connection> {
-        let peers = self
-            .inner
-            .state
-            .peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        peers
-            .values()
-            .filter(|p| serves(&p.conn, service))
-            .map(|p| p.conn.clone())
-            .collect()
+        self.serving(service).into_iter().map(|p| p.conn).collect()
     }
 
-    /// A client of one member serving `C`'s service, picked round robin.
+    fn serving(&self, service: &str) -> Vec<HubPeer> {
+        self.inner.state.serving(service)
+    }
+
+    /// A client of one member serving `C`'s service, picked round robin among this
+    /// hub's members. A member is here once its
+    /// [`connect`](crate::MemberBuilder::connect) has returned. In a cluster, when no
+    /// member of this hub serves it, the client's calls go to a member serving it on
+    /// another hub (NATS picks the hub per call); if none does, they fail
+    /// [`NoPeer`](RpcErrorKind::NoPeer).
     ///
     /// # Errors
-    /// [`RpcError::NoPeer`] when no connected member serves it.
+    /// [`RpcErrorKind::NoPeer`] when no connected member serves it (on this hub, when it
+    /// is not in a cluster).
     pub fn any<C: ServiceClient>(&self) -> Result<C, RpcError> {
-        let candidates = self.members_serving(C::SERVICE);
-        if candidates.is_empty() {
-            return Err(RpcError::NoPeer(C::SERVICE.to_owned()));
+        if let Some(peer) = self.inner.state.pick_serving(C::SERVICE) {
+            return Ok(C::from_caller(Caller::new(peer.core)));
         }
-        let pick = self.inner.state.next_pick.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        self.client(candidates[pick].id())
+        #[cfg(feature = "nats")]
+        if let Some(remote) = self.cluster().and_then(|c| c.remote_service(C::SERVICE)) {
+            return Ok(C::from_caller(self.remote_caller(remote)));
+        }
+        Err(RpcError::new(RpcErrorKind::NoPeer, C::SERVICE))
     }
 
-    /// Calls `call` with a client of every connected member that `filter` accepts, all at
-    /// once; the outcomes arrive keyed by connection id, failures and timeouts included
-    /// (a member that disconnects mid-call reports [`RpcError::Disconnected`]).
+    /// Calls `call` with a client of every member serving `C`'s service, all at once; the
+    /// outcomes arrive keyed by connection id, failures and timeouts included (a member
+    /// that disconnects mid-call reports [`RpcErrorKind::Disconnected`]).
     ///
     /// ```
     /// # use cluster_rpc::{Hub, RpcError};
     /// # async fn demo<C: cluster_rpc::ServiceClient + Clone + Send + 'static>(hub: Hub, ping: impl Fn(C) -> futures_util::future::BoxFuture<'static, Result<u64, RpcError>> + Send + Sync + 'static) {
-    /// let everyone = hub.broadcast(|conn| conn.parameters().get("role").map(String::as_str) == Some("worker"), ping);
-    /// let outcomes = everyone.collect().await; // HashMap<Uuid, Result<u64, RpcError>>
+    /// let outcomes = hub.broadcast(ping).collect().await; // HashMap<Uuid, Result<u64, RpcError>>
     /// # }
     /// ```
-    pub fn broadcast<C, F, Fut, T>(
+    pub fn broadcast<C, F, Fut, T>(&self, call: F) -> Broadcast<T>
+    where
+        C: ServiceClient,
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = Result<T, RpcError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.broadcast_where(|_| true, call)
+    }
+
+    /// [`broadcast`](Self::broadcast) to the members serving `C`'s service that `filter`
+    /// accepts (by their connect parameters, say).
+    ///
+    /// ```
+    /// # use cluster_rpc::{Hub, RpcError};
+    /// # async fn demo<C: cluster_rpc::ServiceClient + Clone + Send + 'static>(hub: Hub, ping: impl Fn(C) -> futures_util::future::BoxFuture<'static, Result<u64, RpcError>> + Send + Sync + 'static) {
+    /// let workers = hub.broadcast_where(|conn| conn.parameters().get("role").map(String::as_str) == Some("worker"), ping);
+    /// let outcomes = workers.collect().await;
+    /// # }
+    /// ```
+    pub fn broadcast_where<C, F, Fut, T>(
         &self,
         filter: impl Fn(&Connection) -> bool,
         call: F,
@@ -425,87 +471,152 @@ impl Hub {
         Fut: Future<Output = Result<T, RpcError>> + Send + 'static,
         T: Send + 'static,
     {
-        let peers: Vec<HubPeer> = {
-            let peers = self
-                .inner
-                .state
-                .peers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            peers
-                .values()
-                .filter(|p| filter(&p.conn))
-                .cloned()
-                .collect()
-        };
+        let peers = self.serving(C::SERVICE);
         Broadcast::new(
             peers
                 .into_iter()
+                .filter(|p| filter(&p.conn))
                 .map(|p| (p.conn.id(), call(C::from_caller(Caller::new(p.core))))),
         )
     }
 
+    /// [`broadcast`](Self::broadcast) to every member serving `C`'s service on every hub
+    /// of the cluster. Each other hub calls its own members and answers once with all
+    /// their outcomes; the result names the hubs that did not answer by the deadline
+    /// ([`Gathered::missing`](crate::Gathered::missing)) instead of leaving them out.
+    ///
+    /// `call` makes one call on the client it is given (as with `broadcast`); for the
+    /// other hubs' members it runs again on that call's answer, so whatever it does with
+    /// the answer applies to them too. The call's deadline (the client's, or the hub's
+    /// default) bounds the whole broadcast; the other hubs give their members a tenth
+    /// less (at most 250 ms), for their answers' way back. The hubs waited for are those
+    /// heard from within three
+    /// [`presence_interval`s](crate::cluster::ClusterOptions::presence_interval).
+    ///
+    /// ```no_run
+    /// # use cluster_rpc::{Hub, RpcError};
+    /// # async fn demo<C: cluster_rpc::ServiceClient + Clone + Send + 'static>(hub: Hub, ping: impl Fn(C) -> futures_util::future::BoxFuture<'static, Result<u64, RpcError>> + Send + Sync + 'static) {
+    /// let gathered = hub.broadcast_cluster(ping).await;
+    /// if !gathered.is_complete() {
+    ///     eprintln!("no answer from {:?}", gathered.missing);
+    /// }
+    /// # }
+    /// ```
+    #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+    pub async fn broadcast_cluster<C, F, Fut, T>(&self, call: F) -> crate::Gathered<T>
+    where
+        C: ServiceClient,
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = Result<T, RpcError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let local = self.broadcast(&call).collect();
+        let mut answered = vec![self
+            .cluster()
+            .map_or_else(String::new, |c| c.hub_name().to_owned())];
+        let (Some(cluster), Some(recorded)) = (self.cluster(), self.record(&call).await) else {
+            let outcomes = local.await;
+            return crate::Gathered {
+                outcomes,
+                answered,
+                missing: Vec::new(),
+            };
+        };
+        let remote = cluster.gather(
+            recorded.service,
+            recorded.method,
+            &recorded.request,
+            recorded.deadline,
+        );
+        let (mut outcomes, (answers, missing)) = tokio::join!(local, remote);
+        let codec = self.codec();
+        for answer in answers {
+            answered.push(answer.name);
+            for (id, reply) in answer.outcomes {
+                let replayed = Caller::replay(reply, codec, recorded.deadline);
+                outcomes.insert(id, call(C::from_caller(replayed)).await);
+            }
+        }
+        crate::Gathered {
+            outcomes,
+            answered,
+            missing,
+        }
+    }
+
+    /// The call `call` makes on a client, without making it.
+    #[cfg(feature = "nats")]
+    async fn record<C, F, Fut, T>(&self, call: &F) -> Option<crate::peer::Recorded>
+    where
+        C: ServiceClient,
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = Result<T, RpcError>> + Send + 'static,
+    {
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let limits = self.inner.state.config.limits;
+        let recorder = Caller::record(Arc::clone(&slot), self.codec(), limits.default_deadline);
+        let mut probe = std::pin::pin!(call(C::from_caller(recorder)));
+        let take = || slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        std::future::poll_fn(|cx| {
+            let done = probe.as_mut().poll(cx).is_ready();
+            match take() {
+                Some(recorded) => std::task::Poll::Ready(Some(recorded)),
+                None if done => std::task::Poll::Ready(None),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+
     /// Publishes `value` on `subject` to every matching subscription; returns how many
-    /// took it.
+    /// of this hub's subscriptions took it (in a cluster, the other hubs' subscribers get
+    /// it through NATS and are not counted).
     ///
     /// # Errors
-    /// [`RpcError::Encode`] for a value the codec cannot encode, [`RpcError::Send`] for an
-    /// invalid subject.
+    /// [`RpcErrorKind::InvalidSubject`] for a subject that is not valid (or reserved),
+    /// [`RpcErrorKind::Encode`] for a value the codec cannot encode.
     pub fn publish<T: Serialize + ?Sized>(
         &self,
         subject: &str,
         value: &T,
     ) -> Result<usize, RpcError> {
-        if !is_valid_subject(subject) {
-            return Err(RpcError::Send(format!("invalid subject {subject:?}")));
-        }
+        check(subject, false).map_err(|why| invalid("subject", subject, why))?;
         let mut payload = Vec::new();
         self.codec()
             .encode(value, &mut payload)
-            .map_err(|e| RpcError::Encode(e.to_string()))?;
+            .map_err(|e| RpcError::new(RpcErrorKind::Encode, e.to_string()))?;
         Ok(self.inner.state.route(subject, &payload))
     }
 
-    /// Subscribes the hub itself to subjects matching `pattern`.
+    /// Subscribes the hub itself to subjects matching `pattern`; in place when this
+    /// returns.
     ///
     /// # Errors
-    /// [`RpcError::Send`] for an invalid pattern.
+    /// [`RpcErrorKind::InvalidSubject`] for a pattern that is not valid (or reserved).
     pub fn subscribe<T: DeserializeOwned>(
         &self,
         pattern: &str,
     ) -> Result<Subscription<T>, RpcError> {
-        if !is_valid_pattern(pattern) {
-            return Err(RpcError::Send(format!("invalid pattern {pattern:?}")));
-        }
-        let state = Arc::clone(&self.inner.state);
-        let sid = state.next_sid.fetch_add(1, Ordering::Relaxed);
-        let unsubscribe = {
-            let state = Arc::clone(&state);
-            Unsubscribe::new(move || {
-                state
-                    .routes
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .retain(|t| !matches!(t, Target::Local { sid: s, .. } if *s == sid));
-            })
-        };
+        check(pattern, true).map_err(|why| invalid("pattern", pattern, why))?;
+        let state = Arc::downgrade(&self.inner.state);
+        let sid = self.inner.state.next_sid.fetch_add(1, Ordering::Relaxed);
+        let unsubscribe = Unsubscribe::new(move || {
+            if let Some(state) = state.upgrade() {
+                state.routes_mut().unsubscribe_local(sid);
+            }
+        });
         let (subscription, sink) = Subscription::new(self.codec(), unsubscribe);
-        state
-            .routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(pattern, Target::Local { sid, sink });
+        self.inner
+            .state
+            .routes_mut()
+            .subscribe_local(sid, pattern, sink);
         Ok(subscription)
     }
 
     /// Number of subscriptions in the routing table (members' and the hub's own).
     pub fn subscription_count(&self) -> usize {
-        self.inner
-            .state
-            .routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.inner.state.routes().len()
     }
 
     /// The job queue: submit jobs, read statistics and dead letters.
@@ -514,11 +625,61 @@ impl Hub {
     }
 
     /// Stops gracefully: see [`Provider::shutdown`]. Calls in flight fail `Disconnected`,
-    /// jobs still queued resolve with an error.
+    /// jobs still queued resolve with an error (a durable store keeps them for the next
+    /// start), and the job store is closed once what it buffered is written.
     pub async fn shutdown(&self) {
+        #[cfg(feature = "nats")]
+        if let Some(cluster) = self.cluster() {
+            cluster.leave().await;
+        }
         self.inner.provider.shutdown().await;
-        self.inner.state.stop.cancel();
+        self.inner.state.stopped();
+        let queue = Arc::clone(&self.inner.state.queue);
+        let _ = tokio::task::spawn_blocking(move || queue.close_store()).await;
     }
+}
+
+/// The error of a subject or pattern [`check`] refused.
+pub(crate) fn invalid(what: &str, text: &str, why: &str) -> RpcError {
+    let shown: String = text.chars().take(64).collect();
+    RpcError::new(
+        RpcErrorKind::InvalidSubject,
+        format!("{what} {shown:?} is {why}"),
+    )
+}
+
+/// The job names of a `jobs` connect parameter.
+fn job_names(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').filter(|s| !s.is_empty())
+}
+
+/// Refuses, at the upgrade, a member whose parameters the hub cannot take: another codec
+/// (406), job credits that are not a number, or job names the queue refuses (400). Each
+/// refusal's body says why.
+fn check_parameters(params: &Parameters, codec: CodecKind) -> Result<(), Refusal> {
+    if let Some(name) = params.get(CODEC_PARAMETER) {
+        if name != codec.name() {
+            return Err(Refusal::new(
+                406,
+                format!("unsupported codec {name:?}: this hub speaks {codec}"),
+            ));
+        }
+    }
+    if let Some(credits) = params.get(JOB_CREDITS_PARAMETER) {
+        if credits.parse::<usize>().is_err() {
+            return Err(Refusal::new(
+                400,
+                format!("{JOB_CREDITS_PARAMETER} must be a whole number, not {credits:?}"),
+            ));
+        }
+    }
+    if let Some(list) = params.get(JOBS_PARAMETER) {
+        for name in job_names(list) {
+            jobs::check_job_name(name)
+                .map_err(|e| Refusal::new(400, format!("{JOBS_PARAMETER}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 fn serves(conn: &Connection, service: &str) -> bool {
@@ -532,6 +693,7 @@ impl fmt::Debug for Hub {
         f.debug_struct("Hub")
             .field("provider", &self.inner.provider)
             .field("codec", &self.codec())
+            .field("state", &self.inner.state)
             .finish()
     }
 }

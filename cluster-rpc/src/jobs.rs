@@ -4,79 +4,134 @@
 //! - A job is a value of a type implementing [`Job`]; its `NAME` says which workers can
 //!   run it. Workers are members that register a handler
 //!   ([`MemberBuilder::worker`](crate::MemberBuilder::worker)) and declare how many jobs
-//!   they run at once (their credits).
+//!   they run at once (their credits). A handler returns `Result<Output, E>` with any
+//!   error type that converts into a boxed error (any `std::error::Error`, a `String`).
 //! - The hub or any member submits ([`Jobs::submit`], [`MemberJobs::submit`]) and gets a
 //!   [`JobHandle`]: a future of the typed result, with [`cancel`](JobHandle::cancel) and
-//!   the progress the worker reports.
-//! - Dispatch: the job goes to the worker with the most free credits, never beyond its
-//!   credits; higher priority first, first in first out within a priority; a delayed job
-//!   not before its time. With no worker, jobs wait; the queue is bounded and a full
-//!   queue refuses new jobs ([`JobError::QueueFull`]).
+//!   the progress the worker reports. The hub assigns every job's id.
+//! - Dispatch: a job goes to the worker of its name with the most free credits, never
+//!   beyond its credits. Within a name, higher priority first, first in first out within
+//!   a priority; a delayed job not before its time. Names take turns, so a name without a
+//!   free worker holds up no other name, and a worker serving several names serves each in
+//!   turn. With no worker, jobs wait; the queue is bounded and a full queue refuses new
+//!   jobs ([`JobError::QueueFull`]).
 //! - Delivery: at least once to workers, exactly once to the submitter (a job resolves
 //!   once; later answers for it are dropped). A worker that disconnects or dies has its
 //!   jobs requeued at once; a job over its timeout is requeued; a failed job is retried
 //!   with exponential backoff and jitter up to its max attempts, then goes to the dead
 //!   letters with its last error, where it can be inspected and requeued.
+//! - Members are untrusted: a submission's name and options are checked against the
+//!   hub's limits ([`QueueOptions`]: longest timeout and delay, most attempts; refused
+//!   with [`JobError::Invalid`]), a worker gets at most `worker_credits_limit` credits
+//!   whatever it announces, a worker's answers and progress count only for attempts
+//!   running on it, and a member cancels only jobs it submitted.
 //!
-//! Reserved names: the service `__jobs` (on the hub), the connect parameters `jobs` and
-//! `job_credits`, and subjects starting `__jobs.`.
+//! - Durability ([`store`]): the queue keeps its state through a [`JobStore`]. Without a
+//!   data directory it is a [`MemoryStore`] (nothing outlives the hub); with one
+//!   ([`HubBuilder::jobs_storage`](crate::HubBuilder::jobs_storage)) a [`LogStore`]
+//!   journals every change with group commit. A submission resolves once the job is
+//!   durable; a result is delivered once its completion is durable. After a crash or
+//!   `kill -9`, a hub started on the directory has its waiting, delayed and dead jobs and
+//!   kept results back; jobs that were running wait again, that attempt counted.
+//! - Results outlive connections: kept for [`QueueOptions::result_retention`];
+//!   [`Jobs::result`] and [`MemberJobs::result`] attach new handles by id, and a member's
+//!   handles re-attach after it reconnects. Each handle resolves once.
+//! - Unique jobs: [`JobOptions::key`]; submitting a job whose name and key a waiting,
+//!   running or kept job holds returns that job's handle.
+//! - Operations: [`Jobs::job`] (where a job is and its history), [`Jobs::list`],
+//!   [`Jobs::cancel`], [`Jobs::requeue_dead_any`], [`Jobs::delete_dead`]; members holding
+//!   the hub's jobs admin token ([`JOBS_ADMIN_PARAMETER`]) the same through
+//!   [`MemberJobs`].
+//!
+//! Reserved names: the service `__jobs` (on the hub), the connect parameters `jobs`,
+//! `job_credits` and `jobs_admin`, and subjects whose first token starts with `__`
+//! (members can neither publish nor subscribe on them).
 //!
 //! # How jobs travel
 //!
-//! Between the hub and its workers jobs go in batches, several to a frame each way, as
+//! Jobs go in batches, several to a frame each way, as
 //! [`Envelope::Publish`](crate::envelope::Envelope::Publish) frames on reserved subjects
-//! that the hub and the worker take for themselves. A dispatch round gives every free credit a job and sends each worker the
-//! jobs it got in one frame; a worker runs a batch as it arrives and answers the attempts
-//! that finish without waiting in one frame (an attempt that waits answers alone when it
-//! ends). Frames are closed at about 16 KiB. The hub keeps the running attempts' deadlines
-//! sorted and times them out from its dispatcher task: no task or timer per attempt. All
-//! integers little-endian; a frame's payload is its records back to back:
+//! that the hub and its members take for themselves. A dispatch round gives every free
+//! credit a job and sends each worker the jobs it got in one frame; a worker runs a batch
+//! as it arrives and answers the attempts that finish without waiting in one frame (an
+//! attempt that waits answers alone when it ends). Frames are closed at about 16 KiB. The
+//! hub keeps the running attempts' deadlines sorted and times them out from its
+//! dispatcher task: no task or timer per attempt. All integers little-endian; a frame's
+//! payload is its records back to back:
 //!
 //! | subject | direction | record |
 //! |---|---|---|
 //! | `__jobs.run` | hub → worker | u128 job id, u32 attempt, u8 length + job name, u32 length + codec-encoded job |
+//! | `__jobs.drop` | hub → worker | u128 job id, u32 attempt (drop it: cancelled or timed out) |
 //! | `__jobs.done` | worker → hub | u128 job id, u32 attempt, u8 status (0 output, 1 error), u32 length + codec-encoded output or UTF-8 error |
-//! | `__jobs.cancel` | hub → worker | u128 job id, u32 attempt (drop it: cancelled or timed out) |
-//! | `__jobs.progress` | worker → hub | one codec-encoded `(u128 id, f64 value)` |
+//! | `__jobs.progress` | worker → hub | u128 job id, u32 attempt, f64 value |
+//! | `__jobs.cancel` | submitter → hub | u128 job id |
+//! | `__jobs.result` | hub → submitter | u64 ticket, u8 status (0 output, 1 error), u32 length + codec-encoded output or [`JobError`] |
+//! | `__jobs.update` | hub → submitter | u64 ticket, f64 value |
 //!
+//! A member submits with a call to the hub's `__jobs` service (method `submit`, request
+//! `{owner, ticket, name, payload, options}`, answer `Result<JobId, JobError>` once the
+//! job is durable): the ticket is the member's own name for the job, under which the hub
+//! sends its result and progress; the owner is a random secret the member keeps across
+//! reconnects, which cancels and attaches must match. Method `attach` (`{owner, jobs:
+//! [(ticket, id)]}`, answered with the tickets that could not be attached and why)
+//! attaches handles to jobs by id: after a reconnect, and for [`MemberJobs::result`].
+//! Methods `job`, `list`, `requeue`, `cancel` and `delete` (`{id, state, limit}`) are the
+//! operator calls, refused with [`JobError::Forbidden`] without the admin token.
 //! The hub takes an answer only from the worker running that attempt, so a late answer
 //! (after a timeout, a cancellation or a requeue) is dropped. A malformed batch closes the
 //! connection with 1007 (invalid payload), like an undecodable envelope.
 
-mod hashing;
+mod error;
+mod handle;
+mod options;
 pub(crate) mod queue;
 mod remote;
+pub mod store;
 mod wire;
 mod worker;
 
+pub use error::{InvalidJob, JobError};
+pub use handle::JobHandle;
+pub(crate) use options::check_name as check_job_name;
+pub use options::{JobOptions, QueueOptions, MAX_JOB_KEY_LEN, MAX_JOB_NAME_LEN};
 pub(crate) use queue::Queue;
-pub use queue::{DeadJob, JobStats, QueueOptions, WorkerStats};
-pub(crate) use remote::JobsService;
-pub(crate) use wire::{CANCEL_SUBJECT, DONE_SUBJECT, RUN_SUBJECT};
+pub use queue::{DeadJob, JobInfo, JobState, JobStats, WorkerStats};
+pub use remote::JOBS_ADMIN_PARAMETER;
+pub(crate) use remote::{serve as serve_member, Submissions, JOBS_SERVICE};
+pub use store::{
+    Feed, FsyncPolicy, JobStore, LogOptions, LogStore, MemoryStore, PulledJob, Shared, StoreError,
+    StoreStats,
+};
+#[cfg(feature = "nats")]
+pub use store::{JetStreamOptions, JetStreamStats, JetStreamStore};
+pub(crate) use wire::{
+    CANCEL_SUBJECT, DONE_SUBJECT, DROP_SUBJECT, PROGRESS_SUBJECT, RESULT_SUBJECT, RUN_SUBJECT,
+    UPDATE_SUBJECT,
+};
 pub use worker::JobContext;
-pub(crate) use worker::{WorkerService, JOBS_PARAMETER, JOB_CREDITS_PARAMETER, PROGRESS_SUBJECT};
+pub(crate) use worker::{BoxError, WorkerService, JOBS_PARAMETER, JOB_CREDITS_PARAMETER};
 
-use crate::codec::{Codec, CodecKind};
+use crate::codec::Codec;
 use crate::error::RpcError;
+use bytes::Bytes;
+use handle::Canceller;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fmt;
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::sync::{oneshot, watch};
 
 /// A kind of job: its payload type, the name workers register it under, and its output.
 ///
+/// `NAME` is 1 to [`MAX_JOB_NAME_LEN`] bytes without a `,`; a job of another name is
+/// refused at submission. For bytes, use [`ByteBuf`](crate::ByteBuf): codecs write a
+/// plain `Vec<u8>` as a list of numbers.
+///
 /// ```
+/// use cluster_rpc::ByteBuf;
 /// use serde::{Deserialize, Serialize};
 /// #[derive(Serialize, Deserialize)]
-/// struct Fnv { data: Vec<u8> }
+/// struct Fnv { data: ByteBuf }
 /// impl cluster_rpc::Job for Fnv {
 ///     const NAME: &'static str = "fnv";
 ///     type Output = u64;
@@ -89,281 +144,16 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     type Output: Serialize + DeserializeOwned + Send + 'static;
 }
 
-/// A job's id: unique per hub, chosen by the submitter.
+/// A job's id: unique per hub, assigned by the hub.
 pub type JobId = u128;
 
-/// How one job is run. Defaults come from the queue's [`QueueOptions`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct JobOptions {
-    /// Higher runs first. Default 0.
-    pub priority: i32,
-    /// Not run before this much time from submission.
-    pub delay: Option<Duration>,
-    /// One attempt's time limit; past it the job is requeued.
-    pub timeout: Option<Duration>,
-    /// Attempts before the job goes to the dead letters.
-    pub max_attempts: Option<u32>,
-}
-
-impl JobOptions {
-    /// Options with a priority.
-    pub fn priority(mut self, priority: i32) -> Self {
-        self.priority = priority;
-        self
-    }
-
-    /// Options with a delay before the first attempt.
-    pub fn delay(mut self, delay: Duration) -> Self {
-        self.delay = Some(delay);
-        self
-    }
-
-    /// Options with a per-attempt timeout.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Options with a number of attempts.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = Some(attempts);
-        self
-    }
-}
-
-/// Why a job produced no output.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum JobError {
-    /// Every attempt failed; the job is in the dead letters.
-    #[error("job failed {attempts} times, last: {last_error}")]
-    Dead {
-        /// Attempts made.
-        attempts: u32,
-        /// The last attempt's error.
-        last_error: String,
-    },
-    /// The job was cancelled.
-    #[error("job cancelled")]
-    Cancelled,
-    /// The queue is at its capacity.
-    #[error("job queue is full ({capacity} jobs)")]
-    QueueFull {
-        /// The queue's capacity.
-        capacity: usize,
-    },
-    /// A job with this id is already in the queue. Checked at submission against jobs
-    /// delayed or running and within a batch, and again when a job would start (ids the
-    /// hub makes never collide; a member could reuse one).
-    #[error("a job with this id is already queued")]
-    Duplicate,
-    /// The output or payload did not decode.
-    #[error("decode error: {0}")]
-    Decode(String),
-    /// Talking to the hub failed (member submissions).
-    #[error(transparent)]
-    Rpc(#[from] RpcError),
-}
-
-/// What the queue answers a submitter: the encoded output, or why not.
-pub(crate) type Outcome = Result<Vec<u8>, JobError>;
-
-/// A job's progress, shared by whoever reports it and the job's handle: the last value,
-/// and a watch channel made only when someone asks for updates (most never do, and a
-/// channel per job is not free).
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    bits: AtomicU64,
-    updates: Mutex<Option<watch::Sender<f64>>>,
-    /// Someone asked for updates: reports and the close go through the channel too.
-    watched: std::sync::atomic::AtomicBool,
-    closed: std::sync::atomic::AtomicBool,
-    /// The job waits in a ready queue (changed under the queue's lock).
-    queued: std::sync::atomic::AtomicBool,
-    /// The job was cancelled: its handle resolves at once, and a queued entry is dropped
-    /// when the dispatcher reaches it.
-    cancelled: std::sync::atomic::AtomicBool,
-}
-
-impl Progress {
-    fn updates(&self) -> std::sync::MutexGuard<'_, Option<watch::Sender<f64>>> {
-        self.updates.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records a report.
-    pub(crate) fn set(&self, value: f64) {
-        self.bits.store(value.to_bits(), Ordering::Relaxed);
-        if self.watched.load(Ordering::SeqCst) {
-            if let Some(tx) = &*self.updates() {
-                tx.send_replace(value);
-            }
-        }
-    }
-
-    /// The last report (0.0 before the first).
-    pub(crate) fn get(&self) -> f64 {
-        f64::from_bits(self.bits.load(Ordering::Relaxed))
-    }
-
-    /// A receiver of the reports; it sees the channel closed once the job resolved.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<f64> {
-        let mut updates = self.updates();
-        self.watched.store(true, Ordering::SeqCst);
-        match &*updates {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = watch::channel(self.get());
-                if !self.closed.load(Ordering::SeqCst) {
-                    *updates = Some(tx);
-                }
-                rx
-            }
-        }
-    }
-
-    /// Marks the job as waiting in a ready queue, or not.
-    pub(crate) fn set_queued(&self, queued: bool) {
-        self.queued.store(queued, Ordering::Relaxed);
-    }
-
-    /// Whether the job waits in a ready queue.
-    pub(crate) fn is_queued(&self) -> bool {
-        self.queued.load(Ordering::Relaxed)
-    }
-
-    /// Marks the job cancelled.
-    pub(crate) fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether the job was cancelled.
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
-    }
-
-    /// The job resolved: no more reports, receivers see the channel closed.
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        if self.watched.load(Ordering::SeqCst) {
-            self.updates().take();
-        }
-    }
-}
-
-/// A submitted job: await it for the typed output. Dropping the handle does not cancel
-/// the job; [`cancel`](Self::cancel) does.
-#[must_use = "a job handle resolves to the job's result"]
-pub struct JobHandle<T> {
-    id: JobId,
-    outcome: oneshot::Receiver<Outcome>,
-    progress: Arc<Progress>,
-    cancel: Canceller,
-    codec: CodecKind,
-    _output: PhantomData<fn() -> T>,
-}
-
-/// How a handle cancels its job.
-pub(crate) enum Canceller {
-    /// In the hub's own queue.
-    Queue(Arc<Queue>),
-    /// A member's submission: stop the call that lasts as long as the job.
-    Call(futures_util::future::AbortHandle),
-}
-
-impl<T> JobHandle<T> {
-    pub(crate) fn new(
-        id: JobId,
-        outcome: oneshot::Receiver<Outcome>,
-        progress: Arc<Progress>,
-        cancel: Canceller,
-        codec: CodecKind,
-    ) -> Self {
-        Self {
-            id,
-            outcome,
-            progress,
-            cancel,
-            codec,
-            _output: PhantomData,
-        }
-    }
-
-    /// The job's id.
-    pub fn id(&self) -> JobId {
-        self.id
-    }
-
-    /// Cancels the job: a queued job is removed, a running one is stopped on its worker.
-    /// The handle then resolves to [`JobError::Cancelled`].
-    pub fn cancel(&self) {
-        match &self.cancel {
-            Canceller::Queue(queue) => queue.cancel(self.id, &self.progress),
-            Canceller::Call(abort) => abort.abort(),
-        }
-    }
-
-    /// The last progress the worker reported (0.0 until it reports).
-    pub fn progress(&self) -> f64 {
-        self.progress.get()
-    }
-
-    /// A receiver that changes whenever the worker reports progress.
-    pub fn progress_updates(&self) -> watch::Receiver<f64> {
-        self.progress.subscribe()
-    }
-}
-
-impl<T: DeserializeOwned> Future for JobHandle<T> {
-    type Output = Result<T, JobError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.progress.is_cancelled() && matches!(self.cancel, Canceller::Queue(_)) {
-            return Poll::Ready(Err(JobError::Cancelled));
-        }
-        let outcome = match Pin::new(&mut self.outcome).poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(outcome)) => outcome,
-            Poll::Ready(Err(_)) => Err(JobError::Cancelled),
-        };
-        Poll::Ready(outcome.and_then(|bytes| {
-            self.codec
-                .decode(&bytes)
-                .map_err(|e| JobError::Decode(e.to_string()))
-        }))
-    }
-}
-
-impl<T> fmt::Debug for JobHandle<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobHandle")
-            .field("id", &self.id)
-            .field("progress", &self.progress.get())
-            .finish()
-    }
-}
-
-/// A new job id: a v4 UUID whose random bits come from a SplitMix64 sequence per thread,
-/// seeded once from the thread's random generator. Unique (a 122-bit space, different
-/// seeds per thread and process), cheap (no ChaCha block per id); not meant to be
-/// unguessable, and nothing uses it as a secret.
-pub(crate) fn new_job_id() -> JobId {
-    thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
-    }
-    let next = || {
-        STATE.with(|state| {
-            let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-            state.set(z);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        })
-    };
-    let bytes = ((u128::from(next()) << 64) | u128::from(next())).to_le_bytes();
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .as_u128()
+/// Encodes a job for the queue.
+fn encode_job<J: Job>(codec: impl Codec, job: &J) -> Result<Vec<u8>, JobError> {
+    let mut payload = Vec::new();
+    codec
+        .encode(job, &mut payload)
+        .map_err(|e| JobError::Encode(e.to_string()))?;
+    Ok(payload)
 }
 
 /// The hub's job queue. Cheap to clone.
@@ -377,35 +167,35 @@ impl Jobs {
         Self { queue }
     }
 
-    /// Submits a job with default options.
+    /// Submits a job with default options; resolves once the queue accepted it: once it
+    /// is durable, with a durable store.
     ///
     /// # Errors
-    /// [`JobError::QueueFull`] when the queue is at capacity.
-    pub fn submit<J: Job>(&self, job: &J) -> Result<JobHandle<J::Output>, JobError> {
-        self.submit_with(job, JobOptions::default())
+    /// [`JobError::QueueFull`] when the queue is at capacity, [`JobError::Invalid`] for a
+    /// job name the queue cannot take, [`JobError::Encode`], [`JobError::Store`] when the
+    /// store cannot keep it (the job is not queued then).
+    pub async fn submit<J: Job>(&self, job: &J) -> Result<JobHandle<J::Output>, JobError> {
+        self.submit_with(job, JobOptions::default()).await
     }
 
     /// Submits a job with options (priority, delay, timeout, attempts).
     ///
     /// # Errors
-    /// [`JobError::QueueFull`] when the queue is at capacity.
-    pub fn submit_with<J: Job>(
+    /// As [`submit`](Self::submit), and [`JobError::Invalid`] for options over the
+    /// queue's limits ([`QueueOptions`]).
+    pub async fn submit_with<J: Job>(
         &self,
         job: &J,
         options: JobOptions,
     ) -> Result<JobHandle<J::Output>, JobError> {
-        let mut payload = Vec::new();
-        self.queue
-            .codec()
-            .encode(job, &mut payload)
-            .map_err(|e| JobError::Decode(e.to_string()))?;
-        let id = new_job_id();
-        let waiter = self.queue.submit(id, J::NAME, payload, options, None)?;
-        Ok(self.handle(id, waiter))
+        let payload = encode_job(self.queue.codec(), job)?;
+        let queued = self.queue.submit_here(J::NAME, payload, options)?;
+        self.queue.accepted([(queued.0, &*queued.2)]).await?;
+        Ok(self.handle(queued))
     }
 
     /// The handle of a job queued in the hub's own queue.
-    fn handle<T>(&self, id: JobId, (outcome, progress): queue::Waiter) -> JobHandle<T> {
+    fn handle<T>(&self, (id, outcome, progress): queue::Queued) -> JobHandle<T> {
         JobHandle::new(
             id,
             outcome,
@@ -415,9 +205,12 @@ impl Jobs {
         )
     }
 
-    /// Submits many jobs of one kind with default options, all or none: one lock and one
-    /// dispatch round for the batch, which is cheaper than a `submit` each. Handles come
-    /// back in the order of `jobs`.
+    /// Submits many jobs of one kind with default options, all or none: the batch is
+    /// encoded into one buffer, queued in chunks of 512 jobs (one lock and one dispatch
+    /// round each, so the first jobs run while the rest are queued) and committed once,
+    /// which is cheaper than a `submit` each. Handles come back in the order of `jobs`.
+    /// The buffer is freed once every job of the batch is done (a dead letter keeps a
+    /// copy of its own payload).
     ///
     /// ```no_run
     /// # use cluster_rpc::{Hub, Job};
@@ -425,7 +218,7 @@ impl Jobs {
     /// # impl Job for Resize { const NAME: &'static str = "resize"; type Output = u64; }
     /// # async fn run(hub: Hub) -> Result<(), Box<dyn std::error::Error>> {
     /// let jobs: Vec<Resize> = (0..10_000).map(|image| Resize { image }).collect();
-    /// let handles = hub.jobs().submit_many(&jobs)?;
+    /// let handles = hub.jobs().submit_many(&jobs).await?;
     /// for handle in handles {
     ///     let bytes: u64 = handle.await?;
     /// }
@@ -433,41 +226,69 @@ impl Jobs {
     /// ```
     ///
     /// # Errors
-    /// [`JobError::QueueFull`] when the batch does not fit (nothing is queued then);
-    /// [`JobError::Decode`] when a job does not encode.
-    pub fn submit_many<'a, J: Job + 'a>(
+    /// [`JobError::QueueFull`] when the batch does not fit (nothing is queued then), and
+    /// the errors of [`submit`](Self::submit).
+    pub async fn submit_many<'a, J: Job + 'a>(
         &self,
         jobs: impl IntoIterator<Item = &'a J>,
     ) -> Result<Vec<JobHandle<J::Output>>, JobError> {
-        self.submit_many_with(jobs, JobOptions::default())
+        self.submit_many_with(jobs, JobOptions::default()).await
     }
 
     /// [`submit_many`](Self::submit_many) with options for every job of the batch.
     ///
     /// # Errors
-    /// As [`submit_many`](Self::submit_many).
-    pub fn submit_many_with<'a, J: Job + 'a>(
+    /// As [`submit_many`](Self::submit_many) and [`submit_with`](Self::submit_with).
+    pub async fn submit_many_with<'a, J: Job + 'a>(
         &self,
         jobs: impl IntoIterator<Item = &'a J>,
         options: JobOptions,
     ) -> Result<Vec<JobHandle<J::Output>>, JobError> {
+        // Every payload is encoded into one buffer, each job's a slice of it: one
+        // allocation for the batch, not one (and its regrowths) per job.
         let codec = self.queue.codec();
         let jobs = jobs.into_iter();
-        let mut encoded = Vec::with_capacity(jobs.size_hint().0);
+        let mut spans = Vec::with_capacity(jobs.size_hint().0);
+        let mut buffer = Vec::new();
         for job in jobs {
-            let mut payload = Vec::new();
+            let start = buffer.len();
             codec
-                .encode(job, &mut payload)
-                .map_err(|e| JobError::Decode(e.to_string()))?;
-            encoded.push((new_job_id(), payload));
+                .encode(job, &mut buffer)
+                .map_err(|e| JobError::Encode(e.to_string()))?;
+            if spans.is_empty() {
+                // Room for the rest, if they encode to about the first one's size.
+                let rest = spans.capacity().saturating_sub(1);
+                buffer.reserve(buffer.len().saturating_mul(rest));
+            }
+            spans.push(start..buffer.len());
         }
-        let ids: Vec<JobId> = encoded.iter().map(|(id, _)| *id).collect();
-        let waiters = self.queue.submit_many(J::NAME, encoded, &options)?;
-        Ok(ids
-            .into_iter()
-            .zip(waiters)
-            .map(|(id, waiter)| self.handle(id, waiter))
-            .collect())
+        let buffer = Bytes::from(buffer);
+        let payloads = spans.into_iter().map(|span| buffer.slice(span));
+        let queued = self.queue.submit_many(J::NAME, payloads, &options)?;
+        let ids = queued.iter().map(|(id, _, progress)| (*id, &**progress));
+        self.queue.accepted(ids).await?;
+        Ok(queued.into_iter().map(|q| self.handle(q)).collect())
+    }
+
+    /// A new handle on job `id`, a job of kind `J`: it resolves with the job's outcome once
+    /// the job resolves, or at once if the job completed within the result retention
+    /// ([`QueueOptions::result_retention`]). For a submitter that lost its handle (its
+    /// process restarted and kept the id).
+    ///
+    /// In a cluster with jobs on JetStream, a job another hub took is looked up there:
+    /// the handle waits for it, and resolves with [`JobError::NotFound`] when JetStream
+    /// holds neither the job nor its outcome (kept for the result retention).
+    ///
+    /// # Errors
+    /// [`JobError::NotFound`] when no job with this id is waiting, delayed, running or
+    /// kept (in a cluster: see above).
+    pub fn result<J: Job>(&self, id: JobId) -> Result<JobHandle<J::Output>, JobError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let progress = self
+            .queue
+            .attach(id, store::Owner::HUB, queue::Submitter::Local(tx))?
+            .unwrap_or_default();
+        Ok(self.handle((id, handle::Delivery::Channel(rx), progress)))
     }
 
     /// Counts and per-worker load.
@@ -475,19 +296,62 @@ impl Jobs {
         self.queue.stats()
     }
 
+    /// The store's own counters (fsyncs, bytes written, size on disk).
+    pub fn store_stats(&self) -> StoreStats {
+        self.queue.store_stats()
+    }
+
     /// Jobs that failed every attempt, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadJob> {
         self.queue.dead_letters()
     }
 
-    /// Puts a dead job back in the queue with fresh attempts; its original submitter's
-    /// handle has resolved already, so the result goes to the returned handle.
+    /// Where job `id` is now (waiting, delayed, running, dead, or completed within the
+    /// result retention) and its history: each attempt's worker, start, end and error.
+    /// `None` if the queue holds no such job. Finding a waiting job scans its queue: an
+    /// operator's lookup, not a hot path.
+    pub fn job(&self, id: JobId) -> Option<JobInfo> {
+        self.queue.find(id)
+    }
+
+    /// Up to `limit` jobs in `state`, with their histories (see
+    /// [`job`](Self::job)): waiting ones in the order they run within their name, dead
+    /// ones oldest first, completed ones newest first.
+    pub fn list(&self, state: JobState, limit: usize) -> Vec<JobInfo> {
+        self.queue.list(state, limit)
+    }
+
+    /// Cancels job `id` as its handle's [`JobHandle::cancel`] would (its handles resolve
+    /// to [`JobError::Cancelled`]); false when no waiting, delayed or running job has it.
+    pub fn cancel(&self, id: JobId) -> bool {
+        self.queue.cancel_by_id(id)
+    }
+
+    /// Puts dead job `id` back in the queue whatever its kind, for tools that do not know
+    /// its type: as [`requeue_dead`](Self::requeue_dead), but no handle awaits the result
+    /// (it is kept for the retention: [`result`](Self::result)).
     ///
     /// # Errors
-    /// [`JobError::QueueFull`], or [`JobError::Decode`] if no dead job has this id.
-    pub fn requeue_dead<T>(&self, id: JobId) -> Result<JobHandle<T>, JobError> {
-        let waiter = self.queue.requeue_dead(id)?;
-        Ok(self.handle(id, waiter))
+    /// [`JobError::NotFound`] if no dead job has this id, [`JobError::QueueFull`].
+    pub fn requeue_dead_any(&self, id: JobId) -> Result<(), JobError> {
+        self.queue.requeue_dead_any(id)
+    }
+
+    /// Forgets a dead job; false when the dead letters hold none with this id.
+    pub fn delete_dead(&self, id: JobId) -> bool {
+        self.queue.delete_dead(id)
+    }
+
+    /// Puts dead job `id`, a job of kind `J`, back in the queue with fresh attempts and
+    /// default options; its original submitter's handle has resolved already, so the
+    /// result goes to the returned handle.
+    ///
+    /// # Errors
+    /// [`JobError::NotFound`] if no dead job has this id, [`JobError::WrongKind`] if it is
+    /// not a `J` (it stays a dead letter then), [`JobError::QueueFull`].
+    pub fn requeue_dead<J: Job>(&self, id: JobId) -> Result<JobHandle<J::Output>, JobError> {
+        let queued = self.queue.requeue_dead(id, J::NAME)?;
+        Ok(self.handle(queued))
     }
 }
 
@@ -499,7 +363,7 @@ impl fmt::Debug for Jobs {
     }
 }
 
-/// Submitting jobs from a member: the hub queues them, workers run them.
+/// Submitting jobs from a member: the hub checks and queues them, workers run them.
 #[derive(Clone)]
 pub struct MemberJobs {
     member: crate::Member,
@@ -510,25 +374,95 @@ impl MemberJobs {
         Self { member }
     }
 
-    /// Submits a job with default options.
+    /// Submits a job with default options; resolves once the hub accepted it (the job's
+    /// id, assigned by the hub, is then known).
     ///
     /// # Errors
-    /// [`JobError::Decode`] if the job does not encode; queue errors arrive through the
-    /// handle.
-    pub fn submit<J: Job>(&self, job: &J) -> Result<JobHandle<J::Output>, JobError> {
-        self.submit_with(job, JobOptions::default())
+    /// The hub's refusals ([`JobError::QueueFull`], [`JobError::Invalid`]),
+    /// [`JobError::Encode`], and [`JobError::Rpc`] when the hub cannot be reached.
+    pub async fn submit<J: Job>(&self, job: &J) -> Result<JobHandle<J::Output>, JobError> {
+        self.submit_with(job, JobOptions::default()).await
     }
 
     /// Submits a job with options.
     ///
     /// # Errors
     /// As [`submit`](Self::submit).
-    pub fn submit_with<J: Job>(
+    pub async fn submit_with<J: Job>(
         &self,
         job: &J,
         options: JobOptions,
     ) -> Result<JobHandle<J::Output>, JobError> {
-        remote::submit_from_member(&self.member, job, J::NAME, options)
+        let core = self.member.core_handle()?;
+        let codec = core.codec();
+        let payload = encode_job(codec, job)?;
+        let submissions = self.member.submissions();
+        let accepted = remote::submit(core, submissions, J::NAME, payload, options).await?;
+        Ok(remote::handle(accepted, codec))
+    }
+
+    /// A new handle on job `id`, a job of kind `J` that this member submitted (before a
+    /// restart of its own process too, if it kept the id): it resolves with the job's
+    /// outcome, at once if the job completed within the hub's result retention.
+    ///
+    /// In a cluster with jobs on JetStream, any hub finds the job (the member may have
+    /// failed over from the hub it submitted to); the handle resolves with
+    /// [`JobError::NotFound`] when JetStream holds neither the job nor its outcome.
+    ///
+    /// # Errors
+    /// [`JobError::NotFound`] when the hub holds no such job of this member's (never was,
+    /// or its result's retention ended); [`JobError::Rpc`] when the hub cannot be asked.
+    pub async fn result<J: Job>(&self, id: JobId) -> Result<JobHandle<J::Output>, JobError> {
+        let core = self.member.core_handle()?;
+        let codec = core.codec();
+        let attached = remote::attach(core, self.member.submissions(), id).await?;
+        Ok(remote::handle(attached, codec))
+    }
+
+    /// Where job `id` is on the hub and its history ([`Jobs::job`]). An operator's call:
+    /// the member must have connected with the hub's jobs admin token in the
+    /// [`JOBS_ADMIN_PARAMETER`] connect parameter.
+    ///
+    /// # Errors
+    /// [`JobError::Forbidden`] without the token, [`JobError::Rpc`].
+    pub async fn job(&self, id: JobId) -> Result<Option<JobInfo>, JobError> {
+        remote::admin(self.member.core_handle()?, "job", id, None, 0).await
+    }
+
+    /// Up to `limit` jobs in `state` on the hub ([`Jobs::list`]; at most 10,000). An
+    /// operator's call, as [`job`](Self::job).
+    ///
+    /// # Errors
+    /// As [`job`](Self::job).
+    pub async fn list(&self, state: JobState, limit: usize) -> Result<Vec<JobInfo>, JobError> {
+        remote::admin(self.member.core_handle()?, "list", 0, Some(state), limit).await
+    }
+
+    /// Puts dead job `id` back in the hub's queue ([`Jobs::requeue_dead_any`]). An
+    /// operator's call, as [`job`](Self::job).
+    ///
+    /// # Errors
+    /// As [`job`](Self::job), [`JobError::NotFound`], [`JobError::QueueFull`].
+    pub async fn requeue_dead(&self, id: JobId) -> Result<(), JobError> {
+        remote::admin(self.member.core_handle()?, "requeue", id, None, 0).await
+    }
+
+    /// Cancels any job by id ([`Jobs::cancel`]); false when no waiting, delayed or running
+    /// job has it. An operator's call, as [`job`](Self::job).
+    ///
+    /// # Errors
+    /// As [`job`](Self::job).
+    pub async fn cancel(&self, id: JobId) -> Result<bool, JobError> {
+        remote::admin(self.member.core_handle()?, "cancel", id, None, 0).await
+    }
+
+    /// Forgets dead job `id` ([`Jobs::delete_dead`]). An operator's call, as
+    /// [`job`](Self::job).
+    ///
+    /// # Errors
+    /// As [`job`](Self::job).
+    pub async fn delete_dead(&self, id: JobId) -> Result<bool, JobError> {
+        remote::admin(self.member.core_handle()?, "delete", id, None, 0).await
     }
 
     /// The hub queue's counts and per-worker load.
@@ -536,7 +470,7 @@ impl MemberJobs {
     /// # Errors
     /// When the hub cannot be asked.
     pub async fn stats(&self) -> Result<JobStats, RpcError> {
-        remote::stats(&self.member).await
+        remote::stats(self.member.core_handle()?).await
     }
 }
 

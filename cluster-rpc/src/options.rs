@@ -10,6 +10,8 @@ use std::time::Duration;
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 /// Default limit of incoming calls running at once per connection: 1024.
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
+/// Default limit of subscription patterns one member holds on a hub: 10,000.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
 
 /// What a node serves and how it calls.
 #[derive(Debug, Clone)]

@@ -3,9 +3,11 @@
 
 use crate::codec::{Codec, CodecKind};
 use crate::envelope::Envelope;
-use crate::error::RpcError;
+use crate::error::{RpcError, RpcErrorKind};
 use crate::link::Link;
+use crate::metrics::{self, CallOutcome};
 use crate::service::Services;
+use cluster_transport::close_code;
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
@@ -19,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 type Reply = Result<Vec<u8>, RpcError>;
@@ -58,12 +60,30 @@ pub(crate) struct CallLimits {
     pub(crate) max_concurrent_calls: usize,
 }
 
+/// A call's answer, on its way from wherever it is served.
+pub(crate) type Answer = futures_util::future::BoxFuture<'static, Result<Vec<u8>, RpcError>>;
+
+/// Where a node sends the calls for services it does not serve itself (a hub: to a
+/// member serving it, or to another hub).
+pub(crate) trait Forward: Send + Sync + 'static {
+    /// The answer to `method` of `service` with the encoded `request`, from whoever serves
+    /// it within `deadline`; `None` when nobody does. Dropping the answer cancels the call.
+    fn forward(
+        &self,
+        service: &str,
+        method: &str,
+        request: &[u8],
+        deadline: Duration,
+    ) -> Option<Answer>;
+}
+
 /// The RPC state of one connection.
 pub(crate) struct PeerCore {
     link: Arc<dyn Link>,
     codec: CodecKind,
     limits: CallLimits,
     services: Arc<Services>,
+    forward: Option<Arc<dyn Forward>>,
     next_id: AtomicU64,
     calls: Mutex<Calls>,
 }
@@ -85,11 +105,23 @@ impl PeerCore {
         limits: CallLimits,
         services: Arc<Services>,
     ) -> Arc<Self> {
+        Self::forwarding(link, codec, limits, services, None)
+    }
+
+    /// [`new`](Self::new), passing calls for services not in `services` to `forward`.
+    pub(crate) fn forwarding(
+        link: Arc<dyn Link>,
+        codec: CodecKind,
+        limits: CallLimits,
+        services: Arc<Services>,
+        forward: Option<Arc<dyn Forward>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             link,
             codec,
             limits,
             services,
+            forward,
             next_id: AtomicU64::new(1),
             calls: Mutex::new(Calls::default()),
         })
@@ -107,9 +139,10 @@ impl PeerCore {
         &self.link
     }
 
-    /// The connection dropped: every call out fails with `Disconnected`, every call in is
-    /// cancelled. With `down`, new calls fail until [`up`](Self::up).
-    pub(crate) fn disconnected(&self, down: bool) {
+    /// The connection dropped (`how`: the close, when known): every call out fails with
+    /// `Disconnected`, every call in is cancelled. With `down`, new calls fail until
+    /// [`up`](Self::up).
+    pub(crate) fn disconnected(&self, down: bool, how: &str) {
         let (outgoing, incoming) = {
             let mut calls = self.calls();
             calls.down = down;
@@ -119,7 +152,7 @@ impl PeerCore {
             )
         };
         for (_, tx) in outgoing {
-            let _ = tx.send(Err(RpcError::Disconnected));
+            let _ = tx.send(Err(RpcError::new(RpcErrorKind::Disconnected, how)));
         }
         for (_, handle) in incoming {
             handle.abort();
@@ -139,12 +172,44 @@ impl PeerCore {
         request: &(impl Serialize + ?Sized),
         deadline: Duration,
     ) -> Reply {
+        let codec = self.codec;
+        self.call_with(service, method, deadline, |buf| {
+            codec
+                .encode(request, buf)
+                .map_err(|e| RpcError::new(RpcErrorKind::Encode, e.to_string()))
+        })
+        .await
+    }
+
+    /// [`call`](Self::call) with a request encoded already.
+    pub(crate) async fn call_encoded(
+        self: &Arc<Self>,
+        service: &str,
+        method: &str,
+        request: &[u8],
+        deadline: Duration,
+    ) -> Reply {
+        self.call_with(service, method, deadline, |buf| {
+            buf.extend_from_slice(request);
+            Ok(())
+        })
+        .await
+    }
+
+    /// A call whose request `encode_request` appends to the frame.
+    async fn call_with(
+        self: &Arc<Self>,
+        service: &str,
+        method: &str,
+        deadline: Duration,
+        encode_request: impl FnOnce(&mut Vec<u8>) -> Result<(), RpcError>,
+    ) -> Reply {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
             let mut calls = self.calls();
             if calls.down {
-                return Err(RpcError::Disconnected);
+                return Err(RpcError::from(RpcErrorKind::Disconnected));
             }
             calls.outgoing.insert(id, tx);
         }
@@ -166,12 +231,10 @@ impl PeerCore {
                     method,
                     payload: &[],
                 }
-                .encode(buf);
-                self.codec
-                    .encode(request, buf)
-                    .map_err(|e| RpcError::Encode(e.to_string()))
+                .encode(buf)?;
+                encode_request(buf)
             },
-            |frame| self.link.send_frame(frame).map_err(RpcError::from),
+            |frame| self.link.send_frame(frame),
         )
         .and_then(|sent| sent);
         if let Err(error) = sent {
@@ -187,23 +250,22 @@ impl PeerCore {
             }
             Ok(Err(_)) => {
                 guard.armed = false;
-                Err(RpcError::Disconnected)
+                Err(RpcError::from(RpcErrorKind::Disconnected))
             }
             // The guard sends the cancel.
-            Err(_) => Err(RpcError::Timeout),
+            Err(_) => Err(RpcError::from(RpcErrorKind::Timeout)),
         }
     }
 
-    /// Sends an envelope, ignoring a refusal: the transport closes a connection that
-    /// cannot take it, and that failure reaches everyone through the close.
-    pub(crate) fn send_envelope(&self, envelope: Envelope<'_>) {
-        let _ = with_frame(
-            |buf| {
-                envelope.encode(buf);
-                Ok(())
-            },
+    /// Sends a small control envelope (cancel, subscribe, unsubscribe).
+    ///
+    /// # Errors
+    /// The transport's refusal, or a field too long for the envelope.
+    pub(crate) fn send_envelope(&self, envelope: Envelope<'_>) -> Result<(), RpcError> {
+        with_frame(
+            |buf| Ok(envelope.encode(buf)?),
             |frame| self.link.send_frame(frame),
-        );
+        )?
     }
 
     /// Handles one call-related envelope from the peer.
@@ -235,12 +297,13 @@ impl PeerCore {
         }
     }
 
-    fn fail(&self, id: u64, error: &RpcError) {
+    /// Answers call `id` with an error (its detail cut to [`MAX_DETAIL`] bytes).
+    fn fail(&self, id: u64, error: &RpcError) -> Result<(), RpcError> {
         self.send_envelope(Envelope::Error {
             id,
             code: error.code(),
-            message: error.detail(),
-        });
+            message: clip(error.detail(), MAX_DETAIL),
+        })
     }
 
     fn serve(
@@ -251,12 +314,43 @@ impl PeerCore {
         method: &str,
         payload: &[u8],
     ) {
-        let Some(svc) = self.services.get(service) else {
-            return self.fail(id, &RpcError::NoSuchService(service.to_owned()));
+        let deadline = Duration::from_millis(u64::from(deadline_ms.max(1)));
+        let served = self.services.get(service);
+        let counted = match served {
+            Some(served) => served.metrics.method(method),
+            None if self.forward.is_some() => metrics::forwarded(),
+            None => {
+                metrics::unknown_service().record(CallOutcome::Refused, None);
+                let error = RpcError::new(RpcErrorKind::NoSuchService, service);
+                return self.answer_error(id, &error);
+            }
         };
-        let future = match svc.call(method, payload, self.codec) {
+        // The limit is checked before the handler exists: an `Overloaded` call has had no
+        // effect. (Handlers that finish in the first poll below never count: they are not
+        // running concurrently with anything.)
+        if self.calls().incoming.len() >= self.limits.max_concurrent_calls {
+            counted.record(CallOutcome::Overloaded, None);
+            let error = RpcError::new(
+                RpcErrorKind::Overloaded,
+                format!("{} calls running", self.limits.max_concurrent_calls),
+            );
+            return self.answer_error(id, &error);
+        }
+        let started = Instant::now();
+        let future = match served {
+            Some(served) => served.service.call(method, payload, self.codec),
+            None => self
+                .forward
+                .as_ref()
+                .and_then(|f| f.forward(service, method, payload, deadline))
+                .ok_or_else(|| RpcError::new(RpcErrorKind::NoSuchService, service)),
+        };
+        let future = match future {
             Ok(f) => f,
-            Err(error) => return self.fail(id, &error),
+            Err(error) => {
+                counted.record(CallOutcome::Refused, None);
+                return self.answer_error(id, &error);
+            }
         };
         // Most handlers answer at once (no I/O): poll once in place and skip the task, the
         // timer and the registration. A handler that is not done yet moves to a task,
@@ -264,57 +358,114 @@ impl PeerCore {
         let mut running = AssertUnwindSafe(future).catch_unwind();
         let first = Pin::new(&mut running).poll(&mut Context::from_waker(Waker::noop()));
         if let Poll::Ready(outcome) = first {
+            counted.record(outcome_of(&outcome), Some(started.elapsed()));
             return self.reply(id, outcome);
         }
         let (handle, registration) = AbortHandle::new_pair();
-        {
-            let mut calls = self.calls();
-            if calls.incoming.len() >= self.limits.max_concurrent_calls {
-                drop(calls);
-                return self.fail(id, &RpcError::Overloaded);
-            }
-            calls.incoming.insert(id, handle);
-        }
+        self.calls().incoming.insert(id, handle);
+        let counted = Arc::clone(counted);
         let peer = Arc::clone(self);
-        let deadline = Duration::from_millis(u64::from(deadline_ms.max(1)));
         let span = tracing::debug_span!("rpc", rpc.id = id, rpc.method = %method);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let outcome =
                     tokio::time::timeout(deadline, Abortable::new(running, registration)).await;
                 let finished = peer.calls().incoming.remove(&id).is_some();
+                let elapsed = Some(started.elapsed());
                 match outcome {
                     // Cancelled by the caller or by a disconnect: nobody to answer.
-                    Ok(Err(_aborted)) => {}
-                    _ if !finished => {}
-                    Ok(Ok(outcome)) => peer.reply(id, outcome),
-                    Err(_elapsed) => peer.fail(id, &RpcError::Timeout),
+                    Ok(Err(_aborted)) => counted.record(CallOutcome::Cancelled, elapsed),
+                    _ if !finished => counted.record(CallOutcome::Cancelled, elapsed),
+                    Ok(Ok(outcome)) => {
+                        counted.record(outcome_of(&outcome), elapsed);
+                        peer.reply(id, outcome);
+                    }
+                    Err(_elapsed) => {
+                        counted.record(CallOutcome::Timeout, elapsed);
+                        peer.answer_error(id, &RpcErrorKind::Timeout.into());
+                    }
                 }
             },
             span,
         ));
     }
 
+    /// Answers call `id` of the peer, handled outside the services (the hub's own).
+    pub(crate) fn respond(&self, id: u64, outcome: Result<Vec<u8>, RpcError>) {
+        self.reply(id, Ok(outcome));
+    }
+
     /// Answers call `id` with its handler's outcome.
     fn reply(&self, id: u64, outcome: std::thread::Result<Result<Vec<u8>, RpcError>>) {
         match outcome {
             Ok(Ok(bytes)) => {
-                let _ = with_frame(
+                let sent = with_frame(
                     |buf| {
-                        Envelope::Response { id, payload: &[] }.encode(buf);
+                        Envelope::Response { id, payload: &[] }.encode(buf)?;
                         buf.extend_from_slice(&bytes);
                         Ok(())
                     },
                     |frame| self.link.send_frame(frame),
                 );
+                if let Ok(Err(error)) = sent {
+                    let error = RpcError::new(
+                        error.kind(),
+                        format!(
+                            "the reply of {} bytes was refused: {}",
+                            bytes.len(),
+                            error.detail()
+                        ),
+                    );
+                    self.answer_error(id, &error);
+                }
             }
-            Ok(Err(error)) => self.fail(id, &error),
+            Ok(Err(error)) => self.answer_error(id, &error),
             Err(panic) => {
                 let message = panic_message(panic.as_ref());
                 tracing::error!(rpc.id = id, panic = %message, "handler panicked");
-                self.fail(id, &RpcError::Panicked(message));
+                self.answer_error(id, &RpcError::new(RpcErrorKind::Panicked, message));
             }
         }
+    }
+
+    /// Answers call `id` with `error`. If even that is refused (the send queue is full),
+    /// the connection is dropped so that the caller learns at once (`Disconnected`, with
+    /// this reason) instead of waiting out its deadline; a connection already gone fails
+    /// the caller by itself.
+    fn answer_error(&self, id: u64, error: &RpcError) {
+        match self.fail(id, error) {
+            Ok(()) => {}
+            Err(e) if e.kind() == RpcErrorKind::NotConnected => {}
+            Err(e) => {
+                tracing::warn!(rpc.id = id, cause = %e, "could not answer a call; closing");
+                self.link
+                    .close_for(close_code::INTERNAL, "a call's answer could not be sent");
+            }
+        }
+    }
+}
+
+/// Longest error detail sent; longer ones are cut (on a character boundary) and marked.
+pub(crate) const MAX_DETAIL: usize = 4096;
+
+/// `text`, cut to at most `max` bytes on a character boundary.
+pub(crate) fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A handler's outcome, as the call metrics count it.
+fn outcome_of(outcome: &std::thread::Result<Result<Vec<u8>, RpcError>>) -> CallOutcome {
+    match outcome {
+        Ok(Ok(_)) => CallOutcome::Ok,
+        Ok(Err(_)) => CallOutcome::Error,
+        Err(_) => CallOutcome::Panicked,
     }
 }
 
@@ -338,7 +489,8 @@ struct CallGuard<'a> {
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         if self.armed && self.peer.calls().outgoing.remove(&self.id).is_some() {
-            self.peer.send_envelope(Envelope::Cancel { id: self.id });
+            // A refusal: the connection is going, and the far side's handler with it.
+            let _ = self.peer.send_envelope(Envelope::Cancel { id: self.id });
         }
     }
 }
@@ -346,14 +498,83 @@ impl Drop for CallGuard<'_> {
 /// A handle for calling the services of one peer; what generated clients wrap.
 #[derive(Clone)]
 pub struct Caller {
-    peer: Arc<PeerCore>,
+    target: Target,
+    codec: CodecKind,
     deadline: Duration,
+}
+
+/// Where a caller's calls go.
+#[derive(Clone)]
+enum Target {
+    /// The peer at the other end of a connection.
+    Peer(Arc<PeerCore>),
+    /// A member on another hub, or any member serving a service on any hub.
+    #[cfg(feature = "nats")]
+    Remote(crate::cluster::Remote),
+    /// Notes the call and never answers: how a cluster broadcast learns what to send.
+    #[cfg(feature = "nats")]
+    Record(Arc<Mutex<Option<Recorded>>>),
+    /// Answers the first call with a member's outcome from another hub.
+    #[cfg(feature = "nats")]
+    Replay(Arc<Mutex<Option<Reply>>>),
+}
+
+/// A call a broadcast's closure made, to send to the other hubs.
+#[cfg(feature = "nats")]
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    pub(crate) service: &'static str,
+    pub(crate) method: &'static str,
+    pub(crate) request: Vec<u8>,
+    pub(crate) deadline: Duration,
 }
 
 impl Caller {
     pub(crate) fn new(peer: Arc<PeerCore>) -> Self {
-        let deadline = peer.limits.default_deadline;
-        Self { peer, deadline }
+        let (codec, deadline) = (peer.codec, peer.limits.default_deadline);
+        Self {
+            target: Target::Peer(peer),
+            codec,
+            deadline,
+        }
+    }
+
+    /// A caller that notes its first call in `slot` and never answers.
+    #[cfg(feature = "nats")]
+    pub(crate) fn record(
+        slot: Arc<Mutex<Option<Recorded>>>,
+        codec: CodecKind,
+        deadline: Duration,
+    ) -> Self {
+        Self {
+            target: Target::Record(slot),
+            codec,
+            deadline,
+        }
+    }
+
+    /// A caller whose first call answers `reply`.
+    #[cfg(feature = "nats")]
+    pub(crate) fn replay(reply: Reply, codec: CodecKind, deadline: Duration) -> Self {
+        Self {
+            target: Target::Replay(Arc::new(Mutex::new(Some(reply)))),
+            codec,
+            deadline,
+        }
+    }
+
+    /// A caller through the hub's cluster.
+    #[cfg(feature = "nats")]
+    pub(crate) fn remote(
+        remote: crate::cluster::Remote,
+        codec: CodecKind,
+        deadline: Duration,
+    ) -> Self {
+        Self {
+            target: Target::Remote(remote),
+            codec,
+            deadline,
+        }
     }
 
     /// The same peer with another deadline for each call.
@@ -383,21 +604,57 @@ impl Caller {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let bytes = self
-            .peer
-            .call(service, method, request, self.deadline)
-            .await?;
-        self.peer
-            .codec
+        let bytes = match &self.target {
+            Target::Peer(peer) => peer.call(service, method, request, self.deadline).await?,
+            #[cfg(feature = "nats")]
+            Target::Remote(remote) => {
+                let codec = self.codec;
+                remote
+                    .call(service, method, self.deadline, |buf| {
+                        codec
+                            .encode(request, buf)
+                            .map_err(|e| RpcError::new(RpcErrorKind::Encode, e.to_string()))
+                    })
+                    .await?
+            }
+            #[cfg(feature = "nats")]
+            Target::Record(slot) => {
+                let mut buf = Vec::new();
+                self.codec
+                    .encode(request, &mut buf)
+                    .map_err(|e| RpcError::new(RpcErrorKind::Encode, e.to_string()))?;
+                let recorded = Recorded {
+                    service,
+                    method,
+                    request: buf,
+                    deadline: self.deadline,
+                };
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(recorded);
+                std::future::pending::<()>().await;
+                return Err(RpcError::from(RpcErrorKind::Cancelled));
+            }
+            #[cfg(feature = "nats")]
+            Target::Replay(slot) => slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| {
+                    Err(RpcError::new(
+                        RpcErrorKind::Cancelled,
+                        "a cluster broadcast runs one call per member of another hub",
+                    ))
+                })?,
+        };
+        self.codec
             .decode(&bytes)
-            .map_err(|e| RpcError::Decode(e.to_string()))
+            .map_err(|e| RpcError::new(RpcErrorKind::Decode, e.to_string()))
     }
 }
 
 impl fmt::Debug for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Caller")
-            .field("codec", &self.peer.codec)
+            .field("codec", &self.codec)
             .field("deadline", &self.deadline)
             .finish()
     }

@@ -8,12 +8,14 @@
 //! are dropped and counted ([`Subscription::dropped`]).
 
 mod subject;
+mod trie;
 
-pub(crate) use subject::SubjectTable;
-pub use subject::{is_valid_pattern, is_valid_subject, matches};
+pub(crate) use subject::check;
+pub use subject::{is_reserved, is_valid_pattern, is_valid_subject, matches, MAX_TOKENS};
+pub(crate) use trie::SubjectTrie;
 
 use crate::codec::{Codec, CodecKind};
-use crate::error::RpcError;
+use crate::error::{RpcError, RpcErrorKind};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -44,15 +46,17 @@ pub(crate) struct LocalSink {
 }
 
 impl LocalSink {
-    /// Queues a message without waiting; a full queue drops it and counts.
-    pub(crate) fn deliver(&self, subject: &str, payload: &[u8]) {
-        if self
+    /// Queues a message without waiting; a full queue drops it and counts. False when
+    /// it was dropped.
+    pub(crate) fn deliver(&self, subject: &str, payload: &[u8]) -> bool {
+        let taken = self
             .tx
             .try_send((subject.to_owned(), payload.to_vec()))
-            .is_err()
-        {
+            .is_ok();
+        if !taken {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        taken
     }
 }
 
@@ -103,7 +107,7 @@ impl<T: DeserializeOwned> Subscription<T> {
 
     /// The next publication; `None` once the node is gone.
     ///
-    /// A value that does not decode as `T` arrives as `Err(RpcError::Decode)`.
+    /// A value that does not decode as `T` arrives as an error of kind [`RpcErrorKind::Decode`].
     pub async fn recv(&mut self) -> Option<Result<Published<T>, RpcError>> {
         let (subject, payload) = self.rx.recv().await?;
         Some(self.decode(subject, &payload))
@@ -113,7 +117,7 @@ impl<T: DeserializeOwned> Subscription<T> {
         let value = self
             .codec
             .decode(payload)
-            .map_err(|e| RpcError::Decode(e.to_string()))?;
+            .map_err(|e| RpcError::new(RpcErrorKind::Decode, e.to_string()))?;
         Ok(Published { subject, value })
     }
 

@@ -3,6 +3,7 @@
 
 use crate::codec::CodecKind;
 use crate::error::RpcError;
+use crate::metrics::ServiceMetrics;
 use crate::peer::Caller;
 use futures_util::future::BoxFuture;
 use std::collections::HashMap;
@@ -22,7 +23,8 @@ pub trait Service: Send + Sync + 'static {
     /// response. Decoding happens now, so a bad request is an error at once.
     ///
     /// # Errors
-    /// [`RpcError::NoSuchMethod`] or [`RpcError::Decode`].
+    /// [`RpcErrorKind::NoSuchMethod`](crate::RpcErrorKind::NoSuchMethod) or
+    /// [`RpcErrorKind::Decode`](crate::RpcErrorKind::Decode).
     fn call(
         &self,
         method: &str,
@@ -44,16 +46,30 @@ pub trait ServiceClient: Sized {
 /// The services one node serves, by name.
 #[derive(Clone, Default)]
 pub(crate) struct Services {
-    by_name: HashMap<&'static str, Arc<dyn Service>>,
+    by_name: HashMap<&'static str, Served>,
+}
+
+/// A service and the metric handles of its calls.
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub(crate) service: Arc<dyn Service>,
+    pub(crate) metrics: Arc<ServiceMetrics>,
 }
 
 impl Services {
     pub(crate) fn add(&mut self, service: Arc<dyn Service>) {
-        self.by_name.insert(service.name(), service);
+        let metrics = Arc::new(ServiceMetrics::new(service.name(), service.methods()));
+        self.by_name
+            .insert(service.name(), Served { service, metrics });
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn Service>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Served> {
         self.by_name.get(name)
+    }
+
+    /// The names.
+    pub(crate) fn names_list(&self) -> Vec<&'static str> {
+        self.by_name.keys().copied().collect()
     }
 
     /// The names, comma-separated, as members announce them in their connect parameters.

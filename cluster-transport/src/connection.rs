@@ -1,23 +1,22 @@
 //! A consumer's connection as the provider sees it: identity, heartbeat state, and a cheap
 //! handle for sending that never touches the socket itself.
 //!
-//! Sends encode the frame into the connection's outbox under a short std mutex and wake
-//! the connection's one owner task, which writes everything queued in one batch. Bytes
-//! queued and not yet taken by the kernel count against `max_backpressure`.
+//! Sends encode the frame into the connection's [`Outbox`] under a short std mutex and
+//! wake the connection's one owner task ([`Driver`](crate::driver::Driver)), which writes
+//! everything queued in one batch. Bytes queued and not yet taken by the kernel count
+//! against `max_backpressure`.
 
-pub(crate) mod driver;
-
-use crate::deflate::{Deflate, MessageDeflater};
+use crate::deflate::MessageDeflater;
 use crate::error::{SendError, SendErrorKind};
 use crate::frame::{self, OpCode};
 use crate::message::{close_code, is_reserved, MessageRef};
+use crate::protocol::{self, CloseMode, CloseRequest, Outbox, Overflow, Role};
 use crate::query::Parameters;
-use std::cell::RefCell;
+use crate::stats::{Kind, TransportStats};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Waker;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -29,14 +28,19 @@ pub struct Connection {
     shared: Arc<ConnectionShared>,
 }
 
-pub(crate) struct ConnectionShared {
+struct ConnectionShared {
     id: Uuid,
     ip: IpAddr,
     parameters: Parameters,
+    /// When the upgrade completed, in ms since the Unix epoch.
+    connected_at: u64,
     last_ping: AtomicU64,
     strikes: AtomicU32,
     alive: AtomicBool,
-    max_backpressure: usize,
+    /// Set by [`Connection::close`] and [`Connection::terminate`]: the application ended it.
+    closed_here: AtomicBool,
+    /// The provider's traffic counters.
+    stats: Arc<TransportStats>,
     /// Whether `PING`/`PONG`/`PROVIDER_HEARTBEAT|…` are protocol here (heartbeat enabled).
     reserves_texts: bool,
     /// How a broadcast reaches it: fixed at the upgrade, read without the outbox's lock.
@@ -44,51 +48,17 @@ pub(crate) struct ConnectionShared {
     outbox: Mutex<Outbox>,
 }
 
-/// What other tasks hand the connection's owner task.
-#[derive(Default)]
-pub(crate) struct Outbox {
-    /// Encoded frames waiting for the owner task.
-    pub(crate) buf: Vec<u8>,
-    /// Bytes the owner task took but the kernel has not accepted yet.
-    pub(crate) in_flight: usize,
-    /// The owner task, parked until there is something to write.
-    pub(crate) waker: Option<Waker>,
-    /// A close someone asked for, not yet acted on.
-    pub(crate) close: Option<CloseRequest>,
-    /// Set once a close was requested or the connection ended: sends are refused.
-    pub(crate) closing: bool,
-    /// permessage-deflate's sending half, when negotiated.
-    pub(crate) deflater: Option<MessageDeflater>,
-}
-
-/// How to end a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CloseRequest {
-    pub(crate) code: u16,
-    pub(crate) reason: String,
-    pub(crate) mode: CloseMode,
-}
-
-/// What happens after the close frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseMode {
-    /// Wait (up to the close timeout) for the peer's close frame, then FIN.
-    Graceful,
-    /// FIN as soon as the close frame is written: the peer is not answering.
-    Immediate,
-    /// Drop the socket now, without writing anything more.
-    Abort,
-}
-
 impl Connection {
+    /// A connection of the provider's; `deflater` compresses what it sends, when
+    /// permessage-deflate was negotiated.
     pub(crate) fn new(
         ip: IpAddr,
         parameters: Parameters,
         max_backpressure: usize,
         reserves_texts: bool,
-        deflate: Option<Deflate>,
+        deflater: Option<MessageDeflater>,
+        stats: Arc<TransportStats>,
     ) -> Self {
-        let deflater = deflate.map(|d| d.deflater());
         let send_path = match &deflater {
             None => SendPath::Plain,
             Some(MessageDeflater::Shared(bits)) => SendPath::SharedDeflate(*bits),
@@ -99,16 +69,20 @@ impl Connection {
                 id: Uuid::new_v4(),
                 ip,
                 parameters,
+                connected_at: now_millis(),
                 last_ping: AtomicU64::new(0),
                 strikes: AtomicU32::new(0),
                 alive: AtomicBool::new(true),
-                max_backpressure,
+                closed_here: AtomicBool::new(false),
+                stats,
                 reserves_texts,
                 send_path,
-                outbox: Mutex::new(Outbox {
+                outbox: Mutex::new(Outbox::new(
+                    Role::Server,
+                    Overflow::Close,
+                    max_backpressure,
                     deflater,
-                    ..Outbox::default()
-                }),
+                )),
             }),
         }
     }
@@ -128,6 +102,11 @@ impl Connection {
         &self.shared.parameters
     }
 
+    /// When the connection was opened (its upgrade completed).
+    pub fn connected_at(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_millis(self.shared.connected_at)
+    }
+
     /// When the last heartbeat `PING` was sent, in ms since the Unix epoch (0: none yet).
     pub fn last_ping(&self) -> u64 {
         self.shared.last_ping.load(Ordering::Relaxed)
@@ -138,15 +117,15 @@ impl Connection {
         self.shared.strikes.load(Ordering::Relaxed)
     }
 
-    /// Bytes queued for this connection and not yet taken by the kernel.
+    /// Bytes queued for this connection and not yet taken by the kernel, control frames
+    /// included.
     pub fn backpressure(&self) -> usize {
-        let outbox = self.lock();
-        outbox.buf.len() + outbox.in_flight
+        protocol::lock(&self.shared.outbox).queued()
     }
 
     /// Whether the connection is still open for sending.
     pub fn is_open(&self) -> bool {
-        !self.lock().closing
+        !protocol::lock(&self.shared.outbox).is_closing()
     }
 
     /// Queues a message (text or binary) for this consumer.
@@ -169,34 +148,26 @@ impl Connection {
 
     /// Queues a frame without the reserved-text check (the heartbeat's own messages).
     pub(crate) fn send_frame(&self, message: MessageRef<'_>) -> Result<(), SendError> {
-        let (opcode, payload) = encode_parts(message);
-        let mut outbox = self.lock();
-        if outbox.deflater.is_none() {
-            return self.push(outbox, frame::frame_len(payload.len()), |buf| {
-                frame::encode_header(opcode, payload.len(), buf);
-                buf.extend_from_slice(payload);
-            });
+        let wire = protocol::update(&self.shared.outbox, |outbox| {
+            outbox.push_message_sized(message)
+        })?;
+        let stats = &self.shared.stats;
+        let raw = message.len() as u64;
+        stats.sent(Kind::of(message), raw);
+        if self.shared.send_path != SendPath::Plain {
+            stats.deflated(raw, wire as u64);
         }
-        // Compressed under the outbox lock: with context takeover, the order messages are
-        // compressed in must be the order they go out in.
-        SCRATCH.with(|cell| {
-            let mut scratch = cell.try_borrow_mut().ok();
-            let compressed = match (&mut outbox.deflater, scratch.as_deref_mut()) {
-                (Some(deflater), Some(scratch)) => {
-                    scratch.clear();
-                    deflater.compress(payload, scratch)
-                }
-                _ => false,
-            };
-            let (rsv1, body) = match scratch.as_deref() {
-                Some(scratch) if compressed => (true, scratch.as_slice()),
-                _ => (false, payload),
-            };
-            self.push(outbox, frame::frame_len(body.len()), |buf| {
-                frame::encode_header_with(true, rsv1, opcode, body.len(), None, buf);
-                buf.extend_from_slice(body);
-            })
-        })
+        Ok(())
+    }
+
+    /// The provider's traffic counters.
+    pub(crate) fn stats(&self) -> &TransportStats {
+        &self.shared.stats
+    }
+
+    /// Whether the application closed (or terminated) the connection.
+    pub(crate) fn closed_here(&self) -> bool {
+        self.shared.closed_here.load(Ordering::Relaxed)
     }
 
     /// Whether this connection negotiated permessage-deflate (the provider's
@@ -212,7 +183,7 @@ impl Connection {
 
     /// Queues a frame encoded once for many connections ([`encode_frame`]).
     pub(crate) fn send_encoded(&self, frame: &[u8]) -> Result<(), SendError> {
-        self.push(self.lock(), frame.len(), |buf| buf.extend_from_slice(frame))
+        protocol::update(&self.shared.outbox, |outbox| outbox.push_encoded(frame))
     }
 
     /// Whether `message` is protocol text on this connection.
@@ -220,68 +191,36 @@ impl Connection {
         self.shared.reserves_texts && matches!(message, MessageRef::Text(t) if is_reserved(t))
     }
 
-    /// Appends `len` bytes written by `write` to the outbox, within `max_backpressure`.
-    fn push(
-        &self,
-        mut outbox: MutexGuard<'_, Outbox>,
-        len: usize,
-        write: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<(), SendError> {
-        if len > self.shared.max_backpressure {
-            return Err(SendError::new(SendErrorKind::PayloadTooLarge));
-        }
-        if outbox.closing {
-            return Err(SendError::new(SendErrorKind::NotConnected));
-        }
-        if outbox.buf.len() + outbox.in_flight + len > self.shared.max_backpressure {
-            outbox.request_close(CloseRequest {
-                code: close_code::POLICY,
-                reason: "backpressure limit exceeded".into(),
-                mode: CloseMode::Abort,
-            });
-            let waker = outbox.waker.take();
-            drop(outbox);
-            wake(waker);
-            return Err(SendError::new(SendErrorKind::Backpressure));
-        }
-        if outbox.buf.capacity() == 0 {
-            // The buffer is freed whenever the connection idles; start a batch with room
-            // for many frames instead of growing it one doubling at a time.
-            outbox.buf.reserve(len.max(4096));
-        }
-        write(&mut outbox.buf);
-        let waker = outbox.waker.take();
-        drop(outbox);
-        wake(waker);
-        Ok(())
+    /// Whether `PING`/`PONG` are the heartbeat's on this connection.
+    pub(crate) fn speaks_heartbeat(&self) -> bool {
+        self.shared.reserves_texts
+    }
+
+    /// The queue the connection's owner task writes from.
+    pub(crate) fn outbox(&self) -> &Mutex<Outbox> {
+        &self.shared.outbox
     }
 
     /// Closes the connection gracefully: sends a close frame with `code` and `reason`, waits
     /// for the consumer's close frame (up to the provider's `close_timeout`), then ends the
     /// TCP connection. Does nothing if the connection is already closing.
     pub fn close(&self, code: u16, reason: &str) {
-        self.request_close(CloseRequest {
-            code,
-            reason: reason.to_owned(),
-            mode: CloseMode::Graceful,
-        });
+        self.shared.closed_here.store(true, Ordering::Relaxed);
+        self.request_close(CloseRequest::new(code, reason, CloseMode::Graceful));
     }
 
     /// Ends the connection at once, without a close handshake.
     pub fn terminate(&self) {
-        self.request_close(CloseRequest {
-            code: close_code::ABNORMAL,
-            reason: String::new(),
-            mode: CloseMode::Abort,
-        });
+        self.shared.closed_here.store(true, Ordering::Relaxed);
+        self.request_close(CloseRequest::new(
+            close_code::ABNORMAL,
+            "",
+            CloseMode::Abort,
+        ));
     }
 
     pub(crate) fn request_close(&self, request: CloseRequest) {
-        let mut outbox = self.lock();
-        outbox.request_close(request);
-        let waker = outbox.waker.take();
-        drop(outbox);
-        wake(waker);
+        protocol::update(&self.shared.outbox, |outbox| outbox.request_close(request));
     }
 
     /// Heartbeat: a `PONG` arrived.
@@ -304,15 +243,6 @@ impl Connection {
             HeartbeatStep::Kill
         }
     }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Outbox> {
-        // A poisoned outbox only means a panic elsewhere mid-push; the bytes are still framed
-        // whole (header and payload are pushed under one guard), so carry on.
-        self.shared
-            .outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 fn encode_parts(message: MessageRef<'_>) -> (OpCode, &[u8]) {
@@ -331,9 +261,16 @@ pub(crate) fn encode_frame(message: MessageRef<'_>) -> Vec<u8> {
     out
 }
 
+/// A frame compressed once for many connections, and its compressed payload's size.
+pub(crate) type SharedFrame = (Vec<u8>, u64);
+
 /// Encodes `message` compressed on its own with a window of `bits`, once for every
-/// connection on [`SendPath::SharedDeflate`]; `None` when it goes uncompressed.
-pub(crate) fn encode_shared_deflate_frame(message: MessageRef<'_>, bits: u8) -> Option<Vec<u8>> {
+/// connection on [`SendPath::SharedDeflate`], with the compressed payload's size; `None`
+/// when it goes uncompressed.
+pub(crate) fn encode_shared_deflate_frame(
+    message: MessageRef<'_>,
+    bits: u8,
+) -> Option<SharedFrame> {
     let (opcode, payload) = encode_parts(message);
     let mut compressed = Vec::new();
     if !MessageDeflater::Shared(bits).compress(payload, &mut compressed) {
@@ -342,7 +279,7 @@ pub(crate) fn encode_shared_deflate_frame(message: MessageRef<'_>, bits: u8) -> 
     let mut out = Vec::with_capacity(frame::frame_len(compressed.len()));
     frame::encode_header_with(true, true, opcode, compressed.len(), None, &mut out);
     out.extend_from_slice(&compressed);
-    Some(out)
+    Some((out, compressed.len() as u64))
 }
 
 /// How a message reaches a connection, for a broadcast that encodes once per path.
@@ -356,33 +293,12 @@ pub(crate) enum SendPath {
     OwnDeflate,
 }
 
-thread_local! {
-    /// Where a message is compressed before its frame is queued.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 /// What the heartbeat cycle does to one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeartbeatStep {
     Ping,
     Strike,
     Kill,
-}
-
-impl Outbox {
-    fn request_close(&mut self, request: CloseRequest) {
-        let abort = request.mode == CloseMode::Abort;
-        if !self.closing || (abort && self.close.is_some()) {
-            self.close = Some(request);
-        }
-        self.closing = true;
-    }
-}
-
-fn wake(waker: Option<Waker>) {
-    if let Some(w) = waker {
-        w.wake();
-    }
 }
 
 pub(crate) fn now_millis() -> u64 {
@@ -426,33 +342,22 @@ mod tests {
             max_backpressure,
             true,
             None,
+            Arc::default(),
         )
-    }
-
-    #[test]
-    fn send_frames_into_the_outbox() {
-        let c = conn(1024);
-        c.send("hi").unwrap();
-        c.send(&b"\x01\x02"[..]).unwrap();
-        assert_eq!(c.lock().buf, b"\x81\x02hi\x82\x02\x01\x02");
-        assert_eq!(c.backpressure(), 8);
     }
 
     #[test]
     fn reserved_and_limits() {
         let c = conn(100);
         assert_eq!(c.send("PING").unwrap_err().kind(), SendErrorKind::Reserved);
-        assert_eq!(
-            c.send("x".repeat(99).as_str()).unwrap_err().kind(),
-            SendErrorKind::PayloadTooLarge
-        );
+        c.send_frame(MessageRef::Text("PING")).unwrap();
         c.send("x".repeat(90).as_str()).unwrap();
+        assert_eq!(c.backpressure(), 6 + 92);
         assert_eq!(
             c.send("x".repeat(10).as_str()).unwrap_err().kind(),
             SendErrorKind::Backpressure
         );
         assert!(!c.is_open());
-        assert_eq!(c.lock().close.as_ref().map(|r| r.code), Some(1008));
         assert_eq!(
             c.send("late").unwrap_err().kind(),
             SendErrorKind::NotConnected

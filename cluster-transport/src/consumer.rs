@@ -1,4 +1,5 @@
-//! The Consumer: joins one provider, answers its heartbeat, reconnects on its own.
+//! The Consumer: joins a provider, answers its heartbeat, reconnects on its own, and can
+//! fail over between several providers (hubs).
 //!
 //! ```
 //! use cluster_transport::{Consumer, Provider};
@@ -18,22 +19,24 @@
 //! # Ok(()) }
 //! ```
 
+mod buffer;
+mod hosts;
 mod session;
-mod socket;
 mod upgrade;
 
-use crate::deflate::MessageDeflater;
+use buffer::ReconnectBuffer;
+
 use crate::error::{ConnectError, ConnectErrorKind, SendError, SendErrorKind};
-use crate::event::{Callback, ConsumerEvent, DebugFn, ErrorFn, EventStream};
-use crate::frame::OpCode;
+use crate::event::ConsumerEvent;
+use crate::event::{fire, Callback, DebugFn, ErrorFn, EventStream, Events, ListenerSet};
 use crate::message::{is_reserved, CloseInfo, Message, MessageRef};
-use crate::options::ConsumerOptions;
+use crate::options::{Backoff, ConsumerOptions};
+use crate::protocol::{self, CloseMode, CloseRequest, Outbox, Overflow, Role};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -61,22 +64,20 @@ struct ConsumerListeners {
     message: Vec<Callback<MessageFn>>,
     disconnect: Vec<Callback<DisconnectFn>>,
     close: Vec<Callback<OpenFn>>,
-    streams: Vec<mpsc::Sender<ConsumerEvent>>,
     error: Option<Arc<ErrorFn>>,
     debug: Option<Arc<DebugFn>>,
 }
 
 struct ConsumerShared {
     options: ConsumerOptions,
-    listeners: RwLock<Arc<ConsumerListeners>>,
-    /// Bumped on every listener change, so sessions can cache them.
-    listeners_gen: AtomicU64,
+    listeners: ListenerSet<ConsumerListeners>,
+    events: Events<ConsumerEvent>,
     status: watch::Sender<Status>,
+    /// What `send` queued for the current connection (between connections: closed, so
+    /// sends go to `buffer`).
     outbox: Mutex<Outbox>,
-    /// Wakes the session: something queued, or a reconnect asked for.
-    outbox_ready: Notify,
-    /// A close of the current connection someone asked for (then the policy reconnects).
-    drop_request: Mutex<Option<CloseInfo>>,
+    /// What `send` kept between connections; only ever locked under `outbox`.
+    buffer: Mutex<ReconnectBuffer>,
     in_flight: AtomicBool,
     heartbeat_duration: AtomicU64,
     last_heartbeat: AtomicU64,
@@ -91,109 +92,73 @@ struct ConsumerShared {
 struct Status {
     state: ConsumerState,
     opens: u64,
-}
-
-/// What `send` queued for the session to write: frames already encoded (masked, and
-/// compressed under this lock when permessage-deflate is on, so the compression context
-/// follows the order frames go out in).
-#[derive(Default)]
-struct Outbox {
-    frames: Vec<u8>,
-    /// The current session's compressor, when negotiated.
-    deflater: Option<MessageDeflater>,
-    scratch: Vec<u8>,
+    /// The provider of the current (or last) connection, `host:port`.
+    host: Option<String>,
 }
 
 impl ConsumerShared {
-    fn listeners(&self) -> Arc<ConsumerListeners> {
-        Arc::clone(&self.listeners.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// The listeners and their generation, for a session to keep between messages.
-    fn cached_listeners(&self) -> (Arc<ConsumerListeners>, u64) {
-        let generation = self
-            .listeners_gen
-            .load(std::sync::atomic::Ordering::Acquire);
-        (self.listeners(), generation)
-    }
-
-    /// Refreshes a session's cached listeners if they changed (no lock per message).
-    fn refresh(&self, cached: &mut (Arc<ConsumerListeners>, u64)) {
-        if self
-            .listeners_gen
-            .load(std::sync::atomic::Ordering::Acquire)
-            != cached.1
-        {
-            *cached = self.cached_listeners();
-        }
-    }
-
-    fn update_listeners(&self, change: impl FnOnce(&mut ConsumerListeners)) {
-        let mut guard = self.listeners.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = ConsumerListeners::clone(&guard);
-        next.streams.retain(|s| !s.is_closed());
-        change(&mut next);
-        *guard = Arc::new(next);
-        self.listeners_gen
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-    }
-
-    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn debug(&self, message: impl FnOnce() -> String) {
-        if let Some(log) = &self.listeners().debug {
+        if let Some(log) = &self.listeners.get().debug {
             log(&message());
         }
     }
 
     fn error(&self, error: &(dyn std::error::Error + 'static)) {
-        if let Some(handler) = &self.listeners().error {
+        if let Some(handler) = &self.listeners.get().error {
             handler(error);
         }
     }
 
-    /// Delivers an event to callbacks and receivers; a full receiver makes this wait.
-    async fn emit(&self, event: ConsumerEvent) {
-        let listeners = self.listeners();
-        match &event {
+    /// Delivers an event to callbacks and streams; never waits (see [`EventStream`]).
+    fn emit(&self, event: ConsumerEvent) {
+        let listeners = self.listeners.get();
+        let panicked = match &event {
             ConsumerEvent::Open => fire(&listeners.open, |f| f()),
             ConsumerEvent::Message(m) => fire(&listeners.message, |f| f(m.as_ref())),
             ConsumerEvent::Disconnect(info) => fire(&listeners.disconnect, |f| f(info)),
             ConsumerEvent::Close => fire(&listeners.close, |f| f()),
+            ConsumerEvent::Lagged(_) => false,
+        };
+        if panicked {
+            tracing::error!(event = %event, "consumer callback panicked");
         }
-        for stream in &listeners.streams {
-            let _ = stream.send(event.clone()).await;
+        self.events.emit(event);
+    }
+
+    /// Delivers a borrowed message, copying it only when a stream wants it.
+    fn emit_message(&self, listeners: &ConsumerListeners, message: MessageRef<'_>) {
+        if fire(&listeners.message, |f| f(message)) {
+            tracing::error!("consumer message callback panicked");
+        }
+        if self.events.is_watched() {
+            self.events
+                .emit(ConsumerEvent::Message(message.to_owned_message()));
         }
     }
 
-    /// Delivers a borrowed message without copying it unless a receiver wants it.
-    async fn emit_message(&self, listeners: &ConsumerListeners, message: MessageRef<'_>) {
-        fire(&listeners.message, |f| f(message));
-        if !listeners.streams.is_empty() {
-            let event = ConsumerEvent::Message(message.to_owned_message());
-            for stream in &listeners.streams {
-                let _ = stream.send(event.clone()).await;
-            }
-        }
+    /// Connected to `endpoint`.
+    fn set_connected(&self, endpoint: &hosts::Endpoint) {
+        self.status.send_modify(|status| {
+            status.opens += 1;
+            status.state = ConsumerState::Connected;
+            status.host = Some(endpoint.to_string());
+        });
     }
 
     fn set_state(&self, state: ConsumerState) {
-        self.status.send_modify(|status| {
-            if matches!(state, ConsumerState::Connected) {
-                status.opens += 1;
-            }
-            status.state = state;
-        });
+        self.status.send_modify(|status| status.state = state);
     }
-}
 
-fn fire<F: ?Sized>(callbacks: &[Callback<F>], call: impl Fn(&F)) {
-    for callback in callbacks {
-        if let Some(f) = callback.take() {
-            call(f);
-        }
+    /// The outbox of a connection that is not (or no longer) there: refuses every send.
+    fn closed_outbox(&self) -> Outbox {
+        let mut outbox = Outbox::new(
+            Role::Client,
+            Overflow::Refuse,
+            self.options.max_backpressure,
+            None,
+        );
+        outbox.set_closing();
+        outbox
     }
 }
 
@@ -222,15 +187,46 @@ impl ConsumerBuilder {
         }
     }
 
-    /// Host or IP of the provider.
+    /// Host or IP of the provider. Default: `127.0.0.1`.
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.options.host = host.into();
         self
     }
 
-    /// Port of the provider. Default: 8080.
+    /// Port of the provider, and of each [`hosts`](Self::hosts) entry that names none.
+    /// Default: 8080.
     pub fn port(mut self, port: u16) -> Self {
         self.options.port = port;
+        self
+    }
+
+    /// Several providers to fail over between, each `host`, `host:port`, `[v6]` or
+    /// `[v6]:port`, tried in this order (see [Failover](Consumer#failover));
+    /// replaces [`host`](Self::host). An entry that cannot be read fails the connect
+    /// with [`InvalidOptions`](ConnectErrorKind::InvalidOptions).
+    ///
+    /// ```
+    /// # use cluster_transport::Consumer;
+    /// let builder = Consumer::builder().hosts(["hub-a:8080", "hub-b:8080", "[::1]:8081"]);
+    /// ```
+    pub fn hosts<I>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.options.hosts = hosts.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Keeps up to `messages` messages and `bytes` bytes sent while reconnecting (each
+    /// message counts its payload plus 14 bytes; `bytes` is capped at
+    /// `max_backpressure`) and sends them first, in order, on the next connection.
+    /// Default: `(0, 0)`, nothing kept: such sends are refused with
+    /// [`NotConnected`](SendErrorKind::NotConnected), as the seed does. See
+    /// [Failover](Consumer#failover).
+    pub fn reconnect_buffer(mut self, messages: usize, bytes: usize) -> Self {
+        self.options.reconnect.buffer_messages = messages;
+        self.options.reconnect.buffer_bytes = bytes;
         self
     }
 
@@ -252,6 +248,8 @@ impl ConsumerBuilder {
     ///
     /// A certificate that cannot be verified fails the connect with
     /// [`ConnectErrorKind::Tls`], which is never retried.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn ssl(mut self, ssl: bool) -> Self {
         self.options.ssl = ssl;
         self
@@ -266,19 +264,47 @@ impl ConsumerBuilder {
 
     /// Trusts the CA certificates in this PEM file instead of the system's roots (a
     /// private CA, or a self-signed provider certificate), and turns [`ssl`](Self::ssl) on.
-    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.options.ca = Some(path.into());
         self.options.ssl = true;
         self
     }
 
-    /// Wait before each reconnect attempt. Default: 1 s.
+    /// Wait before each reconnect attempt with [`Backoff::Fixed`]; the first ceiling
+    /// with [`Backoff::Exponential`]. Default: 1 s.
     pub fn reconnect_interval(mut self, interval: Duration) -> Self {
         self.options.reconnect.interval = interval;
         self
     }
 
-    /// Failed attempts in a row before closing for good. Default: 10.
+    /// How the wait before each reconnect attempt grows. Default: [`Backoff::Fixed`], as
+    /// the seed; [`Backoff::Exponential`] spreads a crowd of consumers out when their
+    /// provider restarts.
+    ///
+    /// ```
+    /// # use cluster_transport::{Backoff, Consumer};
+    /// # use std::time::Duration;
+    /// let builder = Consumer::builder()
+    ///     .reconnect_backoff(Backoff::Exponential)
+    ///     .reconnect_interval(Duration::from_millis(500))
+    ///     .max_reconnect_interval(Duration::from_secs(30));
+    /// ```
+    pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
+        self.options.reconnect.backoff = backoff;
+        self
+    }
+
+    /// The longest wait before a reconnect attempt with [`Backoff::Exponential`].
+    /// Default: 30 s.
+    pub fn max_reconnect_interval(mut self, max: Duration) -> Self {
+        self.options.reconnect.max_interval = max;
+        self
+    }
+
+    /// Failed attempts in a row before closing for good; with several
+    /// [`hosts`](Self::hosts), failed rounds (each host tried once). Default: 10.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.options.reconnect.max_attempts = attempts;
         self
@@ -290,7 +316,8 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Largest message `send` accepts. Default: 32768.
+    /// Largest message, inclusive, either way: `send` refuses a larger one, and a larger
+    /// one from the provider closes the connection with 1009. Default: 32768.
     pub fn max_payload_length(mut self, bytes: usize) -> Self {
         self.options.max_payload_length = bytes;
         self
@@ -299,6 +326,13 @@ impl ConsumerBuilder {
     /// Most bytes queued for sending. Default: 1 MiB.
     pub fn max_backpressure(mut self, bytes: usize) -> Self {
         self.options.max_backpressure = bytes;
+        self
+    }
+
+    /// Events each [`Consumer::events`] receiver holds before it loses its oldest (see
+    /// [`EventStream`]). Default: 1024.
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.options.event_capacity = events;
         self
     }
 
@@ -349,24 +383,28 @@ impl ConsumerBuilder {
         let (status, _) = watch::channel(Status {
             state: ConsumerState::Idle,
             opens: 0,
+            host: None,
         });
+        let buffer = Mutex::new(ReconnectBuffer::new(&self.options));
+        let event_capacity = self.options.event_capacity;
+        let shared = ConsumerShared {
+            options: self.options,
+            listeners: ListenerSet::new(self.listeners),
+            events: Events::new(event_capacity, ConsumerEvent::Lagged),
+            status,
+            outbox: Mutex::new(Outbox::new(Role::Client, Overflow::Refuse, 0, None)),
+            buffer,
+            in_flight: AtomicBool::new(false),
+            heartbeat_duration: AtomicU64::new(0),
+            last_heartbeat: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        *protocol::lock(&shared.outbox) = shared.closed_outbox();
         Consumer {
             inner: Arc::new(ConsumerInner {
-                shared: Arc::new(ConsumerShared {
-                    options: self.options,
-                    listeners: RwLock::new(Arc::new(self.listeners)),
-                    listeners_gen: AtomicU64::new(0),
-                    status,
-                    outbox: Mutex::new(Outbox::default()),
-                    outbox_ready: Notify::new(),
-                    drop_request: Mutex::new(None),
-                    in_flight: AtomicBool::new(false),
-                    heartbeat_duration: AtomicU64::new(0),
-                    last_heartbeat: AtomicU64::new(0),
-                    started: AtomicBool::new(false),
-                    stop: CancellationToken::new(),
-                    tracker: TaskTracker::new(),
-                }),
+                shared: Arc::new(shared),
             }),
         }
     }
@@ -382,7 +420,53 @@ impl ConsumerBuilder {
     }
 }
 
-/// A consumer of one provider. Cheap to clone; destroyed when the last clone is dropped.
+/// A consumer of a provider (or of one of several, see [Failover](#failover)). Cheap to
+/// clone; destroyed when the last clone is dropped.
+///
+/// # Failover
+///
+/// With [`hosts`](ConsumerBuilder::hosts) the consumer knows several providers. It
+/// connects to the first that answers, trying them in the order given, and when its
+/// provider goes away it moves on to the next one in the list (wrapping around). The
+/// reconnect policy's wait comes after a drop and after each round in which every host
+/// failed, never between the hosts of one round; `max_attempts` counts failed rounds.
+/// The order is the one you give, so a primary comes first; to spread a crowd of
+/// consumers over the providers, give each one the list rotated.
+///
+/// Messages sent while the consumer reconnects are refused with
+/// [`NotConnected`](SendErrorKind::NotConnected) by default, as the original does: the
+/// caller learns at once that a message did not go, and nothing piles up unseen. With
+/// [`reconnect_buffer`](ConsumerBuilder::reconnect_buffer) they are kept instead, bounded
+/// in messages and bytes, and go out first on the next connection, in the order sent,
+/// before anything sent after it (sends before the first connection are kept the same
+/// way); past the bounds, `send` refuses with
+/// [`BufferFull`](SendErrorKind::BufferFull). They are sent at most once: a message the
+/// dying connection had queued but the provider never read is lost with it, as are the
+/// buffered ones if the consumer closes for good.
+///
+/// ```
+/// use cluster_transport::{Consumer, ConsumerEvent, Provider};
+/// use std::time::Duration;
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let first = Provider::builder().host("127.0.0.1").port(0).bind().await?;
+/// let second = Provider::builder().host("127.0.0.1").port(0).bind().await?;
+/// let consumer = Consumer::builder()
+///     .hosts([format!("127.0.0.1:{}", first.port()), format!("127.0.0.1:{}", second.port())])
+///     .reconnect_interval(Duration::from_millis(50))
+///     .reconnect_buffer(1000, 256 * 1024)
+///     .build();
+/// consumer.connect().await?;
+/// assert_eq!(consumer.connected_host(), Some(format!("127.0.0.1:{}", first.port())));
+///
+/// let mut events = consumer.events();
+/// first.shutdown().await;
+/// while !matches!(events.recv().await, Some(ConsumerEvent::Disconnect(_))) {}
+/// consumer.send("kept while reconnecting, sent first on the next connection")?;
+/// consumer.ready().await?;
+/// assert_eq!(consumer.connected_host(), Some(format!("127.0.0.1:{}", second.port())));
+/// # consumer.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Consumer {
     inner: Arc<ConsumerInner>,
@@ -471,11 +555,13 @@ impl Consumer {
         }
     }
 
-    /// Queues a message for the provider.
+    /// Queues a message for the provider; while reconnecting, keeps it for the next
+    /// connection if a [`reconnect_buffer`](ConsumerBuilder::reconnect_buffer) is set.
     ///
     /// # Errors
-    /// [`NotConnected`](SendErrorKind::NotConnected) while not connected (messages are not
-    /// kept across reconnects); [`Reserved`](SendErrorKind::Reserved) for `PING`, `PONG` and
+    /// [`NotConnected`](SendErrorKind::NotConnected) while not connected and no reconnect
+    /// buffer is set, or once closed for good; [`BufferFull`](SendErrorKind::BufferFull)
+    /// while reconnecting with the reconnect buffer full; [`Reserved`](SendErrorKind::Reserved) for `PING`, `PONG` and
     /// `PROVIDER_HEARTBEAT|…`; [`PayloadTooLarge`](SendErrorKind::PayloadTooLarge) above
     /// `max_payload_length`; [`Backpressure`](SendErrorKind::Backpressure) when more than
     /// `max_backpressure` bytes are queued (the message is refused, the connection stays).
@@ -490,26 +576,27 @@ impl Consumer {
         if message.len() > shared.options.max_payload_length {
             return Err(SendError::new(SendErrorKind::PayloadTooLarge));
         }
-        if !self.is_connected() {
-            return Err(SendError::new(SendErrorKind::NotConnected));
+        protocol::update(&shared.outbox, |outbox| {
+            if !outbox.is_closing() {
+                return outbox.push_message(message.as_ref());
+            }
+            // Between connections (or while this one closes): kept for the next one,
+            // unless destroyed. Under the outbox lock, see `buffer`.
+            if shared.stop.is_cancelled() {
+                return Err(SendError::new(SendErrorKind::NotConnected));
+            }
+            buffer::lock(&shared.buffer).push(message.as_ref())
+        })
+    }
+
+    /// The provider of the current connection, as `host:port` (`[v6]:port` for IPv6);
+    /// `None` while not connected.
+    pub fn connected_host(&self) -> Option<String> {
+        let status = self.shared().status.borrow();
+        match status.state {
+            ConsumerState::Connected => status.host.clone(),
+            _ => None,
         }
-        let mut outbox = shared.outbox();
-        if outbox.frames.len() + message.len() > shared.options.max_backpressure {
-            return Err(SendError::new(SendErrorKind::Backpressure));
-        }
-        let (opcode, payload) = match &message {
-            Message::Text(t) => (OpCode::Text, t.as_bytes()),
-            Message::Binary(b) => (OpCode::Binary, &b[..]),
-        };
-        let Outbox {
-            frames,
-            deflater,
-            scratch,
-        } = &mut *outbox;
-        socket::encode_message(opcode, payload, deflater.as_mut(), scratch, frames);
-        drop(outbox);
-        shared.outbox_ready.notify_one();
-        Ok(())
     }
 
     /// Whether a connect attempt is under way (the seed's `in_flight`).
@@ -549,53 +636,60 @@ impl Consumer {
         self.shared().last_heartbeat.load(Ordering::Relaxed)
     }
 
-    /// A bounded receiver of every event from now on.
+    /// A bounded receiver of every event from now on. A receiver that falls behind never
+    /// holds the connection up: it loses its oldest events and is told how many
+    /// ([`ConsumerEvent::Lagged`]); see [`EventStream`].
     pub fn events(&self) -> EventStream<ConsumerEvent> {
-        let (tx, rx) = mpsc::channel(self.shared().options.event_capacity);
-        self.shared().update_listeners(|l| l.streams.push(tx));
-        EventStream::new(rx)
+        self.shared().events.subscribe()
     }
 
     /// Calls `f` on every (re)connect from now on.
     pub fn on_open(&self, f: impl Fn() + Send + Sync + 'static) {
         self.shared()
-            .update_listeners(|l| l.open.push(Callback::on(Arc::new(f))));
+            .listeners
+            .update(|l| l.open.push(Callback::on(Arc::new(f))));
     }
 
     /// Calls `f` on the next (re)connect only.
     pub fn once_open(&self, f: impl Fn() + Send + Sync + 'static) {
         self.shared()
-            .update_listeners(|l| l.open.push(Callback::once(Arc::new(f))));
+            .listeners
+            .update(|l| l.open.push(Callback::once(Arc::new(f))));
     }
 
     /// Calls `f` for every message from now on.
     pub fn on_message(&self, f: impl for<'a> Fn(MessageRef<'a>) + Send + Sync + 'static) {
         self.shared()
-            .update_listeners(|l| l.message.push(Callback::on(Arc::new(f))));
+            .listeners
+            .update(|l| l.message.push(Callback::on(Arc::new(f))));
     }
 
     /// Calls `f` for the next message only.
     pub fn once_message(&self, f: impl for<'a> Fn(MessageRef<'a>) + Send + Sync + 'static) {
         self.shared()
-            .update_listeners(|l| l.message.push(Callback::once(Arc::new(f))));
+            .listeners
+            .update(|l| l.message.push(Callback::once(Arc::new(f))));
     }
 
     /// Calls `f` on every drop and failed attempt from now on.
     pub fn on_disconnect(&self, f: impl Fn(&CloseInfo) + Send + Sync + 'static) {
         self.shared()
-            .update_listeners(|l| l.disconnect.push(Callback::on(Arc::new(f))));
+            .listeners
+            .update(|l| l.disconnect.push(Callback::on(Arc::new(f))));
     }
 
     /// Calls `f` on the next drop or failed attempt only.
     pub fn once_disconnect(&self, f: impl Fn(&CloseInfo) + Send + Sync + 'static) {
         self.shared()
-            .update_listeners(|l| l.disconnect.push(Callback::once(Arc::new(f))));
+            .listeners
+            .update(|l| l.disconnect.push(Callback::once(Arc::new(f))));
     }
 
     /// Calls `f` when the consumer closes for good.
     pub fn on_close(&self, f: impl Fn() + Send + Sync + 'static) {
         self.shared()
-            .update_listeners(|l| l.close.push(Callback::on(Arc::new(f))));
+            .listeners
+            .update(|l| l.close.push(Callback::on(Arc::new(f))));
     }
 
     /// The seed's `set_error_handler`.
@@ -604,24 +698,25 @@ impl Consumer {
         f: impl Fn(&(dyn std::error::Error + 'static)) + Send + Sync + 'static,
     ) {
         self.shared()
-            .update_listeners(|l| l.error = Some(Arc::new(f)));
+            .listeners
+            .update(|l| l.error = Some(Arc::new(f)));
     }
 
     /// The seed's `set_debug_logger`.
     pub fn set_debug_logger(&self, f: impl Fn(&str) + Send + Sync + 'static) {
         self.shared()
-            .update_listeners(|l| l.debug = Some(Arc::new(f)));
+            .listeners
+            .update(|l| l.debug = Some(Arc::new(f)));
     }
 
     /// Closes the current connection with `code` and `reason` (say, because the provider
-    /// sent something unreadable) and lets the reconnect policy connect again.
+    /// sent something unreadable) and lets the reconnect policy connect again. Does
+    /// nothing while not connected.
     pub fn reconnect(&self, code: u16, reason: &str) {
-        let shared = self.shared();
-        *shared
-            .drop_request
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(CloseInfo::new(code, reason));
-        shared.outbox_ready.notify_one();
+        let request = CloseRequest::new(code, reason, CloseMode::Graceful);
+        protocol::update(&self.shared().outbox, |outbox| {
+            outbox.request_close(request)
+        });
     }
 
     /// Closes for good: sends a close frame (1000) if connected and stops reconnecting.
@@ -630,7 +725,9 @@ impl Consumer {
         self.shared().stop.cancel();
     }
 
-    /// Closes for good and waits until the close handshake is done and the task ended.
+    /// Closes for good and waits until the close handshake is done and the task ended:
+    /// at most a couple of seconds, whatever the provider does (and whoever does not read
+    /// the consumer's events).
     pub async fn shutdown(&self) {
         let shared = self.shared();
         shared.stop.cancel();

@@ -236,9 +236,14 @@ impl Deflater {
 
     /// Undoes a failed compression: `out` as it was, a fresh context.
     fn fail(&mut self, out: &mut Vec<u8>, start: usize) -> bool {
-        self.inner.reset();
+        self.reset();
         out.truncate(start);
         false
+    }
+
+    /// Forgets every earlier message: the next one refers to nothing before it.
+    fn reset(&mut self) {
+        self.inner.reset();
     }
 }
 
@@ -366,10 +371,10 @@ thread_local! {
 
 /// Compresses one message on its own (no context takeover): small ones with the quick
 /// encoder, larger ones with this thread's shared zlib compressor for a window of `bits`.
+/// `false` when the message goes uncompressed instead.
 pub(crate) fn compress_shared(bits: u8, input: &[u8], out: &mut Vec<u8>) -> bool {
     if input.len() <= quick::MAX_INPUT {
-        quick::compress(input, bits, out);
-        return true;
+        return quick::compress(input, bits, out);
     }
     let slot = usize::from(bits.clamp(9, 15) - 9);
     SHARED_DEFLATERS.with(|cell| match cell.try_borrow_mut() {
@@ -378,6 +383,12 @@ pub(crate) fn compress_shared(bits: u8, input: &[u8], out: &mut Vec<u8>) -> bool
             .compress(input, out),
         Err(_) => Deflater::new(bits, false).compress(input, out),
     })
+}
+
+/// The quick encoder on its own (see [`quick::compress`]), for messages it takes; `false`
+/// for longer ones. For the fuzz target that checks it.
+pub(crate) fn quick_compress(input: &[u8], bits: u8, out: &mut Vec<u8>) -> bool {
+    input.len() <= quick::MAX_INPUT && quick::compress(input, bits, out)
 }
 
 /// Inflates one message that does not depend on earlier ones, with this thread's
@@ -406,15 +417,30 @@ pub(crate) enum MessageDeflater {
 }
 
 impl MessageDeflater {
-    /// Appends `input` compressed to `out`; `false` if it goes uncompressed instead.
+    /// Appends `input` compressed to `out`; `false` (and `out` as it was) when it goes
+    /// uncompressed instead: when it is short, or when compressing would not make it
+    /// smaller. A message is never sent larger than it is, so a receiver's limit on
+    /// compressed frames never refuses a message within its limit.
     pub(crate) fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> bool {
         if input.len() < MIN_COMPRESS_LEN {
             return false;
         }
-        match self {
+        let start = out.len();
+        let compressed = match self {
             MessageDeflater::Shared(bits) => compress_shared(*bits, input, out),
             MessageDeflater::Own(deflater) => deflater.compress(input, out),
+        };
+        if compressed && out.len() - start < input.len() {
+            return true;
         }
+        out.truncate(start);
+        if let MessageDeflater::Own(deflater) = self {
+            // The peer's decompressor never sees this message, so ours must forget it
+            // too: starting over is always allowed, as the peer's window only ever holds
+            // more than our next message refers to.
+            deflater.reset();
+        }
+        false
     }
 }
 
@@ -471,9 +497,11 @@ mod tests {
     fn roundtrip(tx: &mut MessageDeflater, rx: &mut MessageInflater, msg: &[u8]) {
         let mut wire = Vec::new();
         if !tx.compress(msg, &mut wire) {
-            assert!(msg.len() < MIN_COMPRESS_LEN);
+            // Sent uncompressed: short, or it would not shrink.
+            assert!(wire.is_empty());
             return;
         }
+        assert!(wire.len() < msg.len());
         let mut back = Vec::new();
         rx.inflate(&wire, usize::MAX, &mut back).unwrap();
         assert_eq!(back, msg);
@@ -643,6 +671,47 @@ mod tests {
             inflate_shared(&[0xff, 0xff, 0xff, 0xff], 1024, &mut out),
             Err(InflateError::Invalid)
         );
+    }
+
+    /// Bytes without repeats, in the range fixed Huffman codes take 9 bits for.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut state = 0x9E37_79B9_u32;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                0x90 + (state % 0x70) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_message_that_would_grow_goes_uncompressed_and_streams_stay_in_step() {
+        for (bits, takeover) in [(15, true), (9, true), (15, false)] {
+            let deflate = Deflate {
+                compress_bits: bits,
+                compress_takeover: takeover,
+                inflate_takeover: takeover,
+            };
+            let (mut tx, mut rx) = (deflate.deflater(), deflate.inflater());
+            let text = b"{\"type\":\"tick\",\"symbol\":\"ABC\",\"price\":101.25}".repeat(4);
+            roundtrip(&mut tx, &mut rx, &text);
+            for len in [1024, 20_000] {
+                let mut wire = b"before".to_vec();
+                assert!(
+                    !tx.compress(&noise(len), &mut wire),
+                    "{len} bytes, {bits} bits"
+                );
+                assert_eq!(wire, b"before");
+            }
+            // The receiver never saw the uncompressed ones; the next message still inflates.
+            let mut wire = Vec::new();
+            assert!(tx.compress(&text, &mut wire));
+            let mut back = Vec::new();
+            rx.inflate(&wire, text.len(), &mut back).unwrap();
+            assert_eq!(back, text);
+        }
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub enum SendErrorKind {
     PayloadTooLarge,
     /// Queuing the message would exceed `max_backpressure`; the connection is closed.
     Backpressure,
+    /// The consumer is reconnecting and its reconnect buffer
+    /// ([`ReconnectOptions::buffer_messages`](crate::ReconnectOptions::buffer_messages),
+    /// [`buffer_bytes`](crate::ReconnectOptions::buffer_bytes)) has no room for the
+    /// message: refused, nothing buffered before it is lost.
+    BufferFull,
 }
 
 /// A message that could not be sent, and why.
@@ -48,6 +53,9 @@ impl fmt::Display for SendError {
             SendErrorKind::Backpressure => {
                 "backpressure limit exceeded: the peer is not reading, connection closed"
             }
+            SendErrorKind::BufferFull => {
+                "reconnecting, and the reconnect buffer is full (reconnect.buffer_messages / buffer_bytes)"
+            }
         })
     }
 }
@@ -72,6 +80,8 @@ pub enum ConnectErrorKind {
     MaxAttempts,
     /// The consumer was destroyed.
     Destroyed,
+    /// The options cannot work (an entry of `hosts` that is not `host[:port]`). Fatal.
+    InvalidOptions,
 }
 
 /// An error connecting to a provider. Cheap to clone: one failure can reach many waiters.
@@ -83,7 +93,9 @@ pub struct ConnectError {
 }
 
 impl ConnectError {
-    pub(crate) fn new(kind: ConnectErrorKind) -> Self {
+    /// An error of `kind`. For layers built on the transport that fail a connect of
+    /// their own (the typed layer, when a provider never confirms a member).
+    pub fn new(kind: ConnectErrorKind) -> Self {
         Self {
             kind,
             detail: None,
@@ -91,7 +103,8 @@ impl ConnectError {
         }
     }
 
-    pub(crate) fn with_detail(mut self, detail: impl Into<Arc<str>>) -> Self {
+    /// The error with a detail that says more than its kind.
+    pub fn with_detail(mut self, detail: impl Into<Arc<str>>) -> Self {
         self.detail = Some(detail.into());
         self
     }
@@ -115,6 +128,7 @@ impl ConnectError {
                 | ConnectErrorKind::Tls
                 | ConnectErrorKind::Destroyed
                 | ConnectErrorKind::MaxAttempts
+                | ConnectErrorKind::InvalidOptions
         )
     }
 }
@@ -138,6 +152,7 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::Io => "connection failed",
             ConnectErrorKind::MaxAttempts => "reconnect attempts exhausted",
             ConnectErrorKind::Destroyed => "consumer destroyed",
+            ConnectErrorKind::InvalidOptions => "invalid consumer options",
         })?;
         if let Some(detail) = &self.detail {
             write!(f, ": {detail}")?;

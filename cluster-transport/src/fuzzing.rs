@@ -4,20 +4,21 @@
 //! stability promise.
 
 use crate::compressor::Compressor;
-use crate::connection::driver::Driver;
-use crate::connection::Connection;
-use crate::deflate::{Deflate, Deflater};
-use crate::event::{message_callback, ProviderListeners};
+use crate::deflate::{self, Deflate, Deflater, MessageDeflater};
+use crate::driver::{Driver, Handler};
 use crate::frame::{self, OpCode};
-use crate::handshake::{self, Upgraded};
+use crate::handshake::{self, Gate, Upgraded};
+use crate::http::HttpRoutes;
+use crate::message::MessageRef;
 use crate::options::{HandshakeOptions, ProviderOptions, DEFAULT_PATH};
-use crate::provider::ProviderShared;
+use crate::protocol::{self, Outbox, Overflow, Reader, Role};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The upgrade-request parser: parses `data` as an HTTP request head, routes it, decodes
@@ -32,10 +33,17 @@ pub fn upgrade_request(data: &[u8]) {
         }
     }
     // Compression on, so the extension offer parser runs too.
-    let shared = fuzz_shared(Compressor::Dedicated4Kb);
+    let options = fuzz_options(Compressor::Dedicated4Kb);
+    let http = HttpRoutes::default();
+    let gate = Gate {
+        options: &options,
+        auth_handler: None,
+        upgrade_check: None,
+        http: &http,
+    };
     let mut stream = Script::new(data);
     let accepted = {
-        let accept = handshake::accept(&mut stream, IpAddr::V4(Ipv4Addr::LOCALHOST), &shared);
+        let accept = handshake::accept(&mut stream, IpAddr::V4(Ipv4Addr::LOCALHOST), gate);
         poll_to_end(accept)
     };
     if let Some(Ok(Upgraded {
@@ -43,14 +51,15 @@ pub fn upgrade_request(data: &[u8]) {
     })) = accepted
     {
         // What the client sent after its request is the start of its first frame.
-        drive(&shared, Script::new(&[]), leftover, deflate);
+        drive(Role::Server, Script::new(&[]), leftover, deflate);
     }
 }
 
 /// The frame decoder: first the pure header parser and unmasking over `data` frame by
-/// frame, then the provider's connection core (fragments, UTF-8, control and close
-/// frames, the payload limit) reading `data` as a client's byte stream, in reads of a
-/// size the first byte picks.
+/// frame, then the connection core (fragments, UTF-8, control and close frames, the
+/// pending pong, the payload limit) reading the rest of `data` as a peer's byte stream,
+/// in reads of a size the first byte's low 7 bits pick; its top bit picks the role (clear:
+/// the provider reading a client's frames; set: the consumer reading a server's).
 pub fn frames(data: &[u8]) {
     let mut buf = data.to_vec();
     let mut pos = 0;
@@ -69,17 +78,18 @@ pub fn frames(data: &[u8]) {
         }
         pos = end;
     }
-    let shared = fuzz_shared(Compressor::Disabled);
-    let (chunk, stream) = match data.split_first() {
-        Some((first, rest)) => (usize::from(*first).max(1), rest),
-        None => (1, data),
+    let (role, chunk, stream) = match data.split_first() {
+        Some((first, rest)) => {
+            let role = if first & 0x80 == 0 {
+                Role::Server
+            } else {
+                Role::Client
+            };
+            (role, usize::from(first & 0x7F).max(1), rest)
+        }
+        None => (Role::Server, 1, data),
     };
-    drive(
-        &shared,
-        Script::new(stream).chunked(chunk),
-        Vec::new(),
-        None,
-    );
+    drive(role, Script::new(stream).chunked(chunk), Vec::new(), None);
 }
 
 /// The frame decoder with permessage-deflate negotiated. The first byte picks the read
@@ -102,13 +112,71 @@ pub fn frames_deflate(data: &[u8]) {
     } else {
         compressed_stream(rest, deflate.inflate_takeover)
     };
-    let shared = fuzz_shared(Compressor::Shared);
     drive(
-        &shared,
+        Role::Server,
         Script::new(&stream).chunked(chunk),
         Vec::new(),
         Some(deflate),
     );
+}
+
+/// The deflate encoders, as the provider and the consumer send with them: `data` after
+/// its first byte is one message, compressed with the quick encoder (short messages) or
+/// zlib, with or without context takeover and with the window the first byte picks,
+/// three times in a row. Each time, a message compressed must come out smaller than it
+/// went in and inflate back to itself; one sent uncompressed must leave the stream in
+/// step for the next.
+pub fn deflate_encoder(data: &[u8]) {
+    let Some((&mode, message)) = data.split_first() else {
+        return;
+    };
+    let bits = 8 + (mode & 0x07);
+    let takeover = mode & 0x08 != 0;
+    let quick_window = mode & 0x10 != 0;
+    if quick_window {
+        // The quick encoder alone, with a 256-byte window zlib cannot inflate: check the
+        // result against an inflater with the smallest window it has.
+        let mut out = Vec::new();
+        if deflate::quick_compress(message, bits, &mut out) {
+            assert!(
+                out.len() < message.len(),
+                "the quick encoder grew a message"
+            );
+            let mut back = Vec::new();
+            deflate::Inflater::new(false)
+                .inflate(&out, message.len(), &mut back)
+                .expect("what the quick encoder writes inflates");
+            assert_eq!(back, message, "the quick encoder changed a message");
+        } else {
+            assert!(out.is_empty(), "a refused message left bytes behind");
+        }
+    }
+    let negotiated = Deflate {
+        compress_bits: bits.max(9),
+        compress_takeover: takeover,
+        inflate_takeover: takeover,
+    };
+    let mut deflater: MessageDeflater = negotiated.deflater();
+    let mut inflater = negotiated.inflater();
+    for _ in 0..3 {
+        let mut wire = Vec::new();
+        if !deflater.compress(message, &mut wire) {
+            assert!(
+                wire.is_empty(),
+                "a message sent uncompressed left bytes behind"
+            );
+            continue;
+        }
+        assert!(wire.len() < message.len(), "a compressed message grew");
+        let mut back = Vec::new();
+        inflater
+            .inflate(&wire, message.len(), &mut back)
+            .expect("what we compress inflates within its own length");
+        assert_eq!(
+            back, message,
+            "a message changed on its way through deflate"
+        );
+    }
 }
 
 /// Client frames carrying `data`'s `0xFF`-separated pieces, each compressed (the first
@@ -179,9 +247,9 @@ pub fn query(data: &[u8]) {
     }
 }
 
-/// A provider's shared state as `bind` makes it, without a socket: an auth parameter to
-/// check, and an echo callback so messages also go through the send path.
-fn fuzz_shared(compressor: Compressor) -> Arc<ProviderShared> {
+/// The provider's options for the handshake target: an auth parameter to check, a small
+/// payload limit.
+fn fuzz_options(compressor: Compressor) -> ProviderOptions {
     let mut options = ProviderOptions::default();
     options
         .auth
@@ -189,34 +257,47 @@ fn fuzz_shared(compressor: Compressor) -> Arc<ProviderShared> {
         .insert("key".into(), "SECRET".into());
     options.ws.max_payload_length = 4096;
     options.ws.compressor = compressor;
-    let mut listeners = ProviderListeners::default();
-    listeners.add(message_callback(
-        |conn, message| {
-            let _ = conn.send(message);
-        },
-        false,
-    ));
-    Arc::new(ProviderShared::new(options, None, None, listeners, None))
+    options
 }
 
-/// Runs the connection core over `stream` until it ends (the script ends with EOF, so it
-/// always does), inside a runtime for its timers.
-fn drive(
-    shared: &Arc<ProviderShared>,
-    stream: Script,
-    leftover: Vec<u8>,
-    deflate: Option<Deflate>,
-) {
+/// Echoes every message back, so messages also go through the send path.
+struct Echo {
+    outbox: Mutex<Outbox>,
+}
+
+impl Handler for Echo {
+    fn outbox(&self) -> &Mutex<Outbox> {
+        &self.outbox
+    }
+
+    fn close_timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    fn message(&mut self, message: MessageRef<'_>) {
+        let _ = protocol::lock(&self.outbox).push_message(message);
+    }
+}
+
+/// Runs the connection core for `role` over `stream` until it ends (the script ends with
+/// EOF, so it always does), inside a runtime for its timers.
+fn drive(role: Role, stream: Script, leftover: Vec<u8>, deflate: Option<Deflate>) {
     RUNTIME.with(|rt| {
         let _entered = rt.enter();
-        let conn = Connection::new(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            Default::default(),
-            shared.options.ws.max_backpressure,
-            shared.options.heartbeat.enabled,
-            deflate,
-        );
-        let mut driver = Driver::new(stream, conn, Arc::clone(shared), leftover, deflate);
+        let overflow = match role {
+            Role::Server => Overflow::Close,
+            Role::Client => Overflow::Refuse,
+        };
+        let echo = Echo {
+            outbox: Mutex::new(Outbox::new(
+                role,
+                overflow,
+                64 * 1024,
+                deflate.map(|d| d.deflater()),
+            )),
+        };
+        let reader = Reader::new(role, 4096, deflate.map(|d| d.inflater()));
+        let mut driver = Driver::new(stream, echo, reader, leftover);
         let mut cx = Context::from_waker(Waker::noop());
         // Every poll reads or ends; the bound only guards the fuzzer against a livelock,
         // which would show up as a timeout instead.
@@ -320,7 +401,14 @@ mod tests {
         upgrade_request(b"");
         frames(&upgrade_and_frame[UPGRADE.len() - 1..]);
         frames(&[3, 0x01, 0x81, 0x01, 0, 0, 0, 0, 0x80]);
+        // The consumer's side: an unmasked text frame, then a ping.
+        frames(&[0x81, 0x81, 0x01, b'x', 0x89, 0x00]);
         frames(&[]);
+        deflate_encoder(b"\x08{\"type\":\"tick\",\"type\":\"tick\",\"type\":\"tick\"}");
+        deflate_encoder(&[
+            0x17, 0x90, 0xff, 0xa3, 0x91, 0xc4, 0xee, 0xb0, 0x99, 0xd1, 0xf0,
+        ]);
+        deflate_encoder(&[]);
         query(b"key=SECRET&name=a%20b%26c%2F%C3%A9&%FF=%");
     }
 
@@ -330,10 +418,11 @@ mod tests {
     fn fuzz_corpora_run_clean() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 4] = [
+        let targets: [(&str, Target); 5] = [
             ("upgrade_request", upgrade_request),
             ("frames", frames),
             ("frames_deflate", frames_deflate),
+            ("deflate_encoder", deflate_encoder),
             ("query", query),
         ];
         for (target, run) in targets {

@@ -1,10 +1,10 @@
 //! The HTTP side of a connection: reading the upgrade request within limits, answering
 //! plain requests (`GET /alive`, 404) and rejections, and the 101 switch.
 
-use crate::auth::{parameters_match, UpgradeRequest};
+use crate::auth::{parameters_match, AuthHandler, UpgradeCheck, UpgradeRequest};
 use crate::deflate::{self, Deflate};
-use crate::options::HandshakeOptions;
-use crate::provider::ProviderShared;
+use crate::http::{self, BodyError, Exchange, HttpRequest, HttpRoutes};
+use crate::options::{HandshakeOptions, ProviderOptions};
 use crate::query::decode_query;
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -48,6 +48,10 @@ pub(crate) enum Reject {
     UriTooLong,
     HeadersTooLarge,
     UpgradeRequired,
+    /// A route's request body over [`MAX_HTTP_BODY_BYTES`](crate::MAX_HTTP_BODY_BYTES).
+    PayloadTooLarge,
+    /// A route's request body sent chunked: only `Content-Length` is read.
+    LengthRequired,
 }
 
 impl Reject {
@@ -59,6 +63,8 @@ impl Reject {
             Reject::UriTooLong => "414 URI Too Long",
             Reject::HeadersTooLarge => "431 Request Header Fields Too Large",
             Reject::UpgradeRequired => "426 Upgrade Required",
+            Reject::PayloadTooLarge => "413 Content Too Large",
+            Reject::LengthRequired => "411 Length Required",
         }
     }
 
@@ -71,6 +77,8 @@ impl Reject {
             Reject::UriTooLong => "URI Too Long",
             Reject::HeadersTooLarge => "Request Header Fields Too Large",
             Reject::UpgradeRequired => "Upgrade Required",
+            Reject::PayloadTooLarge => "Content Too Large",
+            Reject::LengthRequired => "Length Required",
         }
     }
 
@@ -162,6 +170,8 @@ pub(crate) fn parse_request(
 pub(crate) enum Route {
     /// `GET /alive`.
     Alive,
+    /// Any other request that is not an upgrade: an HTTP route's, or 404.
+    Plain { path: String, query: String },
     /// A valid websocket upgrade on the provider's path.
     Upgrade {
         key: String,
@@ -183,7 +193,10 @@ pub(crate) fn route(req: &ParsedRequest, ws_path: &str) -> Route {
         return if req.method == "GET" && path == "/alive" {
             Route::Alive
         } else {
-            Route::Reject(Reject::NotFound)
+            Route::Plain {
+                path: path.to_owned(),
+                query: query.to_owned(),
+            }
         };
     }
     if path != ws_path {
@@ -220,6 +233,8 @@ pub(crate) enum HandshakeEnd {
     Answered(Reject),
     /// `GET /alive` was answered.
     Alive,
+    /// A request for an HTTP route, read whole: answered outside the time limit.
+    Http(Box<Exchange>),
     /// An upgrade check refused the request with this status.
     Refused(u16),
     /// The client went away or the socket failed.
@@ -234,16 +249,26 @@ pub(crate) struct Upgraded {
     pub(crate) deflate: Option<Deflate>,
 }
 
+/// What a handshake checks a request against: the provider's options, its auth, and
+/// the plain HTTP routes beside the upgrade.
+#[derive(Clone, Copy)]
+pub(crate) struct Gate<'a> {
+    pub(crate) options: &'a ProviderOptions,
+    pub(crate) auth_handler: Option<&'a AuthHandler>,
+    pub(crate) upgrade_check: Option<&'a UpgradeCheck>,
+    pub(crate) http: &'a HttpRoutes,
+}
+
 /// Reads the request, answers it, and on a valid, authorised upgrade sends the 101.
 pub(crate) async fn accept<S>(
     stream: &mut S,
     ip: IpAddr,
-    shared: &ProviderShared,
+    gate: Gate<'_>,
 ) -> Result<Upgraded, HandshakeEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let limits = &shared.options.handshake;
+    let limits = &gate.options.handshake;
     let mut buf = Vec::with_capacity(1024);
     let (parsed, consumed) = loop {
         if buf.len() == buf.capacity() {
@@ -259,7 +284,7 @@ where
             Err(reject) => return Err(answer(stream, reject).await),
         }
     };
-    let (key, path, query) = match route(&parsed, &shared.options.path) {
+    let (key, path, query) = match route(&parsed, &gate.options.path) {
         Route::Upgrade { key, path, query } => (key, path, query),
         Route::Alive => {
             let millis = SystemTime::now()
@@ -270,6 +295,20 @@ where
             write_and_close(stream, http_response("200 OK", "", &body).as_bytes()).await;
             return Err(HandshakeEnd::Alive);
         }
+        Route::Plain { path, query } => {
+            let Some(handler) = gate.http.find(&path) else {
+                return Err(answer(stream, Reject::NotFound).await);
+            };
+            let request = HttpRequest::new(ip, parsed.method, path, query, parsed.headers);
+            let body = buf.split_off(consumed);
+            return match http::read_exchange(stream, request, handler, body).await {
+                Ok(exchange) => Err(HandshakeEnd::Http(Box::new(exchange))),
+                Err(BodyError::Io(error)) => Err(HandshakeEnd::Io(error)),
+                Err(BodyError::TooLarge) => Err(answer(stream, Reject::PayloadTooLarge).await),
+                Err(BodyError::LengthRequired) => Err(answer(stream, Reject::LengthRequired).await),
+                Err(BodyError::BadLength) => Err(answer(stream, Reject::BadRequest).await),
+            };
+        }
         Route::Reject(reject) => return Err(answer(stream, reject).await),
     };
     let request = UpgradeRequest {
@@ -278,10 +317,10 @@ where
         parameters: decode_query(&query),
         headers: parsed.headers,
     };
-    if !authorised(&request, shared).await {
+    if !authorised(&request, gate).await {
         return Err(answer(stream, Reject::Unauthorized).await);
     }
-    if let Some(check) = &shared.upgrade_check {
+    if let Some(check) = gate.upgrade_check {
         if let Err(refusal) = check(&request) {
             let status = format!("{} {}", refusal.status, reason_phrase(refusal.status));
             let response = http_response(&status, "", &refusal.body);
@@ -297,7 +336,7 @@ where
         .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"))
         .map(|(_, value)| value.as_str())
         .collect();
-    let negotiated = deflate::accept(&offers, shared.options.ws.compressor);
+    let negotiated = deflate::accept(&offers, gate.options.ws.compressor);
     let extension = negotiated
         .as_ref()
         .map(|(_, header)| format!("Sec-WebSocket-Extensions: {header}\r\n"))
@@ -318,11 +357,11 @@ where
     })
 }
 
-async fn authorised(request: &UpgradeRequest, shared: &ProviderShared) -> bool {
-    if !parameters_match(&shared.options.auth.parameters, &request.parameters) {
+async fn authorised(request: &UpgradeRequest, gate: Gate<'_>) -> bool {
+    if !parameters_match(&gate.options.auth.parameters, &request.parameters) {
         return false;
     }
-    match &shared.auth_handler {
+    match gate.auth_handler {
         Some(handler) => handler(request.clone()).await,
         None => true,
     }
@@ -381,8 +420,18 @@ mod tests {
             Route::Alive
         );
         assert_eq!(
-            route(&parse("GET /x HTTP/1.1\r\n\r\n"), "/connect"),
-            Route::Reject(Reject::NotFound)
+            route(&parse("GET /x?a=1 HTTP/1.1\r\n\r\n"), "/connect"),
+            Route::Plain {
+                path: "/x".into(),
+                query: "a=1".into()
+            }
+        );
+        assert_eq!(
+            route(&parse("POST /alive HTTP/1.1\r\n\r\n"), "/connect"),
+            Route::Plain {
+                path: "/alive".into(),
+                query: String::new()
+            }
         );
         let old = UPGRADE.replace("Version: 13", "Version: 8");
         assert_eq!(

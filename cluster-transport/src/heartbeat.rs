@@ -1,9 +1,10 @@
 //! The provider-wide heartbeat: one cycle every interval over all connections, as the
 //! original does (PROTOCOL.md, section 3.2).
 
-use crate::connection::{CloseMode, CloseRequest, HeartbeatStep};
+use crate::connection::HeartbeatStep;
 use crate::message::{close_code, MessageRef, PING};
-use crate::provider::ProviderShared;
+use crate::protocol::{CloseMode, CloseRequest};
+use crate::provider::shared::ProviderShared;
 use std::sync::Arc;
 use tokio::time::MissedTickBehavior;
 
@@ -19,6 +20,7 @@ pub(crate) async fn run(shared: Arc<ProviderShared>) {
             _ = shared.stop.cancelled() => break,
             _ = interval.tick() => {}
         }
+        shared.context.pinged.pinging();
         for conn in shared.snapshot() {
             match conn.heartbeat(options.max_strikes) {
                 HeartbeatStep::Ping => {
@@ -30,7 +32,7 @@ pub(crate) async fn run(shared: Arc<ProviderShared>) {
                     tracing::warn!(conn.id = %conn.id(), "heartbeat missed; closing");
                     conn.request_close(CloseRequest::new(
                         close_code::POLICY,
-                        "heartbeat timeout",
+                        crate::message::close_reason::HEARTBEAT_TIMEOUT,
                         CloseMode::Immediate,
                     ));
                 }

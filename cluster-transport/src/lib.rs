@@ -10,9 +10,15 @@
 //!   same connection.
 //! - Every limit has a name and a default: `max_payload_length` (close 1009 above it),
 //!   `max_backpressure` (a consumer that stops reading is closed, never buffered without
-//!   bound), handshake time and size limits, `max_connections`.
+//!   bound; a ping flood holds one pending pong), handshake time and size limits,
+//!   `max_connections`. The consumer applies `max_payload_length` to what it receives too.
 //! - Events come as callbacks (`on_message`, …, as the seed's `on`/`once`) and as bounded
-//!   async receivers ([`Provider::events`], [`Consumer::events`]).
+//!   async receivers ([`Provider::events`], [`Consumer::events`]). Neither ever stalls a
+//!   connection: a receiver that falls behind loses its oldest events and is told how
+//!   many ([`EventStream`]).
+//! - Both roles run one RFC 6455 core, without I/O: decoding (fragments, UTF-8, control
+//!   frames, limits), the close handshake, permessage-deflate and the outbox, where every
+//!   queued byte counts against `max_backpressure`. The role decides masking.
 //! - TLS (`wss://`) with rustls on both sides: the provider serves PEM certificate and key
 //!   files (an encrypted key with the seed's `passphrase`), the consumer verifies against
 //!   the system's roots or a CA file. See [TLS](#tls).
@@ -141,6 +147,23 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Metrics and plain HTTP
+//!
+//! The provider counts its traffic (connections, connects and disconnects by reason,
+//! messages and bytes, heartbeat round trips, TLS handshakes, compression) cheaply on
+//! every path, readable as [`Provider::stats`] and recorded through the `metrics` facade
+//! for any recorder ([`metrics`](crate::MetricsEndpoint) explains when handles are
+//! resolved). [`ProviderBuilder::metrics`] serves them at `GET /metrics` in the Prometheus
+//! text format. Routes of your own answer other plain HTTP requests on the same port:
+//! [`ProviderBuilder::http_route`].
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `prometheus` | on | [`MetricsEndpoint`] and [`ProviderBuilder::metrics`] (`metrics-exporter-prometheus`) |
+//! | `tls` | on | `wss://` on both sides: rustls with its `ring` provider, tokio-rustls, the system's root certificates (rustls-native-certs) and encrypted PKCS#8 keys (pkcs8). Off, none of these is built: [`ProviderBuilder::tls`], [`ConsumerBuilder::ssl`] and [`ConsumerBuilder::ca_file`] are gone, and options that still ask for TLS ([`ProviderOptions::ssl`], [`ConsumerOptions::ssl`], say from a config file) fail [`bind`](ProviderBuilder::bind) with [`BindError::Tls`] and `connect` with [`ConnectErrorKind::Tls`], naming the feature. |
+//!
 #![doc = include_str!("../docs/security.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
@@ -150,22 +173,29 @@ mod compressor;
 mod connection;
 mod consumer;
 mod deflate;
+mod driver;
 mod error;
 mod event;
 mod frame;
 mod handshake;
 mod heartbeat;
+mod http;
 mod message;
+mod metrics;
 mod options;
+mod protocol;
 mod provider;
 mod query;
+mod reconnect;
+mod stats;
+#[cfg(feature = "tls")]
 mod tls;
 
 /// Entry points for the cargo-fuzz targets in `fuzz/`. **Not a public API**: hidden, for
 /// fuzzing only, and may change in any release.
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::fuzzing::{frames, frames_deflate, query, upgrade_request};
+    pub use crate::fuzzing::{deflate_encoder, frames, frames_deflate, query, upgrade_request};
 }
 mod fuzzing;
 
@@ -192,17 +222,23 @@ pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerState};
 pub use error::{BindError, BoxError, ConnectError, ConnectErrorKind, SendError, SendErrorKind};
 pub use event::{ConsumerEvent, EventStream, ProviderEvent};
+pub use http::{HttpRequest, HttpResponse, MAX_HTTP_BODY_BYTES};
 pub use message::{
     close_code, is_reserved, CloseInfo, Message, MessageRef, PING, PONG, PROVIDER_HEARTBEAT_PREFIX,
 };
+pub use metrics::SECONDS_BUCKETS;
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub use metrics::{MetricsEndpoint, MetricsError};
 pub use options::{
-    AuthOptions, ConsumerOptions, HandshakeOptions, HeartbeatOptions, ProviderOptions,
+    AuthOptions, Backoff, ConsumerOptions, HandshakeOptions, HeartbeatOptions, ProviderOptions,
     ReconnectOptions, SslOptions, WsOptions, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_BACKPRESSURE, DEFAULT_MAX_PAYLOAD_LENGTH, DEFAULT_MAX_STRIKES, DEFAULT_PATH,
-    DEFAULT_PORT, DEFAULT_RECONNECT_INTERVAL,
+    DEFAULT_MAX_BACKPRESSURE, DEFAULT_MAX_PAYLOAD_LENGTH, DEFAULT_MAX_RECONNECT_INTERVAL,
+    DEFAULT_MAX_STRIKES, DEFAULT_PATH, DEFAULT_PORT, DEFAULT_RECONNECT_INTERVAL,
 };
 pub use provider::{Provider, ProviderBuilder};
 pub use query::{decode_query, encode_uri_component, Parameters};
+pub use stats::{Compression, ProviderStats, Traffic, CONNECT_RESULTS, DISCONNECT_REASONS};
 
 #[cfg(test)]
 mod assert_traits {
@@ -214,5 +250,38 @@ mod assert_traits {
         send_sync_clone::<super::Consumer>();
         send_sync_clone::<super::Connection>();
         send_sync_clone::<super::ConnectError>();
+    }
+}
+
+/// Built without the `tls` feature, options that ask for TLS fail clearly.
+#[cfg(all(test, not(feature = "tls")))]
+mod without_tls {
+    use super::*;
+
+    #[tokio::test]
+    async fn options_asking_for_tls_fail_naming_the_feature() {
+        let options = ProviderOptions {
+            host: "127.0.0.1".into(),
+            port: 0,
+            ssl: Some(SslOptions::new("cert.pem", "key.pem")),
+            ..ProviderOptions::default()
+        };
+        let error = ProviderBuilder::from_options(options)
+            .bind()
+            .await
+            .unwrap_err();
+        assert!(matches!(error, BindError::Tls { .. }), "{error}");
+        assert!(error.to_string().contains("`tls` feature"), "{error}");
+
+        let options = ConsumerOptions {
+            ssl: true,
+            ..ConsumerOptions::default()
+        };
+        let error = ConsumerBuilder::from_options(options)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ConnectErrorKind::Tls);
+        assert!(error.to_string().contains("`tls` feature"), "{error}");
     }
 }

@@ -197,6 +197,19 @@ impl CloseInfo {
     }
 }
 
+/// The reasons in the close frames the transport sends itself, which the metrics tell
+/// apart by.
+pub(crate) mod close_reason {
+    /// A consumer that missed `max_strikes` heartbeat cycles (1008).
+    pub(crate) const HEARTBEAT_TIMEOUT: &str = "heartbeat timeout";
+    /// A connection over `max_backpressure` (1008).
+    pub(crate) const BACKPRESSURE_EXCEEDED: &str = "backpressure limit exceeded";
+    /// [`Provider::shutdown`](crate::Provider::shutdown) (1001).
+    pub(crate) const SHUTTING_DOWN: &str = "provider shutting down";
+    /// [`Provider::destroy`](crate::Provider::destroy) (1001).
+    pub(crate) const DESTROYED: &str = "provider destroyed";
+}
+
 /// Named close codes used by this crate.
 pub mod close_code {
     /// Normal closure.

@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_STRIKES: u32 = 2;
 pub const DEFAULT_RECONNECT_INTERVAL: Duration = Duration::from_millis(1000);
 /// The original's default number of reconnect attempts.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// The longest wait between reconnect attempts with [`Backoff::Exponential`].
+pub const DEFAULT_MAX_RECONNECT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Everything a [`Provider`](crate::Provider) can be configured with from a file.
 ///
@@ -61,8 +63,9 @@ pub struct ProviderOptions {
     pub handshake: HandshakeOptions,
     /// Most connections open at once; more wait in the kernel's backlog. Default: 100,000.
     pub max_connections: usize,
-    /// Capacity of each [`events`](crate::Provider::events) receiver; a full one pauses
-    /// reading from the connection whose event waits. Default: 1024.
+    /// Events each [`events`](crate::Provider::events) receiver holds before it loses its
+    /// oldest (see [`EventStream`](crate::EventStream)); a slow receiver never holds up a
+    /// connection. Default: 1024.
     pub event_capacity: usize,
     /// How long a graceful close waits for the peer's close frame, in ms. Default: 5000.
     #[serde(with = "millis")]
@@ -194,7 +197,8 @@ pub struct WsOptions {
     /// Largest incoming message in bytes, inclusive; a larger one closes the connection
     /// with 1009. Default: 32768.
     pub max_payload_length: usize,
-    /// Most bytes queued for one connection; a send beyond it closes that connection.
+    /// Most bytes queued for one connection, control frames included (a flood of pings
+    /// queues one pong at most); a send beyond it closes that connection (1008).
     /// Default: 1 MiB.
     pub max_backpressure: usize,
     /// permessage-deflate: [`Compressor::Disabled`] (the default), shared or dedicated.
@@ -302,10 +306,16 @@ impl Default for HandshakeOptions {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ConsumerOptions {
-    /// Host or IP of the provider. Default: `127.0.0.1`.
+    /// Host or IP of the provider. Default: `127.0.0.1`. Not used when `hosts` is set.
     pub host: String,
-    /// Port of the provider. Default: 8080.
+    /// Port of the provider, and of every entry of `hosts` that names none.
+    /// Default: 8080.
     pub port: u16,
+    /// Several providers (hubs) to fail over between: `host`, `host:port`, `[v6]` or
+    /// `[v6]:port` each. The consumer connects to the first that answers, in this order,
+    /// and after a drop tries the next one first. Empty: just `host` and `port`.
+    /// Default: empty.
+    pub hosts: Vec<String>,
     /// Path of the provider's websocket route. Default: `/connect`.
     pub path: String,
     /// URL parameters sent with every connect (auth values and metadata). Default: none.
@@ -315,12 +325,16 @@ pub struct ConsumerOptions {
     /// Time one connect attempt may take, in ms. Default: 10000.
     #[serde(with = "millis")]
     pub connect_timeout: Duration,
-    /// Largest message `send` accepts, in bytes. Default: 32768, the provider's default
-    /// limit, so a message the provider would refuse fails here with a clear error instead.
+    /// Largest message in bytes, inclusive, either way. `send` refuses a larger one with a
+    /// clear error (a message the provider's default limit would refuse), and a larger one
+    /// from the provider closes the connection with 1009. Default: 32768, the provider's
+    /// default limit.
     pub max_payload_length: usize,
-    /// Most bytes queued for sending while the socket is busy. Default: 1 MiB.
+    /// Most bytes queued for sending while the socket is busy, control frames included;
+    /// `send` refuses a message beyond it (the connection stays). Default: 1 MiB.
     pub max_backpressure: usize,
-    /// Capacity of each [`events`](crate::Consumer::events) receiver. Default: 1024.
+    /// Events each [`events`](crate::Consumer::events) receiver holds before it loses its
+    /// oldest (see [`EventStream`](crate::EventStream)). Default: 1024.
     pub event_capacity: usize,
     /// Connect with TLS (`wss://`), verifying the provider's certificate against the
     /// system's root certificates, or against `ca` when given. Default: false.
@@ -338,6 +352,7 @@ impl Default for ConsumerOptions {
         Self {
             host: "127.0.0.1".to_owned(),
             port: DEFAULT_PORT,
+            hosts: Vec::new(),
             path: DEFAULT_PATH.to_owned(),
             parameters: BTreeMap::new(),
             reconnect: ReconnectOptions::default(),
@@ -357,6 +372,7 @@ impl fmt::Debug for ConsumerOptions {
         f.debug_struct("ConsumerOptions")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("hosts", &self.hosts)
             .field("path", &self.path)
             .field("parameters", &self.parameters.keys().collect::<Vec<_>>())
             .field("reconnect", &self.reconnect)
@@ -371,16 +387,49 @@ impl fmt::Debug for ConsumerOptions {
     }
 }
 
-/// The seed's `reconnect` policy.
+/// The seed's `reconnect` policy, plus an optional exponential backoff and an optional
+/// buffer for what is sent while reconnecting.
+///
+/// ```
+/// use cluster_transport::{Backoff, ReconnectOptions};
+/// let opts: ReconnectOptions = serde_json::from_str(r#"{
+///     "interval": 500, "max_attempts": 20, "backoff": "exponential", "max_interval": 30000,
+///     "buffer_messages": 1000, "buffer_bytes": 262144
+/// }"#).unwrap();
+/// assert_eq!(opts.backoff, Backoff::Exponential);
+/// // Attempt 3 waits a random time up to 500 ms x 2^2.
+/// assert_eq!(opts.max_delay(3).as_millis(), 2000);
+/// assert!(opts.delay(3) <= opts.max_delay(3));
+/// assert_eq!(opts.buffer_messages, 1000);
+/// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ReconnectOptions {
-    /// Wait before each reconnect attempt, in ms in config files. Default: 1000.
+    /// Wait before each reconnect attempt, in ms in config files: every wait with
+    /// [`Backoff::Fixed`], the first ceiling with [`Backoff::Exponential`]. Default: 1000.
     #[serde(with = "millis")]
     pub interval: Duration,
-    /// Failed attempts in a row before the consumer closes for good. Default: 10.
+    /// Failed attempts in a row before the consumer closes for good. Default: 10. With
+    /// several `hosts`, one attempt is a round that tried each host once.
     pub max_attempts: u32,
+    /// How the wait grows from one attempt to the next. Default: [`Backoff::Fixed`], as
+    /// the seed.
+    pub backoff: Backoff,
+    /// The longest wait with [`Backoff::Exponential`], in ms in config files.
+    /// Default: 30000.
+    #[serde(with = "millis")]
+    pub max_interval: Duration,
+    /// Most messages kept while reconnecting, to go out first on the next connection.
+    /// 0 (the default, as the seed): sends between connections are refused with
+    /// [`NotConnected`](crate::SendErrorKind::NotConnected). See
+    /// [`ConsumerBuilder::reconnect_buffer`](crate::ConsumerBuilder::reconnect_buffer).
+    pub buffer_messages: usize,
+    /// Most bytes kept while reconnecting, each message counting its payload plus 14
+    /// bytes of frame header; at most `max_backpressure` whatever is set here, so the
+    /// whole buffer fits in the next connection's send queue. 0 (the default): nothing
+    /// is kept.
+    pub buffer_bytes: usize,
 }
 
 impl Default for ReconnectOptions {
@@ -388,8 +437,32 @@ impl Default for ReconnectOptions {
         Self {
             interval: DEFAULT_RECONNECT_INTERVAL,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff: Backoff::Fixed,
+            max_interval: DEFAULT_MAX_RECONNECT_INTERVAL,
+            buffer_messages: 0,
+            buffer_bytes: 0,
         }
     }
+}
+
+/// How a consumer spaces its reconnect attempts.
+///
+/// The attempt number counts attempts since the last connection was open: 1 is the first
+/// attempt after a drop (or the first retry of a first connect), and it grows by one with
+/// each failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Backoff {
+    /// Every attempt waits `interval`: the seed's behaviour. When a provider restarts,
+    /// all its consumers come back in the same instant.
+    #[default]
+    Fixed,
+    /// Exponential backoff with full jitter: attempt `n` waits a random time between 0
+    /// and `min(max_interval, interval x 2^(n-1))`, so a crowd of consumers spreads out
+    /// over the window instead of arriving at once, and keeps spreading while the
+    /// provider stays away.
+    Exponential,
 }
 
 /// Serde for a [`Duration`] written as whole milliseconds.
@@ -437,6 +510,24 @@ mod tests {
         let c: ConsumerOptions = serde_json::from_str(r#"{"ssl": true, "ca": "ca.pem"}"#).unwrap();
         assert!(c.ssl);
         assert!(serde_json::from_str::<ProviderOptions>(r#"{"ssl": {"crt": "x"}}"#).is_err());
+    }
+
+    #[test]
+    fn failover_options_load() {
+        let c: ConsumerOptions = serde_json::from_str(
+            r#"{"hosts": ["hub-a:9001", "hub-b"], "port": 9000,
+                "reconnect": {"buffer_messages": 100, "buffer_bytes": 65536}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.hosts, ["hub-a:9001", "hub-b"]);
+        assert_eq!(c.reconnect.buffer_messages, 100);
+        assert_eq!(c.reconnect.buffer_bytes, 65536);
+        let seed = ConsumerOptions::default();
+        assert!(seed.hosts.is_empty());
+        assert_eq!(
+            (seed.reconnect.buffer_messages, seed.reconnect.buffer_bytes),
+            (0, 0)
+        );
     }
 
     #[test]

@@ -20,155 +20,37 @@
 //! ```
 
 mod accept;
+mod handler;
+mod refusals;
+pub(crate) mod shared;
 
 use crate::auth::{auth_handler, AuthHandler, Refusal, UpgradeCheck, UpgradeRequest};
 use crate::compressor::Compressor;
 use crate::connection::{
-    encode_frame, encode_shared_deflate_frame, CloseMode, CloseRequest, Connection, SendPath,
+    encode_frame, encode_shared_deflate_frame, Connection, SendPath, SharedFrame,
 };
 use crate::error::BindError;
 use crate::event::{
     close_callback, message_callback, open_callback, EventStream, ProviderCallback, ProviderEvent,
     ProviderListeners,
 };
-use crate::message::{close_code, CloseInfo, MessageRef, PROVIDER_HEARTBEAT_PREFIX};
+use crate::http::{HttpRequest, HttpResponse, HttpRoutes};
+use crate::message::{close_code, close_reason, CloseInfo, MessageRef};
+#[cfg(feature = "prometheus")]
+use crate::metrics::MetricsEndpoint;
+use crate::metrics::Publisher;
 use crate::options::{ProviderOptions, SslOptions};
+use crate::protocol::{CloseMode, CloseRequest};
+use crate::stats::{Kind, ProviderStats};
+use shared::ProviderShared;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use uuid::Uuid;
-
-/// State every connection task of one provider shares.
-pub(crate) struct ProviderShared {
-    pub(crate) options: ProviderOptions,
-    pub(crate) auth_handler: Option<AuthHandler>,
-    pub(crate) upgrade_check: Option<UpgradeCheck>,
-    listeners: RwLock<Arc<ProviderListeners>>,
-    listeners_gen: AtomicU64,
-    registry: Mutex<HashMap<Uuid, Connection>>,
-    /// `PROVIDER_HEARTBEAT|<ms>`, sent first on every connection.
-    heartbeat_frame: String,
-    /// Every task of this provider: accept loop, heartbeat, connections.
-    pub(crate) tracker: TaskTracker,
-    /// Cancelled to stop accepting and stop the heartbeat.
-    pub(crate) stop: CancellationToken,
-    /// Handshakes every connection with TLS when `ssl` is set.
-    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
-}
-
-impl ProviderShared {
-    pub(crate) fn new(
-        options: ProviderOptions,
-        auth_handler: Option<AuthHandler>,
-        upgrade_check: Option<UpgradeCheck>,
-        listeners: ProviderListeners,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-    ) -> Self {
-        Self {
-            heartbeat_frame: format!(
-                "{PROVIDER_HEARTBEAT_PREFIX}{}",
-                options.heartbeat.interval.as_millis()
-            ),
-            options,
-            auth_handler,
-            upgrade_check,
-            listeners: RwLock::new(Arc::new(listeners)),
-            listeners_gen: AtomicU64::new(0),
-            registry: Mutex::new(HashMap::new()),
-            tracker: TaskTracker::new(),
-            stop: CancellationToken::new(),
-            tls,
-        }
-    }
-
-    /// The current listeners and their generation.
-    pub(crate) fn listeners(&self) -> (Arc<ProviderListeners>, u64) {
-        let guard = self.listeners.read().unwrap_or_else(|p| p.into_inner());
-        (
-            Arc::clone(&guard),
-            self.listeners_gen.load(Ordering::Acquire),
-        )
-    }
-
-    pub(crate) fn listeners_gen(&self) -> u64 {
-        self.listeners_gen.load(Ordering::Acquire)
-    }
-
-    fn update_listeners(&self, change: impl FnOnce(&mut ProviderListeners)) {
-        let mut guard = self.listeners.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = ProviderListeners::clone(&guard);
-        next.streams.retain(|s| !s.is_closed());
-        change(&mut next);
-        *guard = Arc::new(next);
-        self.listeners_gen.fetch_add(1, Ordering::Release);
-    }
-
-    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Connection>> {
-        self.registry.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Every open connection, copied out so no lock is held while using them.
-    pub(crate) fn snapshot(&self) -> Vec<Connection> {
-        self.registry().values().cloned().collect()
-    }
-
-    /// Registers a new connection and queues its first frame.
-    pub(crate) fn register(&self, conn: &Connection) {
-        if self.options.heartbeat.enabled {
-            // Cannot fail: the connection is fresh and the frame is tiny.
-            let _ = conn.send_frame(MessageRef::Text(&self.heartbeat_frame));
-        }
-        self.registry().insert(conn.id(), conn.clone());
-    }
-
-    pub(crate) fn unregister(&self, conn: &Connection) {
-        self.registry().remove(&conn.id());
-    }
-
-    pub(crate) async fn emit_open(&self, conn: &Connection) {
-        let (listeners, _) = self.listeners();
-        listeners.debug(|| format!("connection {} open from {}", conn.id(), conn.ip()));
-        for callback in &listeners.open {
-            if let Some(f) = callback.take() {
-                f(conn);
-            }
-        }
-        for stream in &listeners.streams {
-            let _ = stream.send(ProviderEvent::Open(conn.clone())).await;
-        }
-    }
-
-    pub(crate) async fn emit_close(&self, conn: &Connection, info: CloseInfo) {
-        let (listeners, _) = self.listeners();
-        listeners.debug(|| {
-            format!(
-                "connection {} closed: {} {}",
-                conn.id(),
-                info.code,
-                info.reason
-            )
-        });
-        for callback in &listeners.close {
-            if let Some(f) = callback.take() {
-                f(conn, &info);
-            }
-        }
-        for stream in &listeners.streams {
-            let _ = stream
-                .send(ProviderEvent::Close(conn.clone(), info.clone()))
-                .await;
-        }
-    }
-}
 
 /// Builds a [`Provider`]: options, then behaviour, then [`bind`](Self::bind).
 #[must_use]
@@ -176,6 +58,10 @@ pub struct ProviderBuilder {
     options: ProviderOptions,
     auth_handler: Option<AuthHandler>,
     upgrade_check: Option<UpgradeCheck>,
+    http: HttpRoutes,
+    #[cfg(feature = "prometheus")]
+    metrics: Option<MetricsEndpoint>,
+    metrics_flushes: Vec<crate::metrics::MetricsFlush>,
     listeners: ProviderListeners,
 }
 
@@ -184,6 +70,7 @@ impl fmt::Debug for ProviderBuilder {
         f.debug_struct("ProviderBuilder")
             .field("options", &self.options)
             .field("auth_handler", &self.auth_handler.is_some())
+            .field("http_routes", &self.http)
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +82,10 @@ impl ProviderBuilder {
             options,
             auth_handler: None,
             upgrade_check: None,
+            http: HttpRoutes::default(),
+            #[cfg(feature = "prometheus")]
+            metrics: None,
+            metrics_flushes: Vec::new(),
             listeners: ProviderListeners::default(),
         }
     }
@@ -253,6 +144,45 @@ impl ProviderBuilder {
         self
     }
 
+    /// Answers plain HTTP requests (not websocket upgrades) whose path is `prefix` or lies
+    /// under it (`/admin` takes `/admin` and `/admin/api`, not `/administrator`), with
+    /// any method. Routes are tried in the order they were added; `GET /alive` stays the
+    /// provider's own. See [`HttpRequest`] for the limits and a streamed answer's life.
+    ///
+    /// ```
+    /// # use cluster_transport::{HttpResponse, Provider};
+    /// let builder = Provider::builder().http_route("/status", |_request| async {
+    ///     HttpResponse::new(200, "application/json", r#"{"ok":true}"#)
+    /// });
+    /// ```
+    pub fn http_route<F, Fut>(mut self, prefix: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(HttpRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HttpResponse> + Send + 'static,
+    {
+        self.http.add(prefix.into(), handler);
+        self
+    }
+
+    /// Serves `GET /metrics` in the Prometheus text format (see [`MetricsEndpoint`]).
+    /// Without it the provider still records its metrics through the `metrics` facade,
+    /// for a recorder of your own.
+    #[cfg(feature = "prometheus")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+    pub fn metrics(mut self, endpoint: MetricsEndpoint) -> Self {
+        self.metrics = Some(endpoint);
+        self
+    }
+
+    /// Runs `flush` each time the provider hands its own counters to the `metrics` facade:
+    /// once a second, right before each `/metrics` scrape, and when it stops. A layer on
+    /// top that counts in its own atomics (the typed layer counts its calls so) hands
+    /// them to the facade there, so a scrape sees every call made before it.
+    pub fn on_metrics_flush(mut self, flush: impl Fn() + Send + Sync + 'static) -> Self {
+        self.metrics_flushes.push(Arc::new(flush));
+        self
+    }
+
     /// Time between heartbeat cycles. Default: 30 s.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.options.heartbeat.interval = interval;
@@ -308,6 +238,13 @@ impl ProviderBuilder {
         self
     }
 
+    /// Events each [`Provider::events`] receiver holds before it loses its oldest (see
+    /// [`EventStream`]). Default: 1024.
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.options.event_capacity = events;
+        self
+    }
+
     /// Most connections at once. Default: 100,000.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.options.max_connections = max;
@@ -327,6 +264,8 @@ impl ProviderBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, ssl: SslOptions) -> Self {
         self.options.ssl = Some(ssl);
         self
@@ -334,7 +273,13 @@ impl ProviderBuilder {
 
     /// Serves TLS with a PEM certificate (chain) file and an unencrypted PEM key file; for
     /// an encrypted key use [`tls`](Self::tls) with a passphrase.
-    pub fn tls_files(self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_files(
+        self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
         self.tls(SslOptions::new(cert, key))
     }
 
@@ -378,7 +323,8 @@ impl ProviderBuilder {
     ///
     /// # Errors
     /// [`BindError::Listen`] when the address cannot be bound, [`BindError::Options`] for
-    /// inconsistent options (a path not starting with `/`, zero limits), [`BindError::Tls`]
+    /// inconsistent options (a path or HTTP route not starting with `/`, zero limits),
+    /// [`BindError::Tls`]
     /// when `ssl` is set and its files cannot be used (unreadable, no certificate or key,
     /// wrong or missing passphrase, a key that does not match the certificate).
     pub async fn bind(self) -> Result<Provider, BindError> {
@@ -387,6 +333,11 @@ impl ProviderBuilder {
             return Err(BindError::Options(format!(
                 "path must start with '/': {:?}",
                 options.path
+            )));
+        }
+        if let Some(prefix) = self.http.invalid_prefix() {
+            return Err(BindError::Options(format!(
+                "http route must start with '/': {prefix:?}"
             )));
         }
         if options.max_connections == 0 || options.event_capacity == 0 {
@@ -400,17 +351,8 @@ impl ProviderBuilder {
             ));
         }
         // Before the port is taken: a bad certificate must not leave a half-started provider.
-        // Reading files and decrypting a key (a slow KDF on purpose) is blocking work.
         let tls = match options.ssl.clone() {
-            Some(ssl) => Some({
-                crate::tls::log_ignored(&ssl);
-                tokio::task::spawn_blocking(move || crate::tls::acceptor(&ssl))
-                    .await
-                    .map_err(|e| BindError::Tls {
-                        reason: "loading the certificate and key failed".into(),
-                        source: Some(Box::new(e)),
-                    })??
-            }),
+            Some(ssl) => Some(load_tls(ssl).await?),
             None => None,
         };
         let addr = format!("{}:{}", options.host, options.port);
@@ -421,13 +363,28 @@ impl ProviderBuilder {
             addr: format!("{}:{}", options.host, options.port),
             source,
         })?;
-        let shared = Arc::new(ProviderShared::new(
+        let mut shared = ProviderShared::new(
             options,
             self.auth_handler,
             self.upgrade_check,
             self.listeners,
             tls,
-        ));
+        );
+        let publisher = Arc::new(Mutex::new(Publisher::new(
+            Arc::clone(&shared.context.stats),
+            self.metrics_flushes,
+            #[cfg(feature = "prometheus")]
+            self.metrics.clone(),
+        )));
+        #[cfg(feature = "prometheus")]
+        let http = match self.metrics {
+            Some(endpoint) => endpoint.route(self.http, Arc::clone(&publisher)),
+            None => self.http,
+        };
+        #[cfg(not(feature = "prometheus"))]
+        let http = self.http;
+        shared.http = http;
+        let shared = Arc::new(shared);
         tracing::info!(
             local.addr = %local_addr,
             path = %shared.options.path,
@@ -437,11 +394,18 @@ impl ProviderBuilder {
         shared
             .tracker
             .spawn(accept::accept_loop(listener, Arc::clone(&shared)));
+        shared.tracker.spawn(refusals::run(
+            Arc::clone(&shared.refusals),
+            shared.stop.clone(),
+        ));
         if shared.options.heartbeat.enabled {
             shared
                 .tracker
                 .spawn(crate::heartbeat::run(Arc::clone(&shared)));
         }
+        shared
+            .tracker
+            .spawn(crate::metrics::run(publisher, shared.stop.clone()));
         Ok(Provider {
             inner: Arc::new(ProviderInner { shared, local_addr }),
         })
@@ -502,6 +466,13 @@ impl Provider {
         self.inner.shared.registry().clone()
     }
 
+    /// The traffic counters since the provider started: connections, messages and bytes
+    /// in and out, connects and disconnects by reason, TLS handshakes, compression. Take
+    /// two snapshots for a rate.
+    pub fn stats(&self) -> ProviderStats {
+        self.inner.shared.context.stats.snapshot()
+    }
+
     /// One connection by id.
     pub fn connection(&self, id: Uuid) -> Option<Connection> {
         self.inner.shared.registry().get(&id).cloned()
@@ -528,8 +499,14 @@ impl Provider {
         // copied into each outbox; only a connection with its own compressor compresses
         // for itself.
         let mut plain = None;
-        let mut compressed: Vec<(u8, Option<Vec<u8>>)> = Vec::new();
-        conns
+        // Per window: the frame compressed once, and its compressed payload's size.
+        let mut compressed: Vec<(u8, Option<SharedFrame>)> = Vec::new();
+        let stats = first.stats();
+        let raw = message.len() as u64;
+        // Copies of a frame encoded here (a connection with its own compressor counts
+        // its own sends).
+        let mut copies = 0;
+        let taken = conns
             .iter()
             .filter(|c| {
                 let frame = match c.send_path() {
@@ -544,22 +521,33 @@ impl Provider {
                             }
                         };
                         match &compressed[i].1 {
-                            Some(frame) => frame,
+                            Some((frame, wire)) => {
+                                if c.send_encoded(frame).is_err() {
+                                    return false;
+                                }
+                                copies += 1;
+                                stats.deflated(raw, *wire);
+                                return true;
+                            }
                             None => &*plain.get_or_insert_with(|| encode_frame(message)),
                         }
                     }
                 };
-                c.send_encoded(frame).is_ok()
+                let sent = c.send_encoded(frame).is_ok();
+                copies += u64::from(sent);
+                sent
             })
-            .count()
+            .count();
+        stats.sent_to_many(Kind::of(message), copies, raw);
+        taken
     }
 
-    /// A bounded receiver of every event from now on. Each call makes a new receiver that
-    /// gets every event; a full receiver pauses reading from the connection concerned.
+    /// A bounded receiver of every event from now on. Each call makes a new receiver
+    /// that gets every event. A receiver that falls behind never holds anything up: it
+    /// loses its oldest events and is told how many ([`ProviderEvent::Lagged`]); see
+    /// [`EventStream`].
     pub fn events(&self) -> EventStream<ProviderEvent> {
-        let (tx, rx) = mpsc::channel(self.inner.shared.options.event_capacity);
-        self.inner.shared.update_listeners(|l| l.streams.push(tx));
-        EventStream::new(rx)
+        self.inner.shared.context.events.subscribe()
     }
 
     /// Calls `f` for every new connection from now on.
@@ -633,7 +621,7 @@ impl Provider {
         let shared = &self.inner.shared;
         shared.stop.cancel();
         for conn in shared.snapshot() {
-            conn.close(close_code::GOING_AWAY, "provider shutting down");
+            conn.close(close_code::GOING_AWAY, close_reason::SHUTTING_DOWN);
         }
         shared.tracker.close();
         let grace = shared.options.close_timeout + Duration::from_secs(1);
@@ -656,13 +644,35 @@ impl Provider {
     }
 }
 
+/// Loads the certificate and key of `ssl` (reading files and decrypting a key, a slow
+/// KDF on purpose, is blocking work).
+#[cfg(feature = "tls")]
+async fn load_tls(ssl: SslOptions) -> Result<shared::TlsAcceptor, BindError> {
+    crate::tls::log_ignored(&ssl);
+    tokio::task::spawn_blocking(move || crate::tls::acceptor(&ssl))
+        .await
+        .map_err(|e| BindError::Tls {
+            reason: "loading the certificate and key failed".into(),
+            source: Some(Box::new(e)),
+        })?
+}
+
+/// Without the `tls` feature, options asking for TLS are refused at bind.
+#[cfg(not(feature = "tls"))]
+async fn load_tls(_ssl: SslOptions) -> Result<shared::TlsAcceptor, BindError> {
+    Err(BindError::Tls {
+        reason: "ssl is set, but cluster-transport was built without its `tls` feature".into(),
+        source: None,
+    })
+}
+
 fn destroy(shared: &ProviderShared) {
     shared.stop.cancel();
     shared.tracker.close();
     for conn in shared.snapshot() {
         conn.request_close(CloseRequest::new(
             close_code::GOING_AWAY,
-            "provider destroyed",
+            close_reason::DESTROYED,
             CloseMode::Immediate,
         ));
     }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod gate;
+pub mod http;
+pub mod nats;
 pub mod pki;
 
 use futures_util::{SinkExt, StreamExt};
@@ -97,6 +100,39 @@ pub async fn next_event<T>(
     .await
 }
 
+/// Starts the `test_peer` example (built with the tests) as a process in `role`,
+/// connected to the hub on `port`, and waits until it says it is connected. The process
+/// is killed when the handle is dropped.
+pub async fn spawn_peer(role: &str, port: u16) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(test_peer())
+        .args([role, &port.to_string()])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start test_peer");
+    let stdout = child.stdout.take().expect("test_peer stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let ready = within("test_peer to connect", lines.next_line()).await;
+    assert_eq!(
+        ready.ok().flatten().as_deref(),
+        Some("READY"),
+        "test_peer failed"
+    );
+    child
+}
+
+/// The `test_peer` example's executable.
+pub fn test_peer() -> std::path::PathBuf {
+    // Test binaries live in target/<profile>/deps, examples in target/<profile>/examples.
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("test_peer"))
+        .filter(|path| path.exists())
+        .expect("examples/test_peer is not built: `cargo build --example test_peer`")
+}
+
 /// Sends raw bytes over TCP and returns everything the server answers until it closes.
 pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,4 +143,22 @@ pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
         .await
         .expect("read");
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The provider's connection whose `name` parameter is `name`, once it is registered (a
+/// consumer's connect resolves at the 101, a moment before the provider registers it).
+pub async fn connection_named(provider: &Provider, name: &str) -> network_cluster::Connection {
+    within("the connection to register", async {
+        loop {
+            let found = provider
+                .connections()
+                .into_values()
+                .find(|c| c.parameters().get("name").map(String::as_str) == Some(name));
+            if let Some(conn) = found {
+                return conn;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
 }

@@ -24,6 +24,11 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// Sends one more URL parameter.
+    pub(crate) fn push_param(&mut self, key: &str, value: &str) {
+        self.params.push((key.to_owned(), value.to_owned()));
+    }
+
     pub(crate) async fn member(self) -> anyhow::Result<Member> {
         let mut consumer = Consumer::builder()
             .host(self.host)
@@ -74,7 +79,7 @@ pub(crate) async fn publish(args: PubArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     let member = args.target.member().await?;
-    let mut subscription: Subscription<Value> = member.subscribe(&args.subject)?;
+    let mut subscription: Subscription<Value> = member.subscribe(&args.subject).await?;
     if args.json {
         print_line(&json!({"event": "subscribed", "subject": args.subject}).to_string());
     }

@@ -1,69 +1,48 @@
-//! The queue's state and its dispatcher: one std mutex, short critical sections, jobs
-//! sent to workers in batches, attempt deadlines kept sorted in the queue.
+//! The hub's job queue: what submitters, workers and the hub ask of it.
+//!
+//! One std mutex guards the [state](state); nothing awaits while holding it. Jobs go out
+//! in batches: a [dispatch](dispatch) round gives every free credit a ready job, job
+//! names taking turns, and sends each worker the jobs it got in one frame (frames are
+//! only queued on the connection, never awaited). Rounds run in place on submission and
+//! on the answers that free credits (a worker's answer frame, up to its credits, brings
+//! it its next batch in one frame, with no hop through another task), and on the
+//! dispatcher task after cancellations and departures. The same task promotes delayed
+//! jobs and times out attempts, whose deadlines the queue keeps sorted: no task or timer
+//! per attempt. Failed jobs are retried, then kept in the [dead letters](dead).
 
-use super::hashing::IdHash;
-use super::wire::{self, Batch, Malformed, CANCEL_SUBJECT, RUN_SUBJECT};
-use super::{JobError, JobId, JobOptions, Outcome, Progress};
-use crate::codec::{Codec, CodecKind};
-use crate::error::RpcError;
+mod dead;
+mod dispatch;
+mod inspect;
+mod ready;
+mod results;
+mod shared;
+mod state;
+mod workers;
+
+pub use dead::DeadJob;
+pub use inspect::{JobInfo, JobState};
+pub(crate) use state::Submitter;
+
+use self::dispatch::{after, send_drop};
+use self::results::{Keys, Retained};
+use self::state::{wall_now, Entry, State, Status, Store};
+use super::handle::{new_job_id, Delivery, Progress};
+use super::options::check_name;
+use super::store::{
+    Attempt, Change, Commit, JobStore, Owner, RecoveredState, Recovery, StoreError, StoreStats,
+};
+use super::wire::{self, Malformed};
+use super::{InvalidJob, JobError, JobId, JobOptions, QueueOptions};
+use crate::codec::CodecKind;
 use crate::link::Link;
+use crate::metrics::{AttemptOutcome, AttemptTally, Durations, JobMetrics};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// Limits and defaults of a hub's job queue.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct QueueOptions {
-    /// Most jobs waiting or delayed at once; more are refused. Default: 1,000,000.
-    pub capacity: usize,
-    /// One attempt's time limit when the job sets none. Default: 30 s.
-    #[serde(with = "millis")]
-    pub timeout: Duration,
-    /// Attempts when the job sets none. Default: 3.
-    pub max_attempts: u32,
-    /// First retry delay; doubles each attempt, with ±50 % jitter. Default: 100 ms.
-    #[serde(with = "millis")]
-    pub backoff: Duration,
-    /// Longest retry delay. Default: 10 s.
-    #[serde(with = "millis")]
-    pub max_backoff: Duration,
-    /// Dead jobs kept for inspection; older ones are forgotten. Default: 10,000.
-    pub max_dead: usize,
-}
-
-impl Default for QueueOptions {
-    fn default() -> Self {
-        Self {
-            capacity: 1_000_000,
-            timeout: Duration::from_secs(30),
-            max_attempts: 3,
-            backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
-            max_dead: 10_000,
-        }
-    }
-}
-
-mod millis {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
-}
 
 /// Counts of the queue, and each worker's load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -93,7 +72,7 @@ pub struct WorkerStats {
     pub id: Uuid,
     /// Its `name` connect parameter, if any.
     pub name: Option<String>,
-    /// Jobs it runs at once at most.
+    /// Jobs it runs at once at most (what it announced, capped by the hub).
     pub credits: usize,
     /// Jobs it runs now.
     pub active: usize,
@@ -103,184 +82,221 @@ pub struct WorkerStats {
     pub per_second: f64,
 }
 
-/// A job that failed every attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct DeadJob {
-    /// Its id.
-    pub id: JobId,
-    /// Its job name.
-    pub name: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last attempt's error.
-    pub last_error: String,
-    /// The encoded job, for inspection.
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
+/// What a hub-side submitter holds: the job's id, where its outcome arrives, and its
+/// progress.
+pub(crate) type Queued = (JobId, Delivery, Arc<Progress>);
+
+/// Jobs of a batch queued under one hold of the queue's lock
+/// ([`Queue::submit_many`]).
+const SUBMIT_CHUNK: usize = 512;
+
+/// `d` in whole milliseconds.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One connected worker.
-struct Worker {
-    link: Arc<dyn Link>,
-    name: Option<String>,
-    /// The job names it runs, interned: compared by pointer first.
-    jobs: Vec<Arc<str>>,
-    credits: usize,
-    active: usize,
-    completed: u64,
-    joined: Instant,
-    /// The jobs given to it in the current dispatch round; sent when the round ends (or
-    /// when the frame is full).
-    batch: Batch,
+/// Whether queueing a job records its submission, or revives a dead letter the store
+/// holds already.
+enum Origin {
+    Submitted,
+    /// A dead letter, with its history so far.
+    Revived(Vec<Attempt>),
 }
-
-impl Worker {
-    fn runs(&self, name: &Arc<str>) -> bool {
-        self.jobs
-            .iter()
-            .any(|j| Arc::ptr_eq(j, name) || **j == **name)
-    }
-}
-
-/// Where a running attempt sits among the deadlines: its time, then a tie-breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct DeadlineKey {
-    at: Instant,
-    seq: u64,
-}
-
-enum Status {
-    Waiting,
-    Delayed,
-    Running { worker: Uuid, deadline: DeadlineKey },
-}
-
-struct Entry {
-    name: Arc<str>,
-    /// The codec-encoded job, as submitted; copied into each batch it is sent in.
-    payload: Vec<u8>,
-    options: JobOptions,
-    /// Attempts started; the running attempt's number.
-    attempts: u32,
-    status: Status,
-    /// The submitter; taken when the job resolves, so it resolves once.
-    waiter: Option<oneshot::Sender<Outcome>>,
-    progress: ProgressGuard,
-    /// Where to forward progress for a member submitter (a pub/sub subject).
-    progress_subject: Option<String>,
-}
-
-impl Entry {
-    /// A new waiting entry (its name is interned under the lock), and where its outcome
-    /// and progress arrive.
-    fn new(
-        payload: Vec<u8>,
-        options: JobOptions,
-        progress_subject: Option<String>,
-    ) -> (Box<Self>, Waiter) {
-        let (tx, rx) = oneshot::channel();
-        let progress = Arc::new(Progress::default());
-        let entry = Box::new(Entry {
-            name: Arc::from(""),
-            payload,
-            options,
-            attempts: 0,
-            status: Status::Waiting,
-            waiter: Some(tx),
-            progress: ProgressGuard(Arc::clone(&progress)),
-            progress_subject,
-        });
-        (entry, (rx, progress))
-    }
-}
-
-/// Closes a job's progress when its entry goes (the job resolved or the hub stopped).
-struct ProgressGuard(Arc<Progress>);
-
-impl Drop for ProgressGuard {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-#[derive(Default)]
-struct State {
-    seq: u64,
-    /// Ready jobs by priority, highest first; first in first out within a priority. The
-    /// queue owns waiting entries here: dispatching takes them in order without a lookup
-    /// in `jobs`. A cancelled one stays until the front (or a compaction) drops it.
-    ready: BTreeMap<Reverse<i32>, VecDeque<(JobId, Box<Entry>)>>,
-    /// Cancelled entries still in `ready`.
-    cancelled_waiting: usize,
-    delayed: BinaryHeap<Reverse<(Instant, u64, JobId)>>,
-    /// Running attempts by deadline, with their job and worker: what the dispatcher
-    /// times out. As many entries as attempts running (at most the workers' credits).
-    deadlines: BTreeMap<DeadlineKey, (JobId, Uuid)>,
-    /// Delayed and running jobs (waiting ones are in `ready`): a map as small as the
-    /// workers' credits under load, so its lookups stay in the cache. Boxed: an entry is
-    /// made before taking the lock, and moves between here and `ready` as a pointer.
-    jobs: HashMap<JobId, Box<Entry>, IdHash>,
-    workers: HashMap<Uuid, Worker, IdHash>,
-    /// Free credits over all workers: a submission skips the dispatch round when none.
-    free: usize,
-    /// Job names seen, shared by their entries.
-    names: HashSet<Arc<str>, IdHash>,
-    dead: VecDeque<DeadJob>,
-    waiting: usize,
-    delayed_count: usize,
-    active: usize,
-    completed: u64,
-    failed: u64,
-    /// The dispatcher has been woken and has not run yet.
-    dispatch_requested: bool,
-    /// When the dispatcher's timer fires, if it is set.
-    timer: Option<Instant>,
-}
-
-/// Where a submitter learns its job's outcome and progress.
-pub(crate) type Waiter = (oneshot::Receiver<Outcome>, Arc<Progress>);
-
-/// Publishes progress for member submitters (set by the hub: its pub/sub router).
-pub(crate) type ProgressSink = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 
 /// The hub's job queue.
-///
-/// One std mutex guards the state; nothing awaits while holding it. Jobs go out in
-/// batches: a dispatch round gives every free credit a ready job and sends each worker
-/// the jobs it got in one frame (frames are only queued on the connection, never
-/// awaited). Rounds run in place on submission, and on the dispatcher task after answers,
-/// cancellations and departures: a connection's burst of answer frames is taken whole
-/// before the next round, so answers and jobs travel many to a frame under load. The same
-/// task promotes delayed jobs and times out attempts, whose deadlines the queue keeps
-/// sorted: no task or timer per attempt.
 pub(crate) struct Queue {
     state: Mutex<State>,
-    wake: Notify,
+    /// The store, also in the state: commits are asked for outside the lock.
+    store: Arc<dyn JobStore>,
+    wake: Arc<Notify>,
     options: QueueOptions,
     codec: CodecKind,
+    /// Stops the dispatcher: fired by the hub's shutdown, or when the queue is dropped.
     stop: CancellationToken,
-    progress_sink: ProgressSink,
+    metrics: JobMetrics,
 }
 
 impl Queue {
-    /// A queue and its dispatcher task, which runs until `stop`.
+    /// A queue on `store`, holding what the store recovered, and its dispatcher task,
+    /// which runs until `stop` or until the queue is dropped.
+    ///
+    /// # Errors
+    /// The store's, when it cannot be read.
     pub(crate) fn start(
         options: QueueOptions,
         codec: CodecKind,
         stop: CancellationToken,
-        progress_sink: ProgressSink,
-    ) -> Arc<Self> {
+        store: Arc<dyn JobStore>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let recovery = store.recover()?;
+        let wake = Arc::new(Notify::new());
+        let state = State {
+            store: Store(Arc::clone(&store)),
+            shared: store.shared().is_some(),
+            ..State::default()
+        };
         let queue = Arc::new(Self {
-            state: Mutex::new(State::default()),
-            wake: Notify::new(),
-            options,
+            state: Mutex::new(state),
+            store,
+            wake: Arc::clone(&wake),
+            options: options.bounded(),
             codec,
-            stop,
-            progress_sink,
+            stop: stop.clone(),
+            metrics: JobMetrics::new(),
         });
-        tokio::spawn(Arc::clone(&queue).run_dispatcher());
-        queue
+        let span = tracing::debug_span!("job dispatcher");
+        queue.restore(recovery);
+        if let Some(shared) = queue.store.shared() {
+            shared.start(super::store::Feed(Arc::downgrade(&queue)));
+        }
+        tokio::spawn(tracing::Instrument::instrument(
+            Self::run_dispatcher(Arc::downgrade(&queue), wake, stop),
+            span,
+        ));
+        Ok(queue)
+    }
+
+    /// Puts back what the store recovered: waiting jobs in their order, delayed ones for
+    /// their time, dead letters, kept results. No one waits for them until a submitter
+    /// attaches.
+    fn restore(&self, recovery: Recovery) {
+        let mut st = self.state();
+        let now = Instant::now();
+        let wall = wall_now();
+        let wait = |at: u64| std::time::Duration::from_millis(at.saturating_sub(wall));
+        for mut job in recovery.jobs {
+            let key = job.options.key.as_deref().map(|k| Keys::full(&job.name, k));
+            let (mut entry, progress) = Entry::new(job.payload.into(), job.options, None);
+            entry.attempts = job.attempts;
+            entry.owner = job.owner;
+            entry.submitted_at = job.submitted_at;
+            if !matches!(job.state, RecoveredState::Dead) {
+                entry.past = std::mem::take(&mut job.history);
+            }
+            entry.named(st.ready.intern(&job.name));
+            match job.state {
+                RecoveredState::Waiting => st.make_ready(job.id, entry),
+                RecoveredState::Delayed(at) => st.schedule(job.id, entry, after(now, wait(at))),
+                RecoveredState::Dead => {
+                    let last_error = job
+                        .history
+                        .last()
+                        .and_then(|a| a.error.clone())
+                        .unwrap_or_default();
+                    st.dead.bury(
+                        DeadJob {
+                            id: job.id,
+                            name: job.name,
+                            attempts: job.attempts,
+                            last_error,
+                            payload: Vec::from(std::mem::take(&mut entry.payload)),
+                            history: job.history,
+                        },
+                        usize::MAX,
+                    );
+                    continue;
+                }
+            }
+            if job.owner != Owner::HUB {
+                st.member_jobs.insert(job.id, job.owner, &progress);
+            }
+            if let Some(key) = key {
+                st.keys.insert(key, job.id, Arc::downgrade(&progress));
+            }
+        }
+        let retention = millis(self.options.result_retention);
+        let mut gone = Vec::new();
+        for mut result in recovery.results {
+            let until = result.completed_at.saturating_add(retention);
+            let key = result.key.as_deref().map(|k| Keys::full(&result.name, k));
+            if let Some(key) = &key {
+                st.keys
+                    .insert(key.clone(), result.id, std::sync::Weak::new());
+            }
+            let last = result.history.pop().unwrap_or_else(|| {
+                let mut last = Attempt::started(1, Uuid::nil(), result.completed_at);
+                last.ended_at = Some(result.completed_at);
+                last
+            });
+            let retained = Retained::new(
+                Bytes::from(result.output),
+                result.owner,
+                key,
+                Arc::from(result.name.as_str()),
+                result.submitted_at,
+                last,
+                result.history,
+            );
+            let expires = after(now, wait(until));
+            st.results.insert(
+                result.id,
+                retained,
+                expires,
+                self.options.max_results,
+                &mut gone,
+            );
+        }
+        for (key, id) in gone {
+            st.keys.release(&key, id);
+        }
+        self.request_dispatch(&mut st);
+    }
+
+    /// Once every change recorded so far is durable, acknowledges the submissions of
+    /// `jobs`; if it cannot be, withdraws them (they never run) and says why.
+    ///
+    /// # Errors
+    /// [`JobError::Store`] when the store could not keep them.
+    pub(crate) async fn accepted<'a>(
+        &self,
+        jobs: impl IntoIterator<Item = (JobId, &'a Progress)>,
+    ) -> Result<(), JobError> {
+        let (tx, rx) = oneshot::channel();
+        self.store.sync(Commit::new(move |result| {
+            let _ = tx.send(result);
+        }));
+        let result = rx.await.unwrap_or(Err(StoreError::Closed));
+        if let Err(error) = result {
+            self.withdraw(jobs);
+            return Err(JobError::Store(error));
+        }
+        Ok(())
+    }
+
+    /// As [`accepted`](Self::accepted), for a member's submission: `respond` gets the
+    /// outcome once it is known.
+    pub(crate) fn accept_then(
+        self: &Arc<Self>,
+        job: (JobId, Arc<Progress>),
+        respond: impl FnOnce(Result<JobId, JobError>) + Send + 'static,
+    ) {
+        let queue = Arc::downgrade(self);
+        self.store.sync(Commit::new(move |result| match result {
+            Ok(()) => respond(Ok(job.0)),
+            Err(error) => {
+                if let Some(queue) = queue.upgrade() {
+                    queue.withdraw([(job.0, &*job.1)]);
+                }
+                respond(Err(JobError::Store(error)));
+            }
+        }));
+    }
+
+    /// Jobs whose submission the store could not keep: cancelled wherever they are.
+    fn withdraw<'a>(&self, jobs: impl IntoIterator<Item = (JobId, &'a Progress)>) {
+        for (id, progress) in jobs {
+            self.cancel(id, progress);
+        }
+    }
+
+    /// The store's counters.
+    pub(crate) fn store_stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+
+    /// Closes the store: what it buffered is written, the storage released. Blocks.
+    pub(crate) fn close_store(&self) {
+        self.store.close();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -291,46 +307,257 @@ impl Queue {
         self.codec
     }
 
-    /// Wakes the dispatcher task for a round, once until it runs.
-    fn request_dispatch(&self, st: &mut State) {
-        if !st.dispatch_requested {
-            st.dispatch_requested = true;
-            self.wake.notify_one();
-        }
-    }
-
-    /// Queues a job; returns where its outcome and progress arrive.
+    /// Queues a job; returns its id and its progress. A member's job is answered through
+    /// its connection; the hub's own through the channel in `submitter`.
+    ///
+    /// # Errors
+    /// [`JobError::Invalid`] for a name or options outside the queue's limits,
+    /// [`JobError::QueueFull`] at capacity.
     pub(crate) fn submit(
         &self,
-        id: JobId,
         name: &str,
         payload: Vec<u8>,
         options: JobOptions,
-        progress_subject: Option<String>,
-    ) -> Result<Waiter, JobError> {
+        submitter: Submitter,
+        owner: Owner,
+    ) -> Result<(JobId, Arc<Progress>), JobError> {
+        check_name(name)?;
+        options.check(&self.options)?;
+        self.store.check().map_err(JobError::Store)?;
+        if let Submitter::Member { conn, .. } = &submitter {
+            self.state().owners.insert(*conn, owner);
+        }
+        self.queue(
+            new_job_id(),
+            name,
+            payload.into(),
+            options,
+            (Some(submitter), owner),
+            Origin::Submitted,
+        )
+    }
+
+    /// A hub-side submission: [`submit`](Self::submit), the outcome delivered in the
+    /// job's progress; a job with a unique key, which may join another job, gets a channel.
+    pub(crate) fn submit_here(
+        &self,
+        name: &str,
+        payload: Vec<u8>,
+        options: JobOptions,
+    ) -> Result<Queued, JobError> {
+        if options.key.is_none() {
+            let (id, progress) =
+                self.submit(name, payload, options, Submitter::Handle, Owner::HUB)?;
+            return Ok((id, Delivery::Progress, progress));
+        }
+        let (tx, rx) = oneshot::channel();
+        let (id, progress) =
+            self.submit(name, payload, options, Submitter::Local(tx), Owner::HUB)?;
+        Ok((id, Delivery::Channel(rx), progress))
+    }
+
+    /// Queues job `id`, its options checked already, and records it. A job whose unique
+    /// key another job holds is not queued: its submitter attaches to that job (the
+    /// returned id and progress are that job's).
+    fn queue(
+        &self,
+        id: JobId,
+        name: &str,
+        payload: Bytes,
+        options: JobOptions,
+        (submitter, owner): (Option<Submitter>, Owner),
+        origin: Origin,
+    ) -> Result<(JobId, Arc<Progress>), JobError> {
         let delay = options.delay.filter(|d| !d.is_zero());
-        // Made before taking the lock; the name is filled in under it.
-        let (mut entry, waiter) = Entry::new(payload, options, progress_subject);
+        let key = options.key.as_deref().map(|key| Keys::full(name, key));
+        // Made before taking the lock; the name is set under it.
+        let (mut entry, progress) = Entry::new(payload, options, submitter);
+        entry.owner = owner;
+        let revived = match origin {
+            Origin::Submitted => false,
+            Origin::Revived(past) => {
+                entry.past = past;
+                true
+            }
+        };
         {
             let mut st = self.state();
-            if st.waiting + st.delayed_count >= self.options.capacity {
+            if let Some(key) = &key {
+                if let Some(existing) = self.join_unique(&mut st, key, &mut entry) {
+                    return Ok(existing);
+                }
+            }
+            if st.queued() >= self.options.capacity {
                 return Err(JobError::QueueFull {
                     capacity: self.options.capacity,
                 });
             }
-            if st.jobs.contains_key(&id) {
-                return Err(JobError::Duplicate);
-            }
-            entry.name = st.intern(name);
+            entry.named(st.ready.intern(name));
+            let at = wall_now();
+            entry.submitted_at = at;
+            st.store.record(if revived {
+                Change::Revived { id, at }
+            } else {
+                Change::Submitted {
+                    id,
+                    name,
+                    payload: &entry.payload,
+                    options: entry.options(),
+                    owner,
+                    at,
+                }
+            });
             let now = Instant::now();
+            let shared = st.shared;
             match delay {
-                Some(d) => st.schedule(id, entry, now + d),
+                // A shared store holds the job (and its delay) until some hub pulls it.
+                _ if shared => {
+                    st.awaiting.insert(id, entry);
+                }
+                Some(d) => st.schedule(id, entry, after(now, d)),
                 None => st.make_ready(id, entry),
             }
-            self.after_queueing(&mut st, delay.is_some(), now);
+            if owner != Owner::HUB {
+                st.member_jobs.insert(id, owner, &progress);
+            }
+            if let Some(key) = key {
+                st.keys.insert(key, id, Arc::downgrade(&progress));
+            }
+            if !shared {
+                self.after_queueing(&mut st, delay.is_some(), now);
+            }
         }
         tracing::trace!(job.id = %Uuid::from_u128(id), job.name = name, "job queued");
-        Ok(waiter)
+        Ok((id, progress))
+    }
+
+    /// If a live or kept job holds unique key `key`, attaches `entry`'s submitter to it
+    /// and returns that job's id and progress.
+    fn join_unique(
+        &self,
+        st: &mut State,
+        key: &str,
+        entry: &mut Entry,
+    ) -> Option<(JobId, Arc<Progress>)> {
+        let (id, weak) = st.keys.get(key)?.clone();
+        let submitter = entry.submitter.take()?;
+        let submitter = match weak.upgrade().filter(|p| !p.is_cancelled()) {
+            Some(progress) => match progress.attach(submitter) {
+                Ok(()) => return Some((id, progress)),
+                Err(submitter) => submitter,
+            },
+            None => submitter,
+        };
+        match st.results.get(id) {
+            Some(kept) => {
+                submitter.resolve(Ok(&kept.output), self.codec);
+                // The handle's own progress: resolved already.
+                Some((id, Arc::clone(entry.shared_progress())))
+            }
+            None => {
+                // A stale key (its job is gone): this submission takes it.
+                entry.submitter = Some(submitter);
+                None
+            }
+        }
+    }
+
+    /// Attaches `submitter` to job `id`, for `owner` (the hub may attach to any job): it
+    /// gets the job's outcome when the job resolves, or at once if its result is kept.
+    ///
+    /// # Errors
+    /// [`JobError::NotFound`] when no job with this id is alive or kept for this owner
+    /// (it never was, its result's retention ended, or a memory store lost it).
+    /// Returns the job's progress while it is alive.
+    pub(crate) fn attach(
+        &self,
+        id: JobId,
+        owner: Owner,
+        submitter: Submitter,
+    ) -> Result<Option<Arc<Progress>>, JobError> {
+        let mut st = self.state();
+        if let Submitter::Member { conn, .. } = &submitter {
+            st.owners.insert(*conn, owner);
+        }
+        let progress = if owner == Owner::HUB {
+            self.find_progress(&st, id)
+        } else {
+            st.member_jobs.get(id, owner)
+        };
+        let submitter = match progress {
+            Some(progress) if progress.is_cancelled() => {
+                submitter.resolve(Err(JobError::Cancelled), self.codec);
+                return Ok(None);
+            }
+            Some(progress) => match progress.attach(submitter) {
+                Ok(()) => return Ok(Some(progress)),
+                Err(submitter) => submitter,
+            },
+            None => submitter,
+        };
+        let shared = st.shared;
+        match st.results.get(id) {
+            Some(kept) if owner == Owner::HUB || kept.owner == owner => {
+                submitter.resolve(Ok(&kept.output), self.codec);
+                Ok(None)
+            }
+            // Another hub may hold it: the shared store looks it up.
+            None if shared => self.watch(st, id, owner, submitter),
+            _ => Err(JobError::NotFound),
+        }
+    }
+
+    /// The progress of live job `id`, wherever it is (waiting ones are found by a scan).
+    fn find_progress(&self, st: &State, id: JobId) -> Option<Arc<Progress>> {
+        let entry = st
+            .awaiting
+            .get(&id)
+            .or_else(|| st.jobs.get(&id))
+            .map(|e| &**e)
+            .or_else(|| st.ready.find(id))?;
+        Some(Arc::clone(entry.shared_progress()))
+    }
+
+    /// Keeps a completed job's result for the retention, releasing the keys of results
+    /// that go.
+    fn keep_result(
+        &self,
+        st: &mut State,
+        (id, entry): (JobId, &mut Entry),
+        output: &Bytes,
+        (at, expires): (u64, Instant),
+    ) {
+        let name = entry.name_arc();
+        let key = entry
+            .options()
+            .key
+            .as_deref()
+            .map(|key| Keys::full(&name, key));
+        let mut gone = Vec::new();
+        let mut last = Attempt::started(entry.attempts, entry.worker, entry.started_at);
+        last.ended_at = Some(at);
+        let retained = Retained::new(
+            output.clone(),
+            entry.owner,
+            key,
+            name,
+            entry.submitted_at,
+            last,
+            std::mem::take(&mut entry.past),
+        );
+        st.results
+            .insert(id, retained, expires, self.options.max_results, &mut gone);
+        for (key, id) in gone {
+            st.keys.release(&key, id);
+        }
+    }
+
+    /// A job that ends without a kept result (cancelled, dead) releases its unique key.
+    fn release_key(st: &mut State, id: JobId, entry: &Entry) {
+        if let Some(key) = &entry.options().key {
+            let full = Keys::full(st.ready.name(entry.name), key);
+            st.keys.release(&full, id);
+        }
     }
 
     /// What follows queueing jobs: a delayed job may be due before the dispatcher's timer;
@@ -339,7 +566,7 @@ impl Queue {
     fn after_queueing(&self, st: &mut State, delayed: bool, now: Instant) {
         if delayed {
             self.request_dispatch(st);
-        } else if st.free > 0 {
+        } else if st.workers.free() > 0 {
             self.dispatch_in(st, now);
             if st
                 .next_due()
@@ -350,54 +577,105 @@ impl Queue {
         }
     }
 
-    /// Queues many jobs of one kind with the same options: all of them, or none (a full
-    /// queue or a duplicate id refuses the whole batch). One lock and one dispatch round
-    /// for the batch; the lock is held while it is queued, so a very large batch delays
-    /// answers that much.
+    /// Queues many hub-side jobs of one kind with the same options: all of them, or none
+    /// (a full queue refuses the whole batch; its room is held from the start). The jobs
+    /// are queued in chunks of [`SUBMIT_CHUNK`], one hold of the lock and one dispatch
+    /// round each: the first jobs run while the rest are queued, and answers are taken
+    /// between chunks (other submissions may queue jobs between them too). The payloads
+    /// may be slices of one buffer (one allocation for the batch).
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
     pub(crate) fn submit_many(
         &self,
         name: &str,
-        jobs: Vec<(JobId, Vec<u8>)>,
+        payloads: impl ExactSizeIterator<Item = Bytes>,
         options: &JobOptions,
-    ) -> Result<Vec<Waiter>, JobError> {
-        let mut waiters = Vec::with_capacity(jobs.len());
-        let mut entries = Vec::with_capacity(jobs.len());
-        for (id, payload) in jobs {
-            let (entry, waiter) = Entry::new(payload, options.clone(), None);
-            entries.push((id, entry));
-            waiters.push(waiter);
+    ) -> Result<Vec<Queued>, JobError> {
+        check_name(name)?;
+        options.check(&self.options)?;
+        if options.key.is_some() {
+            return Err(InvalidJob::KeyInBatch.into());
         }
+        self.store.check().map_err(JobError::Store)?;
+        let count = payloads.len();
         let delay = options.delay.filter(|d| !d.is_zero());
+        let name = {
+            let mut st = self.state();
+            if st.queued().saturating_add(count) > self.options.capacity {
+                return Err(JobError::QueueFull {
+                    capacity: self.options.capacity,
+                });
+            }
+            st.reserved += count;
+            let name = st.ready.intern(name);
+            if delay.is_none() && !st.shared {
+                st.ready.reserve(name.0, options.priority, count);
+            }
+            name
+        };
+        let mut queued = Vec::with_capacity(count);
+        let mut chunk = Vec::with_capacity(SUBMIT_CHUNK.min(count));
+        let mut payloads = payloads.fuse();
+        let mut left = count;
+        loop {
+            // Built before taking the lock; the name holds its place in the table.
+            chunk.extend(payloads.by_ref().take(SUBMIT_CHUNK).map(|payload| {
+                let (mut entry, progress) =
+                    Entry::new(payload, options.clone(), Some(Submitter::Handle));
+                entry.named((name.0, Arc::clone(&name.1)));
+                let id = new_job_id();
+                queued.push((id, Delivery::Progress, progress));
+                (id, entry)
+            }));
+            if chunk.is_empty() {
+                break;
+            }
+            left = left.saturating_sub(chunk.len());
+            self.queue_chunk(&mut chunk, &name.1, delay);
+        }
+        if left > 0 {
+            // Fewer payloads than announced: the rest of the room goes back.
+            let mut st = self.state();
+            st.reserved = st.reserved.saturating_sub(left);
+        }
+        Ok(queued)
+    }
+
+    /// Queues one chunk of a batch ([`submit_many`](Self::submit_many)), whose room is
+    /// held already, and gives free credits its jobs.
+    fn queue_chunk(
+        &self,
+        chunk: &mut Vec<(JobId, Box<Entry>)>,
+        name: &str,
+        delay: Option<std::time::Duration>,
+    ) {
         let mut st = self.state();
-        if st.waiting + st.delayed_count + entries.len() > self.options.capacity {
-            return Err(JobError::QueueFull {
-                capacity: self.options.capacity,
-            });
-        }
-        let mut ids = HashSet::with_capacity_and_hasher(entries.len(), IdHash::default());
-        if entries
-            .iter()
-            .any(|(id, _)| st.jobs.contains_key(id) || !ids.insert(*id))
-        {
-            return Err(JobError::Duplicate);
-        }
-        let name = st.intern(name);
+        st.reserved = st.reserved.saturating_sub(chunk.len());
         let now = Instant::now();
-        if delay.is_none() {
-            st.ready
-                .entry(Reverse(options.priority))
-                .or_default()
-                .reserve(entries.len());
-        }
-        for (id, mut entry) in entries {
-            entry.name = Arc::clone(&name);
+        let at = wall_now();
+        let on_shared = st.shared;
+        for (id, mut entry) in chunk.drain(..) {
+            entry.submitted_at = at;
+            st.store.record(Change::Submitted {
+                id,
+                name,
+                payload: &entry.payload,
+                options: entry.options(),
+                owner: super::store::Owner::HUB,
+                at,
+            });
             match delay {
-                Some(d) => st.schedule(id, entry, now + d),
+                _ if on_shared => {
+                    st.awaiting.insert(id, entry);
+                }
+                Some(d) => st.schedule(id, entry, after(now, d)),
                 None => st.make_ready(id, entry),
             }
         }
-        self.after_queueing(&mut st, delay.is_some(), now);
-        Ok(waiters)
+        if !on_shared {
+            self.after_queueing(&mut st, delay.is_some(), now);
+        }
     }
 
     /// Cancels a job wherever it is; a running attempt is dropped on its worker. The
@@ -405,108 +683,147 @@ impl Queue {
     /// then drops; its handle resolves at once by the same mark.
     pub(crate) fn cancel(&self, id: JobId, progress: &Progress) {
         let mut st = self.state();
-        // The entry under this id must be this job's (a member may reuse another's id).
-        let held = st
-            .jobs
+        if st
+            .awaiting
             .get(&id)
-            .is_some_and(|entry| std::ptr::eq(Arc::as_ptr(&entry.progress.0), progress));
+            .is_some_and(|entry| entry.owns(progress))
+        {
+            return self.cancel_awaiting(st, id);
+        }
+        let held = st.jobs.get(&id).is_some_and(|entry| entry.owns(progress));
         let Some(mut entry) = held.then(|| st.jobs.remove(&id)).flatten() else {
             if progress.is_queued() && !progress.is_cancelled() {
                 progress.cancel();
-                st.waiting -= 1;
-                st.cancelled_waiting += 1;
-                st.compact_ready();
+                st.ready.cancelled_one();
+                st.store.record(Change::Cancelled { id });
             }
             return;
         };
         progress.cancel();
+        st.store.record(Change::Cancelled { id });
+        Self::release_key(&mut st, id, &entry);
         match entry.status {
-            Status::Waiting => st.waiting -= 1,
+            Status::Waiting => {}
             Status::Delayed => st.delayed_count -= 1,
             Status::Running { worker, deadline } => {
                 st.deadlines.remove(&deadline);
                 st.active -= 1;
-                if let Some(w) = st.release(worker) {
-                    send_cancel(w, id, entry.attempts);
+                if let Some(w) = st.workers.release(worker) {
+                    send_drop(&w.link, id, entry.attempts);
                 }
                 self.request_dispatch(&mut st);
+                self.metrics.attempt(AttemptOutcome::Cancelled);
             }
         }
-        if let Some(waiter) = entry.waiter.take() {
-            let _ = waiter.send(Err(JobError::Cancelled));
-        }
+        entry.resolve(Err(JobError::Cancelled), self.codec);
     }
 
-    /// Progress a worker reported for a job.
-    pub(crate) fn progress(&self, id: JobId, value: f64) {
-        let forward = {
-            let st = self.state();
-            let Some(entry) = st.jobs.get(&id) else {
-                return;
+    /// Cancels the jobs of a `__jobs.cancel` frame from `member`: only jobs it submitted.
+    ///
+    /// # Errors
+    /// A malformed frame (the jobs before the bad record are cancelled).
+    pub(crate) fn cancel_for(&self, member: Uuid, payload: &[u8]) -> Result<(), Malformed> {
+        for id in wire::job_ids(payload) {
+            let id = id?;
+            let progress = {
+                let st = self.state();
+                let owner = st.owners.get(&member).copied();
+                owner.and_then(|owner| st.member_jobs.get(id, owner))
             };
-            entry.progress.0.set(value);
-            entry.progress_subject.clone()
-        };
-        if let Some(subject) = forward {
-            let mut payload = Vec::new();
-            if self.codec.encode(&value, &mut payload).is_ok() {
-                (self.progress_sink)(&subject, &payload);
+            if let Some(progress) = progress {
+                self.cancel(id, &progress);
             }
         }
+        Ok(())
     }
 
-    /// A member joined; if it works jobs, it becomes a worker.
+    /// Progress reports from worker `conn`: kept only for attempts running there.
+    ///
+    /// # Errors
+    /// A malformed frame (the reports before the bad record count).
+    pub(crate) fn progress(&self, conn: Uuid, payload: &[u8]) -> Result<(), Malformed> {
+        let st = self.state();
+        let worker = st.workers.find(conn);
+        for report in wire::progress_reports(payload) {
+            let (id, attempt, value) = report?;
+            let Some(entry) = st.jobs.get(&id) else {
+                continue;
+            };
+            let running_here =
+                matches!(entry.status, Status::Running { worker: w, .. } if Some(w) == worker);
+            if running_here && entry.attempts == attempt && value.is_finite() {
+                entry.report(value);
+                st.store.record(Change::Progress { id, attempt, value });
+            }
+        }
+        Ok(())
+    }
+
+    /// A member joined; if it works jobs, it becomes a worker with at most
+    /// `worker_credits_limit` credits. Names the hub cannot take are left out.
     pub(crate) fn worker_joined(
         &self,
-        id: Uuid,
+        conn: Uuid,
         link: Arc<dyn Link>,
-        jobs: Vec<String>,
+        jobs: &[String],
         credits: usize,
         name: Option<String>,
     ) {
+        let jobs: Vec<String> = jobs
+            .iter()
+            .filter(|job| check_name(job).is_ok())
+            .cloned()
+            .collect();
+        let credits = credits.min(self.options.worker_credits_limit);
         if jobs.is_empty() || credits == 0 {
             return;
         }
         let mut st = self.state();
-        st.free += credits;
-        let jobs = jobs.iter().map(|job| st.intern(job)).collect();
-        st.workers.insert(
-            id,
-            Worker {
-                link,
-                name,
-                jobs,
-                credits,
-                active: 0,
-                completed: 0,
-                joined: Instant::now(),
-                batch: Batch::new(RUN_SUBJECT),
-            },
-        );
+        st.add_worker(conn, link, &jobs, credits, name);
         self.request_dispatch(&mut st);
     }
 
     /// A member left: its running jobs are requeued at once (that attempt does not
     /// count).
-    pub(crate) fn worker_left(&self, id: Uuid) {
+    pub(crate) fn worker_left(&self, conn: Uuid) {
         let mut st = self.state();
-        if st.drop_worker(id) {
-            self.request_dispatch(&mut st);
+        let running = st.active;
+        st.owners.remove(&conn);
+        if let Some(id) = st.workers.find(conn) {
+            if st.drop_worker(id) {
+                self.request_dispatch(&mut st);
+            }
         }
+        let mut requeued = AttemptTally::default();
+        requeued.add_n(AttemptOutcome::Requeued, running.saturating_sub(st.active));
+        self.metrics.attempts(&requeued);
     }
 
-    /// A worker's answers: complete, retry or bury each attempt. Answers for attempts no
-    /// longer running there (cancelled, timed out, requeued) are dropped.
+    /// Worker `conn`'s answers: complete, retry or bury each attempt. Answers for attempts
+    /// no longer running there (cancelled, timed out, requeued) are dropped.
     ///
     /// # Errors
     /// A malformed frame (the answers before the bad record count).
-    pub(crate) fn answers(&self, worker_id: Uuid, payload: &[u8]) -> Result<(), Malformed> {
+    pub(crate) fn answers(&self, conn: Uuid, payload: &[u8]) -> Result<(), Malformed> {
+        // Outputs outlive the frame (they are delivered once durable, and retained): one
+        // copy of the frame, which each output is a slice of.
+        let frame = Bytes::copy_from_slice(payload);
         let mut st = self.state();
+        let worker = st.workers.find(conn);
         let mut result = Ok(());
         let mut freed = false;
         // Outputs are handed over, and finished entries dropped, after the lock is let go.
         let mut finished = Vec::new();
-        for done in wire::dones(payload) {
+        let mut tally = AttemptTally::default();
+        let mut durations = Durations::new(&self.metrics);
+        let now = Instant::now();
+        let at = wall_now();
+        let retention = self.options.result_retention;
+        // On a shared store, results are kept by the hub that took the submission.
+        let keep = !retention.is_zero() && self.options.max_results > 0 && !st.shared;
+        let retain_until = at.saturating_add(millis(retention));
+        let expires = after(now, retention);
+        for done in wire::dones(&frame) {
             let done = match done {
                 Ok(done) => done,
                 Err(error) => {
@@ -514,39 +831,63 @@ impl Queue {
                     break;
                 }
             };
-            let deadline = match st.jobs.get(&done.id).map(|e| &**e) {
-                Some(Entry {
-                    status: Status::Running { worker, deadline },
-                    attempts,
-                    ..
-                }) if *worker == worker_id && *attempts == done.attempt => *deadline,
-                _ => continue,
+            let Some(entry) = worker.and_then(|w| st.end_attempt(done.id, w, done.attempt)) else {
+                continue;
             };
-            st.deadlines.remove(&deadline);
-            st.active -= 1;
             freed = true;
-            let worker = st.release(worker_id);
+            if let (Status::Running { deadline, .. }, Some(name)) =
+                (&entry.status, entry.shared_name())
+            {
+                // The attempt started its time limit before its deadline.
+                let timeout = entry.options().timeout.unwrap_or(self.options.timeout);
+                if let Some(started) = deadline.at.checked_sub(timeout) {
+                    durations.record(name, now.saturating_duration_since(started));
+                }
+            }
             match done.outcome {
                 Ok(output) => {
-                    if let Some(w) = worker {
+                    tally.add(AttemptOutcome::Completed);
+                    if let Some(w) = worker.and_then(|w| st.workers.get_mut(w)) {
                         w.completed += 1;
                     }
                     st.completed += 1;
-                    if let Some(entry) = st.jobs.remove(&done.id) {
-                        finished.push((entry, output));
+                    st.store.record(Change::Completed {
+                        id: done.id,
+                        attempt: done.attempt,
+                        output,
+                        at,
+                        retain_until,
+                    });
+                    let output = frame.slice_ref(output);
+                    let mut entry = entry;
+                    if keep {
+                        self.keep_result(&mut st, (done.id, &mut entry), &output, (at, expires));
                     }
+                    finished.push((entry, output));
                 }
-                Err(error) => self.retry_or_bury(&mut st, done.id, error.to_owned(), true),
+                Err(error) => {
+                    tally.add(AttemptOutcome::Failed);
+                    self.fail_attempt(&mut st, done.id, entry, error.to_owned(), true);
+                }
             }
         }
         if freed {
-            self.request_dispatch(&mut st);
+            // The freed credits are given out here, on the connection task that freed
+            // them: no wake-up of the dispatcher task and no hop to another thread.
+            self.after_queueing(&mut st, false, now);
         }
         drop(st);
-        for (mut entry, output) in finished {
-            if let Some(waiter) = entry.waiter.take() {
-                let _ = waiter.send(Ok(output.to_vec()));
-            }
+        self.metrics.attempts(&tally);
+        if !finished.is_empty() {
+            // Delivered once the completions are durable, so a re-run after a crash cannot
+            // answer a handle twice. If they cannot be made durable, they are delivered
+            // all the same: the jobs did run.
+            let codec = self.codec;
+            self.store.sync(Commit::new(move |_| {
+                for (mut entry, output) in finished {
+                    entry.resolve(Ok(&output), codec);
+                }
+            }));
         }
         result
     }
@@ -555,7 +896,7 @@ impl Queue {
         let st = self.state();
         let now = Instant::now();
         JobStats {
-            waiting: st.waiting,
+            waiting: st.ready.waiting(),
             delayed: st.delayed_count,
             active: st.active,
             completed: st.completed,
@@ -564,8 +905,8 @@ impl Queue {
             workers: st
                 .workers
                 .iter()
-                .map(|(id, w)| WorkerStats {
-                    id: *id,
+                .map(|w| WorkerStats {
+                    id: w.conn,
                     name: w.name.clone(),
                     credits: w.credits,
                     active: w.active,
@@ -577,426 +918,44 @@ impl Queue {
     }
 
     pub(crate) fn dead_letters(&self) -> Vec<DeadJob> {
-        self.state().dead.iter().cloned().collect()
+        self.state().dead.list()
     }
 
-    pub(crate) fn requeue_dead(&self, id: JobId) -> Result<Waiter, JobError> {
-        let dead = {
-            let mut st = self.state();
-            let at = st
-                .dead
-                .iter()
-                .position(|d| d.id == id)
-                .ok_or_else(|| JobError::Decode("no dead job with this id".into()))?;
-            st.dead.remove(at)
-        };
-        let Some(dead) = dead else {
-            return Err(JobError::Decode("no dead job with this id".into()));
-        };
-        self.submit(
+    /// Puts dead job `id`, a job named `name`, back in the queue with fresh attempts and
+    /// the default options, under its id.
+    ///
+    /// # Errors
+    /// [`JobError::NotFound`], [`JobError::WrongKind`], [`JobError::QueueFull`].
+    pub(crate) fn requeue_dead(&self, id: JobId, name: &str) -> Result<Queued, JobError> {
+        let dead = self.state().dead.take(id, name)?;
+        let queued = self.queue(
             dead.id,
             &dead.name,
-            dead.payload,
+            Bytes::from(dead.payload.clone()),
             JobOptions::default(),
-            None,
-        )
-    }
-
-    /// The dispatcher task: a dispatch round whenever woken, delayed jobs when due,
-    /// timeouts when due.
-    async fn run_dispatcher(self: Arc<Self>) {
-        // One timer, moved only when something is due earlier than it is set for; waking
-        // early is harmless (the round finds nothing due and sets it again).
-        let sleep = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(sleep);
-        let mut fired = true;
-        loop {
-            let armed = {
+            (Some(Submitter::Handle), Owner::HUB),
+            Origin::Revived(dead.history.clone()),
+        );
+        match queued {
+            Ok((id, progress)) => Ok((id, Delivery::Progress, progress)),
+            Err(error) => {
+                // Not queued (full): it stays a dead letter, now the newest.
                 let mut st = self.state();
-                st.dispatch_requested = false;
-                if fired {
-                    st.timer = None;
+                if let Some(evicted) = st.dead.restore(dead, self.options.max_dead) {
+                    st.store.record(Change::Removed { id: evicted });
                 }
-                let now = Instant::now();
-                self.promote_delayed(&mut st, now);
-                self.expire(&mut st, now);
-                self.dispatch_in(&mut st, now);
-                if let Some(at) = st.next_due() {
-                    if st.timer.is_none_or(|t| at < t) {
-                        sleep.as_mut().reset(at);
-                        st.timer = Some(at);
-                    }
-                }
-                st.timer.is_some()
-            };
-            fired = false;
-            tokio::select! {
-                _ = self.stop.cancelled() => break,
-                _ = self.wake.notified() => {}
-                _ = &mut sleep, if armed => fired = true,
+                Err(error)
             }
-        }
-        // Hub stopped: everyone still waiting learns it.
-        let mut st = self.state();
-        let waiting: Vec<Box<Entry>> = std::mem::take(&mut st.ready)
-            .into_values()
-            .flatten()
-            .map(|(_, entry)| entry)
-            .collect();
-        let held: Vec<Box<Entry>> = st.jobs.drain().map(|(_, entry)| entry).collect();
-        for mut entry in waiting.into_iter().chain(held) {
-            if let Some(waiter) = entry.waiter.take() {
-                let _ = waiter.send(Err(JobError::Rpc(RpcError::Cancelled)));
-            }
-        }
-    }
-
-    /// Delayed jobs whose time has come become ready.
-    fn promote_delayed(&self, st: &mut State, now: Instant) {
-        while let Some(Reverse((at, _, id))) = st.delayed.peek().copied() {
-            if at > now {
-                break;
-            }
-            st.delayed.pop();
-            if matches!(st.jobs.get(&id).map(|e| &e.status), Some(Status::Delayed)) {
-                st.delayed_count -= 1;
-                if let Some(entry) = st.jobs.remove(&id) {
-                    st.make_ready(id, entry);
-                }
-            }
-        }
-    }
-
-    /// Attempts past their deadline are dropped on their worker and requeued.
-    fn expire(&self, st: &mut State, now: Instant) {
-        while let Some((&key, &(id, worker_id))) = st.deadlines.first_key_value() {
-            if key.at > now {
-                break;
-            }
-            st.deadlines.remove(&key);
-            let attempt = match st.jobs.get(&id).map(|e| &**e) {
-                Some(Entry {
-                    status: Status::Running { deadline, .. },
-                    attempts,
-                    ..
-                }) if *deadline == key => *attempts,
-                _ => continue,
-            };
-            st.active -= 1;
-            if let Some(w) = st.release(worker_id) {
-                send_cancel(w, id, attempt);
-            }
-            tracing::debug!(job.id = %Uuid::from_u128(id), job.attempt = attempt, "job timed out");
-            self.retry_or_bury(st, id, "timed out".into(), false);
-        }
-    }
-
-    /// A dispatch round: gives ready jobs to workers with free credits, in priority order,
-    /// then sends each worker its batch.
-    fn dispatch_in(&self, st: &mut State, now: Instant) {
-        loop {
-            self.assign(st, now);
-            let failed = st.flush_batches();
-            if failed.is_empty() {
-                return;
-            }
-            // A worker that cannot take frames is gone: its jobs go to the others now.
-            for id in failed {
-                tracing::debug!(worker = %id, "worker refused a batch; requeueing its jobs");
-                st.drop_worker(id);
-            }
-        }
-    }
-
-    fn assign(&self, st: &mut State, now: Instant) {
-        loop {
-            let Some(mut front) = st.ready.first_entry() else {
-                return;
-            };
-            let Some((_, entry)) = front.get().front() else {
-                front.remove();
-                continue;
-            };
-            if entry.progress.0.is_cancelled() {
-                front.get_mut().pop_front();
-                st.cancelled_waiting -= 1;
-                continue;
-            }
-            // The worker running this job with the most free credits.
-            let pick = st
-                .workers
-                .iter()
-                .filter(|(_, w)| w.active < w.credits && w.runs(&entry.name))
-                .max_by_key(|(_, w)| w.credits - w.active)
-                .map(|(id, _)| *id);
-            let Some(worker_id) = pick else {
-                // Strict priority order: the best job waits for a worker, the rest too.
-                return;
-            };
-            let Some((id, mut entry)) = front.get_mut().pop_front() else {
-                continue;
-            };
-            if front.get().is_empty() {
-                front.remove();
-            }
-            entry.progress.0.set_queued(false);
-            if st.jobs.contains_key(&id) {
-                // A member reused the id of a job running or delayed: this one is refused.
-                st.waiting -= 1;
-                if let Some(waiter) = entry.waiter.take() {
-                    let _ = waiter.send(Err(JobError::Duplicate));
-                }
-                continue;
-            }
-            st.jobs.insert(id, entry);
-            self.start_attempt(st, id, worker_id, now);
-        }
-    }
-
-    fn start_attempt(&self, st: &mut State, id: JobId, worker_id: Uuid, now: Instant) {
-        st.seq += 1;
-        let seq = st.seq;
-        let (Some(worker), Some(entry)) = (st.workers.get_mut(&worker_id), st.jobs.get_mut(&id))
-        else {
-            return;
-        };
-        let entry = &mut **entry;
-        let timeout = entry.options.timeout.unwrap_or(self.options.timeout);
-        let deadline = DeadlineKey {
-            at: now + timeout,
-            seq,
-        };
-        entry.attempts += 1;
-        entry.status = Status::Running {
-            worker: worker_id,
-            deadline,
-        };
-        worker.active += 1;
-        st.free -= 1;
-        if worker.batch.is_full() {
-            // Rare (large jobs): this frame goes now, the round's next frame starts.
-            let _ = worker.link.send_frame(worker.batch.frame());
-            worker.batch.clear();
-        }
-        worker
-            .batch
-            .push_run(id, entry.attempts, &entry.name, &entry.payload);
-        tracing::trace!(job.id = %Uuid::from_u128(id), job.attempt = entry.attempts, "job started");
-        st.deadlines.insert(deadline, (id, worker_id));
-        st.waiting -= 1;
-        st.active += 1;
-    }
-
-    fn retry_or_bury(&self, st: &mut State, id: JobId, error: String, backoff: bool) {
-        st.failed += 1;
-        let Some(entry) = st.jobs.get(&id) else {
-            return;
-        };
-        let max = entry
-            .options
-            .max_attempts
-            .unwrap_or(self.options.max_attempts)
-            .max(1);
-        if entry.attempts >= max {
-            let Some(mut entry) = st.jobs.remove(&id) else {
-                return;
-            };
-            tracing::warn!(job.id = %Uuid::from_u128(id), attempts = entry.attempts, cause = %error, "job dead");
-            if let Some(waiter) = entry.waiter.take() {
-                let _ = waiter.send(Err(JobError::Dead {
-                    attempts: entry.attempts,
-                    last_error: error.clone(),
-                }));
-            }
-            if st.dead.len() >= self.options.max_dead {
-                st.dead.pop_front();
-            }
-            st.dead.push_back(DeadJob {
-                id,
-                name: entry.name.to_string(),
-                attempts: entry.attempts,
-                last_error: error,
-                payload: std::mem::take(&mut entry.payload),
-            });
-            return;
-        }
-        let delay = backoff.then(|| backoff_delay(&self.options, entry.attempts));
-        let Some(entry) = st.jobs.remove(&id) else {
-            return;
-        };
-        match delay {
-            Some(delay) => {
-                st.schedule(id, entry, Instant::now() + delay);
-                self.request_dispatch(st);
-            }
-            None => st.make_ready(id, entry),
         }
     }
 }
 
-/// Tells a worker to drop an attempt (cancelled or timed out). A refused frame means the
-/// worker is leaving, which drops the attempt too.
-fn send_cancel(worker: &Worker, id: JobId, attempt: u32) {
-    let mut batch = Batch::new(CANCEL_SUBJECT);
-    batch.push_cancel(id, attempt);
-    let _ = worker.link.send_frame(batch.frame());
-}
-
-impl State {
-    /// The shared copy of a job name.
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        match self.names.get(name) {
-            Some(name) => Arc::clone(name),
-            None => {
-                let interned: Arc<str> = Arc::from(name);
-                self.names.insert(Arc::clone(&interned));
-                interned
-            }
-        }
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // The dispatcher holds the queue only while it works: this wakes it to end.
+        self.stop.cancel();
     }
-
-    /// One of `worker`'s credits is free again; returns the worker if it is still here.
-    fn release(&mut self, worker: Uuid) -> Option<&mut Worker> {
-        let w = self.workers.get_mut(&worker)?;
-        w.active -= 1;
-        self.free += 1;
-        Some(w)
-    }
-
-    /// Queues a waiting entry at the back of its priority.
-    fn make_ready(&mut self, id: JobId, mut entry: Box<Entry>) {
-        entry.status = Status::Waiting;
-        entry.progress.0.set_queued(true);
-        let priority = entry.options.priority;
-        self.ready
-            .entry(Reverse(priority))
-            .or_default()
-            .push_back((id, entry));
-        self.waiting += 1;
-    }
-
-    /// Frees cancelled entries waiting in the ready queues once they outnumber the live
-    /// ones (or are all there is), instead of when the dispatcher reaches them.
-    fn compact_ready(&mut self) {
-        if self.waiting > 0
-            && (self.cancelled_waiting < 1024 || self.cancelled_waiting < self.waiting)
-        {
-            return;
-        }
-        for queue in self.ready.values_mut() {
-            queue.retain(|(_, entry)| !entry.progress.0.is_cancelled());
-        }
-        self.ready.retain(|_, queue| !queue.is_empty());
-        self.cancelled_waiting = 0;
-    }
-
-    /// Holds an entry until `at`.
-    fn schedule(&mut self, id: JobId, mut entry: Box<Entry>, at: Instant) {
-        entry.status = Status::Delayed;
-        self.jobs.insert(id, entry);
-        self.seq += 1;
-        self.delayed.push(Reverse((at, self.seq, id)));
-        self.delayed_count += 1;
-    }
-
-    /// When the dispatcher must look again without being woken: the next delayed job or
-    /// attempt deadline.
-    fn next_due(&self) -> Option<Instant> {
-        let delayed = self.delayed.peek().map(|Reverse((at, _, _))| *at);
-        let deadline = self.deadlines.first_key_value().map(|(key, _)| key.at);
-        match (delayed, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Sends every worker the batch of this round; returns the workers that refused it.
-    fn flush_batches(&mut self) -> Vec<Uuid> {
-        let mut failed = Vec::new();
-        for (id, worker) in &mut self.workers {
-            if worker.batch.is_empty() {
-                continue;
-            }
-            if worker.link.send_frame(worker.batch.frame()).is_err() {
-                failed.push(*id);
-            }
-            worker.batch.clear();
-        }
-        failed
-    }
-
-    /// Forgets a worker and requeues its running jobs (that attempt does not count).
-    /// Returns whether it was a worker.
-    fn drop_worker(&mut self, id: Uuid) -> bool {
-        let Some(worker) = self.workers.remove(&id) else {
-            return false;
-        };
-        self.free -= worker.credits.saturating_sub(worker.active);
-        let orphans: Vec<(DeadlineKey, JobId)> = self
-            .deadlines
-            .iter()
-            .filter(|(_, (_, worker))| *worker == id)
-            .map(|(key, (job, _))| (*key, *job))
-            .collect();
-        for (key, job) in orphans {
-            self.deadlines.remove(&key);
-            self.active -= 1;
-            if let Some(mut entry) = self.jobs.remove(&job) {
-                entry.attempts = entry.attempts.saturating_sub(1);
-                self.make_ready(job, entry);
-            }
-        }
-        true
-    }
-}
-
-/// Exponential backoff with ±50 % jitter: `backoff * 2^(attempt-1)`, capped.
-fn backoff_delay(options: &QueueOptions, attempt: u32) -> Duration {
-    let exp = options
-        .backoff
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(options.max_backoff);
-    let jitter: f64 = rand::random_range(0.5..1.5);
-    exp.mul_f64(jitter).min(options.max_backoff)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn priority_then_fifo() {
-        let mut st = State::default();
-        for (id, priority) in [(1, 0), (2, 5), (3, 0), (4, 5)] {
-            let (waiter, _) = oneshot::channel();
-            let progress = ProgressGuard(Arc::default());
-            st.make_ready(
-                id,
-                Box::new(Entry {
-                    name: Arc::from("x"),
-                    payload: Vec::new(),
-                    options: JobOptions::default().priority(priority),
-                    attempts: 0,
-                    status: Status::Waiting,
-                    waiter: Some(waiter),
-                    progress,
-                    progress_subject: None,
-                }),
-            );
-        }
-        let order: Vec<JobId> = st.ready.values().flatten().map(|(id, _)| *id).collect();
-        assert_eq!(order, [2, 4, 1, 3]);
-        assert_eq!(st.waiting, 4);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_a_cap() {
-        let options = QueueOptions::default();
-        for attempt in 1..10 {
-            let d = backoff_delay(&options, attempt);
-            let base = options.backoff * 2u32.pow(attempt - 1);
-            assert!(d >= base.min(options.max_backoff) / 2, "{attempt}: {d:?}");
-            assert!(d <= options.max_backoff);
-        }
-    }
-}
+mod tests;

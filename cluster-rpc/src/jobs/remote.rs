@@ -1,193 +1,502 @@
-//! The hub's `__jobs` service, through which members submit jobs and read statistics.
+//! Jobs submitted by members: the hub's `__jobs` service, and the member's side of it.
+//!
+//! A member submits with a `__jobs.submit` call that carries a ticket of the member's
+//! own; the hub checks the job against its limits, queues it under an id it assigns, and
+//! answers with that id (or why not). The job's outcome and progress come back later in
+//! [`RESULT_SUBJECT`] and [`UPDATE_SUBJECT`] frames under the ticket; a member cancels its
+//! own jobs (and only those) in [`CANCEL_SUBJECT`] frames. Once accepted, a job runs on
+//! whether its submitter stays connected or not.
+//!
+//! Handles outlive the connection. Each submission carries the member's owner secret
+//! (random, the same across its reconnects); after a reconnect the member sends one
+//! `__jobs.attach` call (`{owner, jobs: [(ticket, id)]}`, answered with the tickets that
+//! could not be attached and why) and the hub sends each job's outcome under the ticket
+//! when it comes, at once for a result it kept. A handle resolves once, so no result
+//! reaches it twice. Handles fail with [`RpcErrorKind::Disconnected`] only when the member
+//! closes for good.
 
-use super::queue::Queue;
-use super::{new_job_id, Canceller, Job, JobError, JobHandle, JobOptions, JobStats, Progress};
+use super::handle::{Canceller, Delivery, Outcome, Progress};
+use super::queue::{Queue, Submitter};
+use super::store::Owner;
+use super::wire::{self, Batch, Malformed, CANCEL_SUBJECT};
+use super::{JobError, JobHandle, JobId, JobOptions, JobState, JobStats};
 use crate::codec::{Codec, CodecKind};
-use crate::error::RpcError;
-use crate::member::Member;
-use crate::service::Service;
-use futures_util::future::{AbortHandle, Abortable, BoxFuture};
-use futures_util::FutureExt;
+use crate::error::{RpcError, RpcErrorKind};
+use crate::link::Link;
+use crate::peer::{Caller, PeerCore};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-use std::time::Duration;
+use serde_bytes::ByteBuf;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
-/// How long a member waits for a submitted job at most.
-const MEMBER_JOB_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+/// The hub's service through which members submit jobs and read statistics.
+pub(crate) const JOBS_SERVICE: &str = "__jobs";
 
 #[derive(Serialize, Deserialize)]
 struct SubmitRequest {
-    id: super::JobId,
+    /// The member's secret, the same across its reconnects: only it may attach to the
+    /// job's result or cancel it.
+    owner: u128,
+    /// The member's own name for the job, under which the hub sends its outcome.
+    ticket: u64,
     name: String,
-    #[serde(with = "serde_bytes")]
+    payload: ByteBuf,
+    options: JobOptions,
+}
+
+/// Attaching handles to jobs by id: after a reconnect, or a lookup by id.
+#[derive(Serialize, Deserialize)]
+struct AttachRequest {
+    owner: u128,
+    /// `(ticket, job id)`: the outcome of each job comes under its ticket.
+    jobs: Vec<(u64, JobId)>,
+}
+
+/// What an operator's call (`job`, `list`, `requeue`, `cancel`, `delete`) is about.
+#[derive(Serialize, Deserialize)]
+struct AdminRequest {
+    /// The job, for `job`, `requeue`, `cancel` and `delete`.
+    id: JobId,
+    /// The state listed, for `list`.
+    state: Option<JobState>,
+    /// Most jobs listed, for `list` (at most [`MAX_LISTED`]).
+    limit: usize,
+}
+
+/// Most jobs one `list` answers with.
+pub(crate) const MAX_LISTED: usize = 10_000;
+
+/// The connect parameter carrying the hub's jobs admin token, which the operator calls
+/// need.
+pub const JOBS_ADMIN_PARAMETER: &str = "jobs_admin";
+
+/// Jobs per `attach` call when a member re-attaches its handles.
+const ATTACH_BATCH: usize = 256;
+
+/// The tickets whose job could not be attached to, and why.
+type AttachResponse = Vec<(u64, JobError)>;
+
+/// The hub's answer to a submission: the id it assigned, or why it refused.
+type SubmitResponse = Result<JobId, JobError>;
+
+/// Answers a `__jobs` call from member `conn` through `respond`: a submission once the
+/// store has kept it, anything else at once.
+///
+/// `admin` says whether the member presented the hub's jobs admin token: the operator
+/// calls need it.
+/// # Errors
+/// [`RpcErrorKind::NoSuchMethod`] or [`RpcErrorKind::Decode`]; a refused job is an `Ok` answer
+/// holding the [`JobError`].
+pub(crate) fn serve(
+    queue: &Arc<Queue>,
+    conn: Uuid,
+    admin: bool,
+    link: &Arc<dyn Link>,
+    method: &str,
+    request: &[u8],
+    respond: impl FnOnce(Result<Vec<u8>, RpcError>) + Send + 'static,
+) {
+    let codec = queue.codec();
+    if let Some(answer) = serve_admin(queue, admin, method, request) {
+        return respond(answer);
+    }
+    match method {
+        "stats" => respond(encode(codec, &queue.stats())),
+        "submit" => {
+            let req: SubmitRequest = match codec.decode(request) {
+                Ok(req) => req,
+                Err(e) => return respond(Err(RpcError::new(RpcErrorKind::Decode, e.to_string()))),
+            };
+            if req.owner == Owner::HUB.0 {
+                return respond(Err(RpcError::new(
+                    RpcErrorKind::Decode,
+                    "a submission without an owner",
+                )));
+            }
+            let submitter = Submitter::Member {
+                conn,
+                link: Arc::clone(link),
+                ticket: req.ticket,
+            };
+            let owner = Owner(req.owner);
+            match queue.submit(
+                &req.name,
+                req.payload.into_vec(),
+                req.options,
+                submitter,
+                owner,
+            ) {
+                Ok(job) => queue.accept_then(job, move |response: SubmitResponse| {
+                    respond(encode(codec, &response));
+                }),
+                Err(error) => respond(encode(codec, &SubmitResponse::Err(error))),
+            }
+        }
+        "attach" => {
+            let req = match codec.decode::<AttachRequest>(request) {
+                Ok(req) if req.owner != Owner::HUB.0 => req,
+                Ok(_) => {
+                    return respond(Err(RpcError::new(
+                        RpcErrorKind::Decode,
+                        "an attach without an owner",
+                    )))
+                }
+                Err(e) => return respond(Err(RpcError::new(RpcErrorKind::Decode, e.to_string()))),
+            };
+            let failed: AttachResponse = req
+                .jobs
+                .into_iter()
+                .filter_map(|(ticket, id)| {
+                    let submitter = Submitter::Member {
+                        conn,
+                        link: Arc::clone(link),
+                        ticket,
+                    };
+                    queue
+                        .attach(id, Owner(req.owner), submitter)
+                        .err()
+                        .map(|error| (ticket, error))
+                })
+                .collect();
+            respond(encode(codec, &failed));
+        }
+        other => respond(Err(RpcError::new(
+            RpcErrorKind::NoSuchMethod,
+            other.to_owned(),
+        ))),
+    }
+}
+
+/// The operator calls: `None` for any other method.
+fn serve_admin(
+    queue: &Queue,
+    admin: bool,
+    method: &str,
+    request: &[u8],
+) -> Option<Result<Vec<u8>, RpcError>> {
+    if !matches!(method, "job" | "list" | "requeue" | "cancel" | "delete") {
+        return None;
+    }
+    let codec = queue.codec();
+    if !admin {
+        let refused: Result<(), JobError> = Err(JobError::Forbidden(format!(
+            "{method} needs the hub's jobs admin token in the `{JOBS_ADMIN_PARAMETER}` connect parameter"
+        )));
+        return Some(encode(codec, &refused));
+    }
+    let req = match codec.decode::<AdminRequest>(request) {
+        Ok(req) => req,
+        Err(e) => return Some(Err(RpcError::new(RpcErrorKind::Decode, e.to_string()))),
+    };
+    Some(match method {
+        "job" => encode(codec, &Ok::<_, JobError>(queue.find(req.id))),
+        "list" => {
+            let state = req.state.unwrap_or(JobState::Waiting);
+            let listed = queue.list(state, req.limit.min(MAX_LISTED));
+            encode(codec, &Ok::<_, JobError>(listed))
+        }
+        "requeue" => encode(codec, &queue.requeue_dead_any(req.id)),
+        "cancel" => encode(codec, &Ok::<_, JobError>(queue.cancel_by_id(req.id))),
+        _ => encode(codec, &Ok::<_, JobError>(queue.delete_dead(req.id))),
+    })
+}
+
+/// An operator's call to the hub's queue, from a member that holds the admin token.
+pub(crate) async fn admin<T: serde::de::DeserializeOwned>(
+    core: Arc<PeerCore>,
+    method: &'static str,
+    id: JobId,
+    state: Option<JobState>,
+    limit: usize,
+) -> Result<T, JobError> {
+    let request = AdminRequest { id, state, limit };
+    Caller::new(core)
+        .call::<_, Result<T, JobError>>(JOBS_SERVICE, method, &request)
+        .await?
+}
+
+/// A value encoded with the queue's codec, as an answer.
+fn encode<T: Serialize>(codec: CodecKind, value: &T) -> Result<Vec<u8>, RpcError> {
+    let mut out = Vec::new();
+    codec
+        .encode(value, &mut out)
+        .map_err(|e| RpcError::new(RpcErrorKind::Encode, e.to_string()))?;
+    Ok(out)
+}
+
+/// A member's jobs not resolved yet, by ticket: where their outcomes and progress go.
+/// They outlive the member's connection: after a reconnect (to the same hub, or to a hub
+/// restarted on the same data directory) the handles attach again by job id.
+pub(crate) struct Submissions {
+    /// The member's secret, sent with each submission and attach: random, kept across
+    /// reconnects, never shown.
+    owner: u128,
+    next_ticket: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+}
+
+impl Default for Submissions {
+    fn default() -> Self {
+        Self {
+            // Never 0, the hub's own owner.
+            owner: rand::random::<u128>() | 1,
+            next_ticket: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+struct Pending {
+    outcome: oneshot::Sender<Outcome>,
+    progress: Arc<Progress>,
+    /// The job's id, once the hub accepted it.
+    id: Option<JobId>,
+}
+
+impl Submissions {
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands the outcomes of a [`RESULT_SUBJECT`](wire::RESULT_SUBJECT) frame to their
+    /// handles.
+    ///
+    /// # Errors
+    /// A malformed frame (the outcomes before the bad record are handed over).
+    pub(crate) fn results(&self, payload: &[u8], codec: CodecKind) -> Result<(), Malformed> {
+        for record in wire::results(payload) {
+            let (ticket, outcome) = record?;
+            let Some(pending) = self.pending().remove(&ticket) else {
+                continue;
+            };
+            let outcome = match outcome {
+                Ok(output) => Ok(bytes::Bytes::copy_from_slice(output)),
+                Err(error) => Err(codec
+                    .decode::<JobError>(error)
+                    .unwrap_or_else(|e| JobError::Decode(e.to_string()))),
+            };
+            pending.progress.close();
+            let _ = pending.outcome.send(outcome);
+        }
+        Ok(())
+    }
+
+    /// Records the progress of an [`UPDATE_SUBJECT`](wire::UPDATE_SUBJECT) frame.
+    ///
+    /// # Errors
+    /// A malformed frame (the reports before the bad record count).
+    pub(crate) fn updates(&self, payload: &[u8]) -> Result<(), Malformed> {
+        for record in wire::updates(payload) {
+            let (ticket, value) = record?;
+            if let Some(pending) = self.pending().get(&ticket) {
+                pending.progress.set(value);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether no handle waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending().is_empty()
+    }
+
+    /// After a reconnect: attaches every handle whose job the hub accepted to that job again
+    /// (its result, if it came while the member was away, comes now). A handle whose job
+    /// the hub no longer knows fails with the hub's reason.
+    pub(crate) async fn reattach(&self, core: Arc<PeerCore>) {
+        let jobs: Vec<(u64, JobId)> = self
+            .pending()
+            .iter()
+            .filter_map(|(ticket, p)| Some((*ticket, p.id?)))
+            .collect();
+        // A few hundred per call: each call stays far below the hub's payload limit.
+        for jobs in jobs.chunks(ATTACH_BATCH) {
+            let request = AttachRequest {
+                owner: self.owner,
+                jobs: jobs.to_vec(),
+            };
+            let failed = match Caller::new(Arc::clone(&core))
+                .call::<_, AttachResponse>(JOBS_SERVICE, "attach", &request)
+                .await
+            {
+                Ok(failed) => failed,
+                // Disconnected again: the next reconnect tries again.
+                Err(error) => {
+                    tracing::debug!(cause = %error, "re-attaching jobs failed");
+                    return;
+                }
+            };
+            for (ticket, error) in failed {
+                if let Some(pending) = self.pending().remove(&ticket) {
+                    pending.progress.close();
+                    let _ = pending.outcome.send(Err(error));
+                }
+            }
+        }
+    }
+
+    /// The member closed for good: the hub can no longer answer these handles.
+    pub(crate) fn closed(&self) {
+        let pending = std::mem::take(&mut *self.pending());
+        for (_, pending) in pending {
+            pending.progress.close();
+            let _ = pending.outcome.send(Err(JobError::Rpc(RpcError::from(
+                RpcErrorKind::Disconnected,
+            ))));
+        }
+    }
+}
+
+/// Forgets a ticket whose submission did not go through (refused, failed, or dropped).
+struct TicketGuard<'a> {
+    submissions: &'a Submissions,
+    ticket: u64,
+    armed: bool,
+}
+
+impl Drop for TicketGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.submissions.pending().remove(&self.ticket);
+        }
+    }
+}
+
+/// How a member's handle cancels its job: it resolves at once, and the hub is told.
+pub(crate) struct Withdraw {
+    submissions: Weak<Submissions>,
+    core: Weak<PeerCore>,
+    ticket: u64,
+}
+
+impl Withdraw {
+    pub(crate) fn withdraw(&self, id: JobId, progress: &Progress) {
+        progress.cancel();
+        if let Some(submissions) = self.submissions.upgrade() {
+            submissions.pending().remove(&self.ticket);
+        }
+        if let Some(core) = self.core.upgrade() {
+            let mut batch = Batch::new(CANCEL_SUBJECT);
+            batch.push_cancel(id);
+            // A refused frame: the connection is going, and the hub cannot be told.
+            let _ = core.link().send_frame(batch.frame());
+        }
+    }
+}
+
+/// A new handle's ticket, registered for its outcome (and forgotten again unless the
+/// guard is disarmed), and how the handle cancels.
+struct NewTicket<'a> {
+    ticket: u64,
+    outcome: oneshot::Receiver<Outcome>,
+    progress: Arc<Progress>,
+    guard: TicketGuard<'a>,
+    withdraw: Withdraw,
+}
+
+impl<'a> NewTicket<'a> {
+    fn new(core: &Arc<PeerCore>, submissions: &'a Arc<Submissions>, id: Option<JobId>) -> Self {
+        let ticket = submissions.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let (tx, outcome) = oneshot::channel();
+        let progress = Arc::new(Progress::default());
+        submissions.pending().insert(
+            ticket,
+            Pending {
+                outcome: tx,
+                progress: Arc::clone(&progress),
+                id,
+            },
+        );
+        Self {
+            ticket,
+            outcome,
+            progress,
+            guard: TicketGuard {
+                submissions,
+                ticket,
+                armed: true,
+            },
+            withdraw: Withdraw {
+                submissions: Arc::downgrade(submissions),
+                core: Arc::downgrade(core),
+                ticket,
+            },
+        }
+    }
+
+    /// The hub took it: the handle on job `id`.
+    fn handle(
+        mut self,
+        id: JobId,
+    ) -> (JobId, oneshot::Receiver<Outcome>, Arc<Progress>, Canceller) {
+        self.guard.armed = false;
+        if let Some(pending) = self.guard.submissions.pending().get_mut(&self.ticket) {
+            pending.id = Some(id);
+        }
+        (
+            id,
+            self.outcome,
+            self.progress,
+            Canceller::Member(self.withdraw),
+        )
+    }
+}
+
+/// Submits a job from a member; resolves once the hub accepted it.
+pub(crate) async fn submit(
+    core: Arc<PeerCore>,
+    submissions: &Arc<Submissions>,
+    name: &str,
     payload: Vec<u8>,
     options: JobOptions,
-    progress_subject: String,
-}
-
-type SubmitResponse = Result<serde_bytes::ByteBuf, JobError>;
-
-/// The `__jobs` service of a hub.
-#[derive(Clone)]
-pub(crate) struct JobsService {
-    pub(crate) queue: Arc<Queue>,
-}
-
-/// Cancels the member's job if its submit call is dropped (the member cancelled or left).
-struct CancelOnDrop {
-    queue: Arc<Queue>,
-    id: super::JobId,
-    /// The job's progress, when it was queued: what a cancel marks.
-    progress: Option<Arc<Progress>>,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(progress) = self.progress.take() {
-            self.queue.cancel(self.id, &progress);
-        }
-    }
-}
-
-impl Service for JobsService {
-    fn name(&self) -> &'static str {
-        "__jobs"
-    }
-
-    fn methods(&self) -> &'static [&'static str] {
-        &["submit", "stats"]
-    }
-
-    fn call(
-        &self,
-        method: &str,
-        request: &[u8],
-        codec: CodecKind,
-    ) -> Result<BoxFuture<'static, Result<Vec<u8>, RpcError>>, RpcError> {
-        let encode = move |value: &dyn erased::Encode| value.encode_with(codec);
-        match method {
-            "stats" => {
-                let stats = self.queue.stats();
-                Ok(async move { encode(&stats) }.boxed())
-            }
-            "submit" => {
-                let req: SubmitRequest = codec
-                    .decode(request)
-                    .map_err(|e| RpcError::Decode(e.to_string()))?;
-                let queued = self.queue.submit(
-                    req.id,
-                    &req.name,
-                    req.payload,
-                    req.options,
-                    Some(req.progress_subject),
-                );
-                let guard = CancelOnDrop {
-                    queue: Arc::clone(&self.queue),
-                    id: req.id,
-                    progress: queued
-                        .as_ref()
-                        .ok()
-                        .map(|(_, progress)| Arc::clone(progress)),
-                };
-                Ok(async move {
-                    // Moved in whole: dropping this future (a cancelled call) cancels the job.
-                    let mut guard = guard;
-                    let response: SubmitResponse = match queued {
-                        Err(error) => Err(error),
-                        Ok((outcome, _progress)) => {
-                            let outcome = outcome.await.unwrap_or(Err(JobError::Cancelled));
-                            guard.progress = None;
-                            outcome.map(serde_bytes::ByteBuf::from)
-                        }
-                    };
-                    encode(&response)
-                }
-                .boxed())
-            }
-            other => Err(RpcError::NoSuchMethod(other.to_owned())),
-        }
-    }
-}
-
-/// Encoding a response without naming its type at the call site.
-mod erased {
-    use crate::codec::{Codec, CodecKind};
-    use crate::error::RpcError;
-
-    pub(super) trait Encode {
-        fn encode_with(&self, codec: CodecKind) -> Result<Vec<u8>, RpcError>;
-    }
-
-    impl<T: serde::Serialize> Encode for T {
-        fn encode_with(&self, codec: CodecKind) -> Result<Vec<u8>, RpcError> {
-            let mut out = Vec::new();
-            codec
-                .encode(self, &mut out)
-                .map_err(|e| RpcError::Encode(e.to_string()))?;
-            Ok(out)
-        }
-    }
-}
-
-/// Submits a job from a member: one call to the hub's `__jobs.submit` that lasts as long
-/// as the job; progress arrives on a pub/sub subject of the job's own.
-pub(crate) fn submit_from_member<J: Job>(
-    member: &Member,
-    job: &J,
-    name: &str,
-    options: JobOptions,
-) -> Result<JobHandle<J::Output>, JobError> {
-    let caller = member.caller()?.with_deadline(MEMBER_JOB_DEADLINE);
-    let codec = member.codec();
-    let mut payload = Vec::new();
-    codec
-        .encode(job, &mut payload)
-        .map_err(|e| JobError::Decode(e.to_string()))?;
-    let id = new_job_id();
-    let progress_subject = format!("__jobs.progress.{id:032x}");
-    let mut progress_updates = member.subscribe::<f64>(&progress_subject)?;
+) -> Result<(JobId, oneshot::Receiver<Outcome>, Arc<Progress>, Canceller), JobError> {
+    let new = NewTicket::new(&core, submissions, None);
     let request = SubmitRequest {
-        id,
+        owner: submissions.owner,
+        ticket: new.ticket,
         name: name.to_owned(),
-        payload,
+        payload: ByteBuf::from(payload),
         options,
-        progress_subject,
     };
-    let (outcome_tx, outcome_rx) = oneshot::channel();
-    let progress = Arc::new(Progress::default());
-    let progress_tx = Arc::clone(&progress);
-    let (abort, registration) = AbortHandle::new_pair();
-    let call = async move {
-        let submitted = caller.call::<_, SubmitResponse>("__jobs", "submit", &request);
-        tokio::pin!(submitted);
-        let outcome = loop {
-            tokio::select! {
-                response = &mut submitted => break response,
-                Some(Ok(update)) = progress_updates.recv() => {
-                    progress_tx.set(update.value);
-                }
-            }
-        };
-        let outcome = match outcome {
-            Ok(Ok(bytes)) => Ok(bytes.into_vec()),
-            Ok(Err(error)) => Err(error),
-            Err(error) => Err(JobError::Rpc(error)),
-        };
-        progress_tx.close();
-        let _ = outcome_tx.send(outcome);
+    let id = Caller::new(core)
+        .call::<_, SubmitResponse>(JOBS_SERVICE, "submit", &request)
+        .await??;
+    Ok(new.handle(id))
+}
+
+/// Attaches a new handle to the member's job `id` (one it submitted): resolves once the
+/// hub took it.
+pub(crate) async fn attach(
+    core: Arc<PeerCore>,
+    submissions: &Arc<Submissions>,
+    id: JobId,
+) -> Result<(JobId, oneshot::Receiver<Outcome>, Arc<Progress>, Canceller), JobError> {
+    let new = NewTicket::new(&core, submissions, Some(id));
+    let request = AttachRequest {
+        owner: submissions.owner,
+        jobs: vec![(new.ticket, id)],
     };
-    tokio::spawn(Abortable::new(call, registration));
-    Ok(JobHandle::new(
-        id,
-        outcome_rx,
-        progress,
-        Canceller::Call(abort),
-        codec,
-    ))
+    let failed = Caller::new(core)
+        .call::<_, AttachResponse>(JOBS_SERVICE, "attach", &request)
+        .await?;
+    if let Some((_, error)) = failed.into_iter().next() {
+        return Err(error);
+    }
+    Ok(new.handle(id))
+}
+
+/// A member's handle on an accepted job.
+pub(crate) fn handle<T>(
+    (id, outcome, progress, cancel): (JobId, oneshot::Receiver<Outcome>, Arc<Progress>, Canceller),
+    codec: CodecKind,
+) -> JobHandle<T> {
+    JobHandle::new(id, Delivery::Channel(outcome), progress, cancel, codec)
 }
 
 /// The hub queue's statistics, asked from a member.
-pub(crate) async fn stats(member: &Member) -> Result<JobStats, RpcError> {
-    member.caller()?.call("__jobs", "stats", &()).await
+pub(crate) async fn stats(core: Arc<PeerCore>) -> Result<JobStats, RpcError> {
+    Caller::new(core).call(JOBS_SERVICE, "stats", &()).await
 }

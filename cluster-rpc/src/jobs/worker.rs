@@ -1,12 +1,13 @@
 //! The worker side: running a member's job handlers on the batches the hub sends, and the
 //! context a handler reports progress through.
 
-use super::wire::{self, Batch, Malformed, DONE_SUBJECT};
+use super::wire::{self, Batch, Malformed, DONE_SUBJECT, PROGRESS_SUBJECT};
 use super::{Job, JobId};
 use crate::codec::{Codec, CodecKind};
 use crate::envelope::Envelope;
-use crate::error::RpcError;
-use crate::peer::{panic_message, with_frame, PeerCore};
+use crate::error::{RpcError, RpcErrorKind};
+use crate::peer::{panic_message, PeerCore};
+use cluster_transport::close_code;
 use futures_util::future::{AbortHandle, Abortable, BoxFuture};
 use futures_util::FutureExt;
 use std::collections::HashMap;
@@ -20,8 +21,22 @@ use std::task::{Context, Poll, Waker};
 pub(crate) const JOBS_PARAMETER: &str = "jobs";
 /// The connect parameter with a worker's credits (jobs at once).
 pub(crate) const JOB_CREDITS_PARAMETER: &str = "job_credits";
-/// The subject workers report progress on.
-pub(crate) const PROGRESS_SUBJECT: &str = "__jobs.progress";
+
+/// What a job handler's error becomes: anything that converts into a boxed error (any
+/// `std::error::Error`, a `String`, a `&str`).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error and its causes, as one line: `error: cause: cause`.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
 
 /// What a job handler gets besides the job: its id, attempt, and a way to report
 /// progress to the submitter.
@@ -49,20 +64,9 @@ impl JobContext {
         let Some(core) = &self.core else {
             return;
         };
-        let codec = core.codec();
-        let _ = with_frame(
-            |buf| {
-                Envelope::Publish {
-                    subject: PROGRESS_SUBJECT,
-                    payload: &[],
-                }
-                .encode(buf);
-                codec
-                    .encode(&(self.id, value), buf)
-                    .map_err(|e| RpcError::Encode(e.to_string()))
-            },
-            |frame| core.link().send_frame(frame),
-        );
+        let mut batch = Batch::new(PROGRESS_SUBJECT);
+        batch.push_progress(self.id, self.attempt, value);
+        let _ = core.link().send_frame(batch.frame());
     }
 }
 
@@ -83,7 +87,7 @@ type Handler = Arc<
         + Sync,
 >;
 
-/// An attempt's outcome: the codec-encoded output, or the handler's error.
+/// An attempt's outcome: the codec-encoded output, or the handler's error as text.
 type Encoded = Result<Vec<u8>, String>;
 
 /// The attempts running in tasks, to drop them when the hub cancels them or leaves.
@@ -102,11 +106,12 @@ pub(crate) struct WorkerService {
 }
 
 impl WorkerService {
-    pub(crate) fn add<J, F, Fut>(&mut self, handler: F)
+    pub(crate) fn add<J, F, Fut, E>(&mut self, handler: F)
     where
         J: Job,
         F: Fn(J, JobContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<J::Output, String>> + Send + 'static,
+        Fut: Future<Output = Result<J::Output, E>> + Send + 'static,
+        E: Into<BoxError>,
     {
         let handler = Arc::new(handler);
         self.handlers.insert(
@@ -138,7 +143,7 @@ impl WorkerService {
                         None
                     }
                     Ok(Poll::Ready(Err(error))) => {
-                        out.push_done(id, attempt, Err(&error));
+                        out.push_done(id, attempt, Err(&error_chain(&*error.into())));
                         None
                     }
                     Err(panic) => {
@@ -147,7 +152,8 @@ impl WorkerService {
                     }
                     Ok(Poll::Pending) => Some(
                         async move {
-                            let output = running.await?;
+                            let output =
+                                running.await.map_err(|error| error_chain(&*error.into()))?;
                             let mut bytes = Vec::new();
                             codec
                                 .encode(&output, &mut bytes)
@@ -252,12 +258,13 @@ impl WorkerService {
         ));
     }
 
-    /// Drops the attempts the hub cancelled (their handlers are dropped, not awaited).
+    /// Drops the attempts the hub cancelled or timed out (their handlers are dropped, not
+    /// awaited).
     ///
     /// # Errors
     /// A malformed frame (the attempts before the bad record are dropped).
-    pub(crate) fn cancel_batch(&self, payload: &[u8]) -> Result<(), Malformed> {
-        for attempt in wire::cancels(payload) {
+    pub(crate) fn drop_batch(&self, payload: &[u8]) -> Result<(), Malformed> {
+        for attempt in wire::drops(payload) {
             let key = attempt?;
             if let Some(abort) = lock(&self.running).remove(&key) {
                 abort.abort();
@@ -279,15 +286,55 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Sends an answer frame; a refusal means the connection is going, and the hub requeues
-/// what it did not hear about.
+/// Sends an answer frame, so that the hub hears of every attempt at once: a frame
+/// refused as too large goes again one answer at a time, and an answer too large on its
+/// own becomes an error answer saying so. A full send queue drops the connection (the hub
+/// then requeues the attempts at once); a connection already gone needs nothing.
 fn send(core: &PeerCore, batch: &Batch) {
-    let _ = core.link().send_frame(batch.frame());
+    match core.link().send_frame(batch.frame()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == RpcErrorKind::TooLarge => send_one_by_one(core, batch),
+        Err(error) => refused(core, &error),
+    }
+}
+
+fn send_one_by_one(core: &PeerCore, batch: &Batch) {
+    let Ok(Envelope::Publish { payload, .. }) = Envelope::decode(batch.frame()) else {
+        return;
+    };
+    let mut one = Batch::new(DONE_SUBJECT);
+    for done in wire::dones(payload).flatten() {
+        one.clear();
+        one.push_done(done.id, done.attempt, done.outcome);
+        let error = match core.link().send_frame(one.frame()) {
+            Ok(()) => continue,
+            Err(error) if error.kind() == RpcErrorKind::TooLarge => error,
+            Err(error) => return refused(core, &error),
+        };
+        let len = match done.outcome {
+            Ok(bytes) => bytes.len(),
+            Err(text) => text.len(),
+        };
+        one.clear();
+        let why = format!("the attempt's answer of {len} bytes was refused: {error}");
+        one.push_done(done.id, done.attempt, Err(&why));
+        if let Err(error) = core.link().send_frame(one.frame()) {
+            return refused(core, &error);
+        }
+    }
+}
+
+fn refused(core: &PeerCore, error: &RpcError) {
+    if error.kind() != RpcErrorKind::NotConnected {
+        tracing::warn!(cause = %error, "job answers could not be sent; reconnecting");
+        core.link()
+            .close_for(close_code::INTERNAL, "job answers could not be sent");
+    }
 }
 
 /// How a panicking handler's attempt fails.
 fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
-    RpcError::Panicked(panic_message(panic)).to_string()
+    RpcError::new(RpcErrorKind::Panicked, panic_message(panic)).to_string()
 }
 
 impl fmt::Debug for WorkerService {

@@ -1,24 +1,65 @@
 //! Subjects and patterns, as NATS has them: tokens separated by `.`, `*` matching exactly
 //! one token, `>` (last only) matching one or more remaining tokens.
 
-use std::collections::HashMap;
+use crate::envelope::MAX_SUBJECT_LEN;
 
-/// Whether `subject` is a valid subject to publish on: non-empty tokens, no wildcards.
+/// Most tokens in a subject or pattern. Routing walks one trie level per token, so this
+/// bounds the work (and the stack) of a publication.
+pub const MAX_TOKENS: usize = 128;
+
+/// Why a subject or pattern is refused, if it is.
+pub(crate) fn check(text: &str, wildcards: bool) -> Result<(), &'static str> {
+    if text.is_empty() {
+        return Err("empty");
+    }
+    if text.len() > MAX_SUBJECT_LEN {
+        return Err("longer than 65,535 bytes");
+    }
+    if text.split('.').count() > MAX_TOKENS {
+        return Err("more than 128 tokens");
+    }
+    let mut tokens = text.split('.').peekable();
+    while let Some(token) = tokens.next() {
+        if token.is_empty() {
+            return Err("an empty token");
+        }
+        if token.contains(char::is_whitespace) {
+            return Err("whitespace in a token");
+        }
+        let wildcard = token == "*" || token == ">";
+        if !wildcard && token.contains(['*', '>']) {
+            return Err("a wildcard inside a token");
+        }
+        if wildcard && !wildcards {
+            return Err("a wildcard in a subject");
+        }
+        if token == ">" && tokens.peek().is_some() {
+            return Err("'>' before the last token");
+        }
+    }
+    if is_reserved(text) {
+        return Err("reserved (first token starting with '__')");
+    }
+    Ok(())
+}
+
+/// Whether `subject` is a valid subject to publish on: 1 to [`MAX_TOKENS`] non-empty
+/// tokens, no wildcards or whitespace, at most 65,535 bytes, not reserved
+/// ([`is_reserved`]).
 ///
 /// ```
 /// use cluster_rpc::pubsub::is_valid_subject;
 /// assert!(is_valid_subject("orders.eu.created"));
 /// assert!(!is_valid_subject("orders.*"));
 /// assert!(!is_valid_subject("orders..x"));
+/// assert!(!is_valid_subject("__jobs.progress"));
 /// ```
 pub fn is_valid_subject(subject: &str) -> bool {
-    !subject.is_empty()
-        && subject
-            .split('.')
-            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace))
+    check(subject, false).is_ok()
 }
 
-/// Whether `pattern` is a valid subscription pattern.
+/// Whether `pattern` is a valid subscription pattern: a subject whose tokens may be `*`,
+/// and whose last may be `>`.
 ///
 /// ```
 /// use cluster_rpc::pubsub::is_valid_pattern;
@@ -28,16 +69,20 @@ pub fn is_valid_subject(subject: &str) -> bool {
 /// assert!(!is_valid_pattern("orders.a*"));
 /// ```
 pub fn is_valid_pattern(pattern: &str) -> bool {
-    if pattern.is_empty() {
-        return false;
-    }
-    let tokens: Vec<&str> = pattern.split('.').collect();
-    tokens.iter().enumerate().all(|(i, t)| {
-        !t.is_empty()
-            && !t.contains(char::is_whitespace)
-            && (*t == "*" || *t == ">" || !t.contains(['*', '>']))
-            && (*t != ">" || i == tokens.len() - 1)
-    })
+    check(pattern, true).is_ok()
+}
+
+/// Whether `subject` (or a pattern) is reserved for the library: its first token starts
+/// with `__` (the job queue's `__jobs.` subjects, say). Nobody publishes or subscribes
+/// there through the pub/sub API.
+///
+/// ```
+/// use cluster_rpc::pubsub::is_reserved;
+/// assert!(is_reserved("__jobs.progress.1"));
+/// assert!(!is_reserved("jobs.__x"));
+/// ```
+pub fn is_reserved(subject: &str) -> bool {
+    subject.starts_with("__")
 }
 
 /// Whether `subject` matches `pattern`.
@@ -61,50 +106,6 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
         }
     }
     subject_tokens.next().is_none()
-}
-
-/// Subscribers grouped by pattern; a publish matches each distinct pattern once.
-#[derive(Debug)]
-pub(crate) struct SubjectTable<T> {
-    by_pattern: HashMap<String, Vec<T>>,
-}
-
-impl<T> Default for SubjectTable<T> {
-    fn default() -> Self {
-        Self {
-            by_pattern: HashMap::new(),
-        }
-    }
-}
-
-impl<T> SubjectTable<T> {
-    pub(crate) fn insert(&mut self, pattern: &str, subscriber: T) {
-        self.by_pattern
-            .entry(pattern.to_owned())
-            .or_default()
-            .push(subscriber);
-    }
-
-    /// Removes every subscriber `remove` picks.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        self.by_pattern.retain(|_, subs| {
-            subs.retain(&mut keep);
-            !subs.is_empty()
-        });
-    }
-
-    /// Calls `deliver` for every subscriber whose pattern matches `subject`.
-    pub(crate) fn for_each_match(&self, subject: &str, mut deliver: impl FnMut(&T)) {
-        for (pattern, subs) in &self.by_pattern {
-            if matches(pattern, subject) {
-                subs.iter().for_each(&mut deliver);
-            }
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.by_pattern.values().map(Vec::len).sum()
-    }
 }
 
 #[cfg(test)]
@@ -140,24 +141,6 @@ mod tests {
     }
 
     #[test]
-    fn table_matches_each_pattern_and_removes() {
-        let mut table = SubjectTable::default();
-        table.insert("orders.*", 1);
-        table.insert("orders.*", 2);
-        table.insert("orders.>", 3);
-        table.insert("users.>", 4);
-        let mut got = Vec::new();
-        table.for_each_match("orders.eu", |s| got.push(*s));
-        got.sort_unstable();
-        assert_eq!(got, [1, 2, 3]);
-        table.retain(|s| *s != 2);
-        assert_eq!(table.len(), 3);
-        let mut got = Vec::new();
-        table.for_each_match("orders.eu.x", |s| got.push(*s));
-        assert_eq!(got, [3]);
-    }
-
-    #[test]
     fn validity() {
         assert!(is_valid_pattern(">"));
         assert!(is_valid_pattern("*"));
@@ -166,5 +149,10 @@ mod tests {
         assert!(!is_valid_pattern("a b"));
         assert!(!is_valid_subject("a.>"));
         assert!(is_valid_subject("a"));
+        assert!(is_valid_subject(&vec!["a"; MAX_TOKENS].join(".")));
+        assert!(!is_valid_subject(&vec!["a"; MAX_TOKENS + 1].join(".")));
+        assert!(!is_valid_subject(&"a".repeat(MAX_SUBJECT_LEN + 1)));
+        assert!(!is_valid_pattern("__jobs.>"));
+        assert_eq!(check("a.*", false), Err("a wildcard in a subject"));
     }
 }

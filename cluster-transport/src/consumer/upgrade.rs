@@ -1,17 +1,17 @@
 //! The consumer's side of the opening handshake: TCP (and TLS), the HTTP upgrade request
 //! the original's consumer sends, and the checks on the provider's answer.
 
-use super::socket::{ClientStream, Socket};
+use super::hosts::Endpoint;
 use crate::deflate;
 use crate::error::{ConnectError, ConnectErrorKind};
 use crate::handshake::accept_key;
 use crate::query::encode_query;
 use crate::ConsumerOptions;
 use base64::Engine;
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Largest response head accepted from a provider.
@@ -21,46 +21,104 @@ const MAX_REFUSAL_BODY: usize = 1024;
 /// Most headers in a response.
 const MAX_RESPONSE_HEADERS: usize = 32;
 
-/// Connects to the provider and completes the upgrade; `tls` is set for `wss://`.
+/// What connects with TLS: rustls' client configuration with the `tls` feature, and a
+/// type with no values without it (so `Option<&TlsConnector>` is always `None`).
+#[cfg(feature = "tls")]
+pub(super) type TlsConnector = std::sync::Arc<rustls::ClientConfig>;
+/// What connects with TLS: nothing can, without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+pub(super) type TlsConnector = std::convert::Infallible;
+
+/// TCP, or TLS over TCP.
+#[derive(Debug)]
+pub(super) enum ClientStream {
+    /// `ws://`
+    Plain(TcpStream),
+    /// `wss://`
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A completed upgrade: the stream, the bytes read past the response head (the start of
+/// the provider's first frames), and permessage-deflate if negotiated.
+#[derive(Debug)]
+pub(super) struct Upgraded {
+    pub(super) stream: ClientStream,
+    pub(super) leftover: Vec<u8>,
+    pub(super) deflate: Option<deflate::Deflate>,
+}
+
+/// Connects to the provider at `endpoint` and completes the upgrade; `tls` is set for
+/// `wss://`.
 pub(super) async fn connect(
     options: &ConsumerOptions,
-    tls: Option<&Arc<ClientConfig>>,
-) -> Result<Socket, ConnectError> {
-    let io = |e: std::io::Error| {
-        ConnectError::new(ConnectErrorKind::Io)
-            .with_detail(e.to_string())
-            .with_source(e)
-    };
-    let host = options.host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((host, options.port)).await.map_err(io)?;
+    endpoint: &Endpoint,
+    tls: Option<&TlsConnector>,
+) -> Result<Upgraded, ConnectError> {
+    let host = endpoint.host.as_str();
+    let tcp = TcpStream::connect((host, endpoint.port))
+        .await
+        .map_err(io_error)?;
     // Small frames go out at once, as tungstenite and ws do.
-    tcp.set_nodelay(true).map_err(io)?;
+    tcp.set_nodelay(true).map_err(io_error)?;
     let mut stream = match tls {
         None => ClientStream::Plain(tcp),
-        Some(config) => {
-            let name = ServerName::try_from(host.to_owned()).map_err(|e| {
-                ConnectError::new(ConnectErrorKind::Tls)
-                    .with_detail(format!("invalid server name {host:?}"))
-                    .with_source(e)
-            })?;
-            let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-            let tls =
-                connector.connect(name, tcp).await.map_err(|e| {
-                    match crate::tls::rustls_error(&e) {
-                        Some(error) => crate::tls::handshake_error(error),
-                        None => io(e),
-                    }
-                })?;
-            ClientStream::Tls(Box::new(tls))
-        }
+        Some(config) => tls_handshake(host, tcp, config).await?,
     };
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-    let request = request(options, &key);
-    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    let request = request(options, endpoint, &key);
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(io_error)?;
     let mut buf = Vec::with_capacity(1024);
     let (deflate, consumed) = loop {
         let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk).await.map_err(io)?;
+        let n = stream.read(&mut chunk).await.map_err(io_error)?;
         if n == 0 {
             return Err(ConnectError::new(ConnectErrorKind::Io)
                 .with_detail("the provider closed the connection during the handshake"));
@@ -85,27 +143,65 @@ pub(super) async fn connect(
         }
     };
     buf.drain(..consumed);
-    Ok(Socket::new(stream, buf, deflate))
+    Ok(Upgraded {
+        stream,
+        leftover: buf,
+        deflate,
+    })
+}
+
+fn io_error(e: std::io::Error) -> ConnectError {
+    ConnectError::new(ConnectErrorKind::Io)
+        .with_detail(e.to_string())
+        .with_source(e)
+}
+
+/// The TLS handshake with the provider, verifying its certificate for `host`.
+#[cfg(feature = "tls")]
+async fn tls_handshake(
+    host: &str,
+    tcp: TcpStream,
+    config: &TlsConnector,
+) -> Result<ClientStream, ConnectError> {
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+        ConnectError::new(ConnectErrorKind::Tls)
+            .with_detail(format!("invalid server name {host:?}"))
+            .with_source(e)
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(config));
+    let tls =
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| match crate::tls::rustls_error(&e) {
+                Some(error) => crate::tls::handshake_error(error),
+                None => io_error(e),
+            })?;
+    Ok(ClientStream::Tls(Box::new(tls)))
+}
+
+/// Without the `tls` feature there is no TLS configuration to connect with.
+#[cfg(not(feature = "tls"))]
+async fn tls_handshake(
+    _host: &str,
+    _tcp: TcpStream,
+    config: &TlsConnector,
+) -> Result<ClientStream, ConnectError> {
+    match *config {}
 }
 
 /// The upgrade request, as the original's consumer (Node `ws`) sends it.
-fn request(options: &ConsumerOptions, key: &str) -> String {
-    let host = if options.host.contains(':') && !options.host.starts_with('[') {
-        format!("[{}]", options.host)
-    } else {
-        options.host.clone()
-    };
+fn request(options: &ConsumerOptions, endpoint: &Endpoint, key: &str) -> String {
     let extensions = if options.compression {
         format!("Sec-WebSocket-Extensions: {}\r\n", deflate::CLIENT_OFFER)
     } else {
         String::new()
     };
     format!(
-        "GET {}{} HTTP/1.1\r\nHost: {host}:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET {}{} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{extensions}\r\n",
         options.path,
         encode_query(&options.parameters),
-        options.port,
     )
 }
 
@@ -238,12 +334,13 @@ mod tests {
 
     #[test]
     fn request_like_the_original() {
-        let mut options = ConsumerOptions {
+        let mut options = ConsumerOptions::default();
+        let mut endpoint = Endpoint {
+            host: "127.0.0.1".into(),
             port: 9000,
-            ..Default::default()
         };
         options.parameters.insert("key".into(), "a b".into());
-        let r = request(&options, "dGhlIHNhbXBsZSBub25jZQ==");
+        let r = request(&options, &endpoint, "dGhlIHNhbXBsZSBub25jZQ==");
         assert!(
             r.starts_with("GET /connect?key=a%20b HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n"),
             "{r}"
@@ -254,9 +351,9 @@ mod tests {
         ));
         assert!(r.ends_with("\r\n\r\n"));
         options.compression = false;
-        assert!(!request(&options, "k").contains("Extensions"));
-        options.host = "::1".into();
-        assert!(request(&options, "k").contains("\r\nHost: [::1]:9000\r\n"));
+        assert!(!request(&options, &endpoint, "k").contains("Extensions"));
+        endpoint.host = "::1".into();
+        assert!(request(&options, &endpoint, "k").contains("\r\nHost: [::1]:9000\r\n"));
     }
 
     #[test]

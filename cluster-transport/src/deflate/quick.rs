@@ -101,9 +101,15 @@ fn hash(bytes: &[u8]) -> usize {
 
 /// Appends `input` (at most [`MAX_INPUT`] bytes) compressed to `out`, with matches no
 /// farther back than `1 << window_bits` (8 to 15: unlike zlib, a 256-byte window is kept
-/// exactly).
-pub(crate) fn compress(input: &[u8], window_bits: u8, out: &mut Vec<u8>) {
+/// exactly). Returns `false`, with `out` as it was, as soon as the result would not be
+/// smaller than `input`: fixed Huffman codes take 9 bits for bytes 144 to 255, so data
+/// without repeats grows by up to an eighth.
+pub(crate) fn compress(input: &[u8], window_bits: u8, out: &mut Vec<u8>) -> bool {
     let window = 1usize << window_bits.clamp(8, 15);
+    let start = out.len();
+    // Giving up at the input's length (minus the end of block, 2 bytes at most) keeps
+    // the whole result smaller than the input.
+    let give_up_at = (start + input.len()).saturating_sub(2);
     out.reserve(input.len() / 2 + 16);
     let mut bits = Bits {
         out,
@@ -112,65 +118,93 @@ pub(crate) fn compress(input: &[u8], window_bits: u8, out: &mut Vec<u8>) {
     };
     // BFINAL 0, BTYPE 01 (fixed Huffman).
     bits.put(0b010, 3);
-    HASH.with(|cell| {
-        let mut fresh = [0u32; 1 << HASH_BITS];
-        let mut borrowed = cell.try_borrow_mut();
-        let table: &mut [u32; 1 << HASH_BITS] = match &mut borrowed {
-            Ok(table) => table,
-            Err(_) => &mut fresh,
-        };
-        let mut pos = 0;
-        while pos < input.len() {
-            let mut matched = 0;
-            let mut distance = 0;
-            if pos + MIN_MATCH <= input.len() {
-                let h = hash(&input[pos..]);
-                // A stale entry may point anywhere: only a position before this one, in
-                // this message and in the window, whose bytes match, is used.
-                let candidate = table[h] as usize;
-                table[h] = pos as u32 + 1;
-                if let Some(cand) = candidate.checked_sub(1) {
-                    if cand < pos && pos - cand <= window {
-                        let limit = (input.len() - pos).min(MAX_MATCH);
-                        let len = input[cand..]
-                            .iter()
-                            .zip(&input[pos..pos + limit])
-                            .take_while(|(a, b)| a == b)
-                            .count();
-                        if len >= MIN_MATCH {
-                            matched = len;
-                            distance = pos - cand;
-                        }
-                    }
-                }
-            }
-            if matched == 0 {
-                let (code, n) = lit_code(u32::from(input[pos]));
-                bits.code(code, n);
-                pos += 1;
-                continue;
-            }
-            let (symbol, extra_bits, extra) = length_symbol(matched);
-            let (code, n) = lit_code(symbol);
-            bits.code(code, n);
-            bits.put(extra, extra_bits);
-            let (symbol, extra_bits, extra) = distance_symbol(distance);
-            bits.code(symbol, 5);
-            bits.put(extra, extra_bits);
-            // Index the start of the match's tail too, cheaply: its next position.
-            let next = pos + 1;
-            if next + MIN_MATCH <= input.len() {
-                table[hash(&input[next..])] = next as u32 + 1;
-            }
-            pos += matched;
-        }
+    let fits = HASH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut table) => encode(input, window, &mut table, &mut bits, give_up_at),
+        // Only when re-entered on this thread (never in practice): a table of its own.
+        // Zeroing 16 KiB is what the shared table exists to avoid, so it is done only here.
+        Err(_) => encode(
+            input,
+            window,
+            &mut Box::new([0; 1 << HASH_BITS]),
+            &mut bits,
+            give_up_at,
+        ),
     });
+    if !fits {
+        out.truncate(start);
+        return false;
+    }
     // End of block, then the header of the empty stored block a sync flush writes
     // (BFINAL 0, BTYPE 00), padded to a byte; its LEN/NLEN are the tail the receiver adds.
     let (code, n) = lit_code(256);
     bits.code(code, n);
     bits.put(0, 3);
     bits.finish();
+    if out.len() - start >= input.len() {
+        out.truncate(start);
+        return false;
+    }
+    true
+}
+
+/// Greedy LZ77 over `input` alone, written as fixed Huffman codes to `bits`; `false` once
+/// the output reaches `give_up_at` bytes.
+fn encode(
+    input: &[u8],
+    window: usize,
+    table: &mut [u32; 1 << HASH_BITS],
+    bits: &mut Bits<'_>,
+    give_up_at: usize,
+) -> bool {
+    let mut pos = 0;
+    while pos < input.len() {
+        if bits.out.len() >= give_up_at {
+            return false;
+        }
+        let mut matched = 0;
+        let mut distance = 0;
+        if pos + MIN_MATCH <= input.len() {
+            let h = hash(&input[pos..]);
+            // A stale entry may point anywhere: only a position before this one, in
+            // this message and in the window, whose bytes match, is used.
+            let candidate = table[h] as usize;
+            table[h] = pos as u32 + 1;
+            if let Some(cand) = candidate.checked_sub(1) {
+                if cand < pos && pos - cand <= window {
+                    let limit = (input.len() - pos).min(MAX_MATCH);
+                    let len = input[cand..]
+                        .iter()
+                        .zip(&input[pos..pos + limit])
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    if len >= MIN_MATCH {
+                        matched = len;
+                        distance = pos - cand;
+                    }
+                }
+            }
+        }
+        if matched == 0 {
+            let (code, n) = lit_code(u32::from(input[pos]));
+            bits.code(code, n);
+            pos += 1;
+            continue;
+        }
+        let (symbol, extra_bits, extra) = length_symbol(matched);
+        let (code, n) = lit_code(symbol);
+        bits.code(code, n);
+        bits.put(extra, extra_bits);
+        let (symbol, extra_bits, extra) = distance_symbol(distance);
+        bits.code(symbol, 5);
+        bits.put(extra, extra_bits);
+        // Index the start of the match's tail too, cheaply: its next position.
+        let next = pos + 1;
+        if next + MIN_MATCH <= input.len() {
+            table[hash(&input[next..])] = next as u32 + 1;
+        }
+        pos += matched;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -271,17 +305,35 @@ mod tests {
     fn small_repetitive_messages_shrink() {
         let msg = b"Mxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
         let mut out = Vec::new();
-        compress(msg, 15, &mut out);
+        assert!(compress(msg, 15, &mut out));
         assert!(out.len() < 10, "{} bytes", out.len());
         assert_eq!(inflate(&out, 15), msg);
         let json = br#"{"type":"tick","symbol":"ABC","bid":101.25,"ask":101.27,"type":"tick"}"#;
         let mut out = Vec::new();
-        compress(json, 15, &mut out);
+        assert!(compress(json, 15, &mut out));
         assert!(out.len() < json.len());
         assert_eq!(inflate(&out, 15), json);
-        let mut empty = Vec::new();
-        compress(b"", 15, &mut empty);
-        assert_eq!(inflate(&empty, 15), b"");
+    }
+
+    /// The case that used to reach a receiver as a message over its limit: 1024 bytes
+    /// without repeats, all with 9-bit codes, took about 1153 bytes.
+    #[test]
+    fn what_would_grow_is_refused_and_out_left_as_it_was() {
+        let mut state = 0x2545_f491_u32;
+        let noise: Vec<u8> = (0..1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                0x90 + (state % 0x70) as u8
+            })
+            .collect();
+        let mut out = b"kept".to_vec();
+        assert!(!compress(&noise, 15, &mut out));
+        assert_eq!(out, b"kept");
+        assert!(!compress(b"", 15, &mut out));
+        assert!(!compress(b"abc", 15, &mut out));
+        assert_eq!(out, b"kept");
     }
 
     proptest! {
@@ -291,9 +343,13 @@ mod tests {
             window_bits in 8u8..=15,
         ) {
             let mut out = Vec::new();
-            compress(&msg, window_bits, &mut out);
-            prop_assert_eq!(inflate(&out, window_bits), msg);
-            prop_assert!(max_distance(&out) <= 1 << window_bits);
+            if compress(&msg, window_bits, &mut out) {
+                prop_assert!(out.len() < msg.len());
+                prop_assert_eq!(inflate(&out, window_bits), msg);
+                prop_assert!(max_distance(&out) <= 1 << window_bits);
+            } else {
+                prop_assert!(out.is_empty());
+            }
         }
     }
 }

@@ -4,17 +4,26 @@
 //! shares the upgrade's time limit: an unauthenticated client gets `handshake.timeout`
 //! in all, TLS and HTTP upgrade together, before it has a connection or is dropped.
 
-use crate::connection::driver::Driver;
+use super::handler::ConnectionHandler;
+use super::refusals::Refusal;
+use super::shared::ProviderShared;
 use crate::connection::Connection;
+use crate::driver::Driver;
 use crate::handshake::{self, HandshakeEnd, Upgraded};
-use crate::message::CloseInfo;
-use crate::provider::ProviderShared;
-use std::future::poll_fn;
+use crate::message::close_reason::{
+    BACKPRESSURE_EXCEEDED, DESTROYED, HEARTBEAT_TIMEOUT, SHUTTING_DOWN,
+};
+use crate::message::{close_code, CloseInfo};
+use crate::protocol::{self, Reader, Role};
+use crate::stats::{ConnectResult, DisconnectReason};
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -44,21 +53,26 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<ProviderShare
                 // No span per connection: a span costs bytes for the connection's whole
                 // life; events carry `conn.id` and `peer.ip` fields instead.
                 let conn_shared = Arc::clone(&shared);
-                if shared.tls.is_some() {
-                    shared
-                        .tracker
-                        .spawn(serve_tls(stream, ip, conn_shared, permit));
-                } else {
-                    // Plain connections run exactly the task they ran before TLS existed.
-                    shared
-                        .tracker
-                        .spawn(serve_connection(stream, ip, conn_shared, permit));
+                match &shared.tls {
+                    #[cfg(feature = "tls")]
+                    Some(_) => {
+                        shared
+                            .tracker
+                            .spawn(serve_tls(stream, ip, conn_shared, permit));
+                    }
+                    #[cfg(not(feature = "tls"))]
+                    Some(never) => match *never {},
+                    // Plain connections run a task without any TLS in its type.
+                    None => {
+                        shared
+                            .tracker
+                            .spawn(serve_connection(stream, ip, conn_shared, permit));
+                    }
                 }
             }
             Err(error) => {
                 tracing::warn!(cause = %error, "accept failed; retrying");
-                let (listeners, _) = shared.listeners();
-                listeners.error(&error);
+                shared.listeners().error(&error);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -67,64 +81,165 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<ProviderShare
     tracing::debug!("accept loop stopped");
 }
 
-/// One connection from its first byte to its cleanup. Generic over the stream, so plain
-/// TCP, TLS and in-memory pipes share this path.
+/// One connection from its first byte to its cleanup, as a task: the handshake, the
+/// driver, then the cleanup. Generic over the stream, so plain TCP, TLS and in-memory
+/// pipes share this path.
 ///
-/// This future lives as long as the connection, so it is kept small: the handshake and
-/// the cleanup run in boxed futures of their own and only the driver stays inline.
-pub(crate) async fn serve_connection<S>(
+/// A future written by hand rather than an `async fn`: it lives as long as the
+/// connection, and while the connection lives it holds only the driver and what cleanup
+/// needs (an `async fn` kept about 110 bytes more per connection, which put the task in a
+/// larger allocation class). The handshake and the cleanup are boxed futures of their own.
+struct ServeConnection<S> {
+    stage: Stage<S>,
+}
+
+type BoxedFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+enum Stage<S> {
+    /// The TLS and HTTP handshakes, registration and the open event.
+    Opening {
+        open: BoxedFuture<Option<ConnectionDriver<S>>>,
+        shared: Arc<ProviderShared>,
+        permit: OwnedSemaphorePermit,
+    },
+    /// The connection's life.
+    Driving {
+        driver: ConnectionDriver<S>,
+        shared: Arc<ProviderShared>,
+        /// Holds the connection's slot under `max_connections` until it ends.
+        _permit: OwnedSemaphorePermit,
+    },
+    /// Unregistering, the FIN and the close event.
+    Finishing(BoxedFuture<()>),
+    Done,
+}
+
+impl<S> ServeConnection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn new(
+        open: BoxedFuture<Option<ConnectionDriver<S>>>,
+        shared: Arc<ProviderShared>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            stage: Stage::Opening {
+                open,
+                shared,
+                permit,
+            },
+        }
+    }
+}
+
+/// A plain connection (or any stream that needs no handshake of its own).
+fn serve_connection<S>(
     stream: S,
     ip: IpAddr,
     shared: Arc<ProviderShared>,
     permit: OwnedSemaphorePermit,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+) -> ServeConnection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(mut driver) = Box::pin(open(stream, ip, &shared, None)).await else {
-        return;
-    };
-    let info = poll_fn(|cx| driver.poll_drive(cx)).await;
-    drop(permit);
-    Box::pin(finish(driver, &shared, info)).await;
+    let open = Box::pin(open(stream, ip, Arc::clone(&shared), None));
+    ServeConnection::new(open, shared, permit)
 }
 
 /// A TLS connection: the TLS handshake, then the same path as [`serve_connection`] on
-/// the TLS stream. A separate function, so that plain connections do not carry the
-/// (larger) TLS stream type in their tasks.
-async fn serve_tls(
-    stream: TcpStream,
+/// the TLS stream. Plain connections do not carry the (larger) TLS stream type.
+#[cfg(feature = "tls")]
+fn serve_tls(
+    stream: tokio::net::TcpStream,
     ip: IpAddr,
     shared: Arc<ProviderShared>,
     permit: OwnedSemaphorePermit,
-) {
-    let Some(mut driver) = Box::pin(open_tls(stream, ip, &shared)).await else {
-        return;
-    };
-    let info = poll_fn(|cx| driver.poll_drive(cx)).await;
-    drop(permit);
-    Box::pin(finish(driver, &shared, info)).await;
+) -> ServeConnection<TlsStream> {
+    let open = Box::pin(open_tls(stream, ip, Arc::clone(&shared)));
+    ServeConnection::new(open, shared, permit)
 }
 
-type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+impl<S> Future for ServeConnection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let stage = &mut self.stage;
+        loop {
+            match stage {
+                Stage::Opening { open, .. } => {
+                    let opened = ready!(open.as_mut().poll(cx));
+                    let Stage::Opening { shared, permit, .. } =
+                        std::mem::replace(stage, Stage::Done)
+                    else {
+                        return Poll::Ready(());
+                    };
+                    match opened {
+                        Some(driver) => {
+                            *stage = Stage::Driving {
+                                driver,
+                                shared,
+                                _permit: permit,
+                            }
+                        }
+                        None => return Poll::Ready(()),
+                    }
+                }
+                Stage::Driving { driver, .. } => {
+                    let info = ready!(driver.poll_drive(cx));
+                    let Stage::Driving { driver, shared, .. } =
+                        std::mem::replace(stage, Stage::Done)
+                    else {
+                        return Poll::Ready(());
+                    };
+                    // The permit goes with the connection, before its cleanup.
+                    *stage = Stage::Finishing(Box::pin(finish(driver, shared, info)));
+                }
+                Stage::Finishing(finishing) => {
+                    ready!(finishing.as_mut().poll(cx));
+                    *stage = Stage::Done;
+                }
+                Stage::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// A connection's driver on the provider's side.
+type ConnectionDriver<S> = Driver<S, ConnectionHandler>;
 
 /// The TLS handshake within the handshake time limit, then [`open`] with what is left.
+#[cfg(feature = "tls")]
 async fn open_tls(
-    stream: TcpStream,
+    stream: tokio::net::TcpStream,
     ip: IpAddr,
-    shared: &Arc<ProviderShared>,
-) -> Option<Driver<TlsStream>> {
+    shared: Arc<ProviderShared>,
+) -> Option<ConnectionDriver<TlsStream>> {
     let acceptor = shared.tls.clone()?;
     let deadline = Instant::now() + shared.options.handshake.timeout;
+    let stats = &shared.context.stats;
     let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) => {
+            stats.tls_handshake(true);
+            stream
+        }
         Ok(Err(error)) => {
             // Plaintext clients, scanners and clients that distrust our certificate end
             // here; only they are affected, so this is not worth more than a debug line.
             tracing::debug!(peer.ip = %ip, cause = %error, "tls handshake failed");
+            stats.tls_handshake(false);
             return None;
         }
         Err(_) => {
             tracing::debug!(peer.ip = %ip, "tls handshake timed out");
+            stats.tls_handshake(false);
+            stats.connect(ConnectResult::TimedOut);
             return None;
         }
     };
@@ -136,25 +251,32 @@ async fn open_tls(
 async fn open<S>(
     mut stream: S,
     ip: IpAddr,
-    shared: &Arc<ProviderShared>,
+    shared: Arc<ProviderShared>,
     deadline: Option<Instant>,
-) -> Option<Driver<S>>
+) -> Option<ConnectionDriver<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let deadline = deadline.unwrap_or_else(|| Instant::now() + shared.options.handshake.timeout);
-    let upgraded =
-        match tokio::time::timeout_at(deadline, handshake::accept(&mut stream, ip, shared)).await {
-            Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(end)) => {
-                log_handshake_end(shared, ip, &end);
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(peer.ip = %ip, "handshake timed out");
-                return None;
-            }
-        };
+    let accepting = handshake::accept(&mut stream, ip, shared.gate());
+    let upgraded = match tokio::time::timeout_at(deadline, accepting).await {
+        Ok(Ok(upgraded)) => upgraded,
+        Ok(Err(HandshakeEnd::Http(exchange))) => {
+            // Outside the time limit: a streamed answer lasts as long as it lasts.
+            let timeout = shared.options.handshake.timeout;
+            crate::http::respond(&mut stream, *exchange, &shared.stop, timeout).await;
+            return None;
+        }
+        Ok(Err(end)) => {
+            log_handshake_end(&shared, ip, &end);
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(peer.ip = %ip, "handshake timed out");
+            shared.context.stats.connect(ConnectResult::TimedOut);
+            return None;
+        }
+    };
     // Keep only the parameters: headers and path are dropped here, not at close.
     let Upgraded {
         request,
@@ -167,49 +289,83 @@ where
         request.into_parameters(),
         options.ws.max_backpressure,
         options.heartbeat.enabled,
-        deflate,
+        deflate.map(|d| d.deflater()),
+        Arc::clone(&shared.context.stats),
     );
+    shared.context.stats.connect(ConnectResult::Accepted);
     tracing::debug!(conn.id = %conn.id(), peer.ip = %ip, "connection open");
     shared.register(&conn);
-    shared.emit_open(&conn).await;
-    Some(Driver::new(
-        stream,
-        conn,
-        Arc::clone(shared),
-        leftover,
-        deflate,
-    ))
+    shared.emit_open(&conn);
+    let reader = Reader::new(
+        Role::Server,
+        options.ws.max_payload_length,
+        deflate.map(|d| d.inflater()),
+    );
+    let handler = ConnectionHandler::new(conn, Arc::clone(&shared.context));
+    Some(Driver::new(stream, handler, reader, leftover))
 }
 
 /// Unregisters, sends the FIN and emits the close event.
-async fn finish<S>(driver: Driver<S>, shared: &ProviderShared, info: CloseInfo)
+async fn finish<S>(driver: ConnectionDriver<S>, shared: Arc<ProviderShared>, info: CloseInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (mut stream, conn) = driver.into_parts();
-    conn.lock().closing = true;
-    shared.unregister(&conn);
+    let (mut stream, handler) = driver.into_parts();
+    let conn = handler.connection();
+    protocol::update(conn.outbox(), |outbox| outbox.set_closing());
+    shared.unregister(conn);
     // The FIN: best effort, the peer may be gone already.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     drop(stream);
     tracing::debug!(conn.id = %conn.id(), code = info.code, "connection closed");
-    shared.emit_close(&conn, info).await;
+    shared
+        .context
+        .stats
+        .disconnect(disconnect_reason(conn, &info));
+    shared.emit_close(conn, info);
+}
+
+/// Why a connection ended, for the metrics: the provider's own closes by their code and
+/// reason, the application's by its call, the rest by what the close said.
+fn disconnect_reason(conn: &Connection, info: &CloseInfo) -> DisconnectReason {
+    match (info.code, info.reason.as_str()) {
+        (close_code::POLICY, HEARTBEAT_TIMEOUT) => DisconnectReason::Heartbeat,
+        (close_code::POLICY, BACKPRESSURE_EXCEEDED) => DisconnectReason::Backpressure,
+        (close_code::GOING_AWAY, SHUTTING_DOWN | DESTROYED) => DisconnectReason::Shutdown,
+        _ if conn.closed_here() => DisconnectReason::Server,
+        (close_code::TOO_BIG, _) => DisconnectReason::Payload,
+        (close_code::PROTOCOL | close_code::INVALID_PAYLOAD | close_code::UNSUPPORTED_DATA, _) => {
+            DisconnectReason::Protocol
+        }
+        _ => DisconnectReason::Client,
+    }
 }
 
 fn log_handshake_end(shared: &ProviderShared, ip: IpAddr, end: &HandshakeEnd) {
+    let stats = &shared.context.stats;
+    match end {
+        HandshakeEnd::Answered(handshake::Reject::NotFound) | HandshakeEnd::Io(_) => {}
+        HandshakeEnd::Answered(handshake::Reject::Unauthorized) => {
+            stats.connect(ConnectResult::Unauthorized)
+        }
+        HandshakeEnd::Answered(_) => stats.connect(ConnectResult::BadRequest),
+        HandshakeEnd::Refused(_) => stats.connect(ConnectResult::Refused),
+        HandshakeEnd::Alive | HandshakeEnd::Http(_) => {}
+    }
     match end {
         HandshakeEnd::Answered(handshake::Reject::Unauthorized) => {
-            tracing::warn!(peer.ip = %ip, "consumer rejected: unauthorized");
-            let (listeners, _) = shared.listeners();
-            listeners.debug(|| format!("rejected unauthorized upgrade from {ip}"));
+            // Counted and logged once per period: a flood of them must not flood the log.
+            shared.refusals.record(Refusal::Unauthorized, ip);
+            shared
+                .listeners()
+                .debug(|| format!("rejected unauthorized upgrade from {ip}"));
         }
         HandshakeEnd::Answered(reject) => {
             tracing::debug!(peer.ip = %ip, ?reject, "http request answered")
         }
         HandshakeEnd::Alive => tracing::trace!(peer.ip = %ip, "alive answered"),
-        HandshakeEnd::Refused(status) => {
-            tracing::warn!(peer.ip = %ip, status, "upgrade refused by check");
-        }
+        HandshakeEnd::Http(_) => tracing::trace!(peer.ip = %ip, "http route answered"),
+        HandshakeEnd::Refused(status) => shared.refusals.record(Refusal::ByCheck(*status), ip),
         HandshakeEnd::Io(error) => {
             tracing::debug!(peer.ip = %ip, cause = %error, "handshake failed")
         }

@@ -27,6 +27,7 @@ mod shadows {
     pub struct Service;
     pub struct Codec;
     pub struct RpcError;
+    pub struct RpcErrorKind;
     pub mod serde {}
     pub mod cluster_rpc {}
     pub mod core {}

@@ -1,0 +1,321 @@
+//! What a submitter holds: a [`JobHandle`] (a future of the typed output, with cancel and
+//! progress), and the progress it shares with whoever reports it.
+
+use super::queue::{Queue, Submitter};
+use super::remote::Withdraw;
+use super::{JobError, JobId};
+use crate::codec::{Codec, CodecKind};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use tokio::sync::{oneshot, watch};
+
+/// What the queue answers a submitter: the encoded output, or why not.
+pub(crate) type Outcome = Result<Bytes, JobError>;
+
+/// A job's progress, shared by whoever reports it and the job's handle: the last value,
+/// and a watch channel made only when someone asks for updates (most never do, and a
+/// channel per job is not free).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    bits: AtomicU64,
+    updates: Mutex<Option<watch::Sender<f64>>>,
+    /// Someone asked for updates: reports and the close go through the channel too.
+    watched: AtomicBool,
+    closed: AtomicBool,
+    /// The job waits in a ready queue (changed under the queue's lock).
+    queued: AtomicBool,
+    /// The job was cancelled: its handle resolves at once, and a queued entry is dropped
+    /// when the dispatcher reaches it.
+    cancelled: AtomicBool,
+    /// What the job's resolution hands over.
+    resolution: Mutex<Resolution>,
+    /// Someone attached: the job's resolution must look at the waiters.
+    attached: AtomicBool,
+    /// The job resolved: no one can attach any more.
+    resolved: AtomicBool,
+}
+
+/// What a job's resolution hands over, besides its first submitter.
+#[derive(Debug, Default)]
+struct Resolution {
+    /// Submitters attached after the first (a unique key submitted again, a re-attach, a
+    /// lookup by id): resolved with the same outcome.
+    waiters: Vec<Submitter>,
+    /// The outcome, for the hub-side handle that reads it here ([`Delivery::Progress`]):
+    /// one slot in the job's progress instead of a channel per job.
+    outcome: Option<Outcome>,
+    /// That handle's task, woken when the outcome arrives or the job is gone.
+    waker: Option<Waker>,
+}
+
+impl Progress {
+    fn updates(&self) -> MutexGuard<'_, Option<watch::Sender<f64>>> {
+        self.updates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a report.
+    pub(crate) fn set(&self, value: f64) {
+        self.bits.store(value.to_bits(), Ordering::Relaxed);
+        if self.watched.load(Ordering::SeqCst) {
+            if let Some(tx) = &*self.updates() {
+                tx.send_replace(value);
+            }
+        }
+    }
+
+    /// The last report (0.0 before the first).
+    pub(crate) fn get(&self) -> f64 {
+        f64::from_bits(self.bits.load(Ordering::Relaxed))
+    }
+
+    /// A receiver of the reports; it sees the channel closed once the job resolved.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<f64> {
+        let mut updates = self.updates();
+        self.watched.store(true, Ordering::SeqCst);
+        match &*updates {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(self.get());
+                if !self.closed.load(Ordering::SeqCst) {
+                    *updates = Some(tx);
+                }
+                rx
+            }
+        }
+    }
+
+    /// Marks the job as waiting in a ready queue, or not.
+    pub(crate) fn set_queued(&self, queued: bool) {
+        self.queued.store(queued, Ordering::Relaxed);
+    }
+
+    /// Whether the job waits in a ready queue.
+    pub(crate) fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Marks the job cancelled.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the job was cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn resolution(&self) -> MutexGuard<'_, Resolution> {
+        self.resolution.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches another submitter; gives it back if the job resolved already (its result
+    /// is then kept, or gone).
+    pub(crate) fn attach(&self, submitter: Submitter) -> Result<(), Submitter> {
+        let mut resolution = self.resolution();
+        self.attached.store(true, Ordering::SeqCst);
+        if self.resolved.load(Ordering::SeqCst) {
+            return Err(submitter);
+        }
+        resolution.waiters.push(submitter);
+        Ok(())
+    }
+
+    /// The job resolves: stores `outcome` for the handle that reads it here (if the job
+    /// has one) and wakes it; returns the submitters attached after the first, to resolve
+    /// too.
+    pub(crate) fn resolve(&self, outcome: Option<Outcome>) -> Vec<Submitter> {
+        self.resolved.store(true, Ordering::SeqCst);
+        if outcome.is_none() && !self.attached.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let mut resolution = self.resolution();
+        let waiters = std::mem::take(&mut resolution.waiters);
+        let waker = match outcome {
+            Some(outcome) => {
+                resolution.outcome = Some(outcome);
+                resolution.waker.take()
+            }
+            None => None,
+        };
+        drop(resolution);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        waiters
+    }
+
+    /// The outcome stored for the handle that reads it here: `Ready` once the job
+    /// resolved, or with [`JobError::Cancelled`] once its entry is gone unresolved.
+    fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut resolution = self.resolution();
+        if let Some(outcome) = resolution.outcome.take() {
+            return Poll::Ready(outcome);
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(JobError::Cancelled));
+        }
+        match &mut resolution.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The job resolved: no more reports, receivers see the channel closed.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if self.watched.load(Ordering::SeqCst) {
+            self.updates().take();
+        }
+        // A handle waiting here for a job that is gone unresolved learns it.
+        let waker = self.resolution().waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Where a hub-side handle's outcome arrives.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// In the job's progress, which the handle holds: the job's first submitter on this
+    /// hub (no channel per job).
+    Progress,
+    /// Through a channel: handles attached later, and members' handles.
+    Channel(oneshot::Receiver<Outcome>),
+}
+
+impl Delivery {
+    /// The outcome, once it arrived (`progress` is the job's, which the handle holds). A
+    /// channel whose sender is gone counts as cancelled.
+    pub(crate) fn poll(&mut self, progress: &Progress, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match self {
+            Delivery::Progress => progress.poll_outcome(cx),
+            Delivery::Channel(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(outcome) => Poll::Ready(outcome.unwrap_or(Err(JobError::Cancelled))),
+            },
+        }
+    }
+}
+
+/// A submitted job: await it for the typed output. Dropping the handle does not cancel
+/// the job; [`cancel`](Self::cancel) does.
+#[must_use = "a job handle resolves to the job's result"]
+pub struct JobHandle<T> {
+    id: JobId,
+    outcome: Delivery,
+    progress: Arc<Progress>,
+    cancel: Canceller,
+    codec: CodecKind,
+    _output: PhantomData<fn() -> T>,
+}
+
+/// How a handle cancels its job.
+pub(crate) enum Canceller {
+    /// In the hub's own queue.
+    Queue(Arc<Queue>),
+    /// A member's submission: ask the hub.
+    Member(Withdraw),
+}
+
+impl<T> JobHandle<T> {
+    pub(crate) fn new(
+        id: JobId,
+        outcome: Delivery,
+        progress: Arc<Progress>,
+        cancel: Canceller,
+        codec: CodecKind,
+    ) -> Self {
+        Self {
+            id,
+            outcome,
+            progress,
+            cancel,
+            codec,
+            _output: PhantomData,
+        }
+    }
+
+    /// The job's id, assigned by the hub.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// Cancels the job: a queued job is removed, a running one is stopped on its worker.
+    /// The handle resolves to [`JobError::Cancelled`] at once.
+    pub fn cancel(&self) {
+        match &self.cancel {
+            Canceller::Queue(queue) => queue.cancel(self.id, &self.progress),
+            Canceller::Member(withdraw) => withdraw.withdraw(self.id, &self.progress),
+        }
+    }
+
+    /// The last progress the worker reported (0.0 until it reports).
+    pub fn progress(&self) -> f64 {
+        self.progress.get()
+    }
+
+    /// A receiver that changes whenever the worker reports progress.
+    pub fn progress_updates(&self) -> watch::Receiver<f64> {
+        self.progress.subscribe()
+    }
+}
+
+impl<T: DeserializeOwned> Future for JobHandle<T> {
+    type Output = Result<T, JobError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.progress.is_cancelled() {
+            return Poll::Ready(Err(JobError::Cancelled));
+        }
+        let this = &mut *self;
+        let Poll::Ready(outcome) = this.outcome.poll(&this.progress, cx) else {
+            return Poll::Pending;
+        };
+        Poll::Ready(outcome.and_then(|bytes| {
+            self.codec
+                .decode(&bytes)
+                .map_err(|e| JobError::Decode(e.to_string()))
+        }))
+    }
+}
+
+impl<T> fmt::Debug for JobHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("id", &self.id)
+            .field("progress", &self.progress.get())
+            .finish()
+    }
+}
+
+/// A new job id: a v4 UUID whose random bits come from a SplitMix64 sequence per thread,
+/// seeded once from the thread's random generator. Unique (a 122-bit space, different
+/// seeds per thread and process), cheap (no ChaCha block per id); only the hub makes them,
+/// and nothing uses one as a secret.
+pub(crate) fn new_job_id() -> JobId {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+    }
+    let next = || {
+        STATE.with(|state| {
+            let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    };
+    let bytes = ((u128::from(next()) << 64) | u128::from(next())).to_le_bytes();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .as_u128()
+}

@@ -1,0 +1,203 @@
+//! The queue on a store several hubs share ([`Shared`](crate::jobs::store::Shared)): the
+//! store pulls jobs for this hub's free credits and hands them in through the [`Feed`];
+//! the jobs submitted here wait in `awaiting` until their outcome comes back from the hub
+//! that ran them.
+
+use super::state::{wall_now, Entry, State};
+use super::Queue;
+use super::{Progress, Submitter};
+use crate::jobs::store::{Change, Feed, Owner, PulledJob};
+use crate::jobs::{JobError, JobId, JobOptions};
+use bytes::Bytes;
+use std::sync::{Arc, MutexGuard};
+use tokio::time::Instant;
+
+impl Feed {
+    fn queue(&self) -> Option<Arc<Queue>> {
+        self.0.upgrade()
+    }
+
+    /// Whether the queue is still there (false once the hub stopped).
+    pub fn is_open(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    /// The job names this hub has workers for.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        let Some(queue) = self.queue() else {
+            return Vec::new();
+        };
+        let st = queue.state();
+        st.ready
+            .names_with_workers()
+            .map(|(_, name)| Arc::clone(name))
+            .collect()
+    }
+
+    /// How many jobs named `name` to pull now: the free credits of its workers here, less
+    /// the jobs of that name already waiting for them. A worker serving several names
+    /// counts for each; the store asks again before each pull, after the jobs it pulled
+    /// took their credits.
+    pub fn free(&self, name: &str) -> usize {
+        let Some(queue) = self.queue() else {
+            return 0;
+        };
+        let st = queue.state();
+        let Some(id) = st.ready.lookup(name) else {
+            return 0;
+        };
+        st.workers
+            .free_of(st.ready.workers_of(id))
+            .saturating_sub(st.ready.waiting_of(id))
+    }
+
+    /// Queues a pulled job to run here. False when the hub stopped, or when the job runs
+    /// here already (the engine redelivered it while it runs): the store keeps its claim.
+    pub fn pulled(&self, job: PulledJob) -> bool {
+        let Some(queue) = self.queue() else {
+            return false;
+        };
+        let (mut entry, _progress) = Entry::new(job.payload.into(), job.options, None);
+        entry.attempts = job.attempts;
+        entry.submitted_at = job.submitted_at;
+        let mut st = queue.state();
+        if st.jobs.contains_key(&job.id) || st.ready.find(job.id).is_some() {
+            return false;
+        }
+        entry.named(st.ready.intern(&job.name));
+        st.make_ready(job.id, entry);
+        queue.after_queueing(&mut st, false, Instant::now());
+        true
+    }
+
+    /// The outcome of job `id`, submitted here (or watched here) and run on some hub:
+    /// its submitter gets it (once: a second outcome for the same job is dropped), and an
+    /// output is kept for the result retention. `owner` is the job's: a handle attached
+    /// by another owner gets [`JobError::NotFound`] instead.
+    pub fn resolved(&self, id: JobId, owner: Owner, outcome: Result<Bytes, JobError>) {
+        let Some(queue) = self.queue() else {
+            return;
+        };
+        let mut st = queue.state();
+        let Some(mut entry) = st.awaiting.remove(&id) else {
+            return;
+        };
+        if entry.owner != Owner::HUB && entry.owner != owner {
+            drop(st);
+            entry.resolve(Err(JobError::NotFound), queue.codec);
+            return;
+        }
+        Queue::release_key(&mut st, id, &entry);
+        let now = Instant::now();
+        let retention = queue.options.result_retention;
+        // Counted as completed by the hub that ran it. A watched job (no name here) is
+        // kept by the engine, not here.
+        if let Ok(output) = &outcome {
+            let submitted_here = entry.shared_name().is_some();
+            if submitted_here && !retention.is_zero() && queue.options.max_results > 0 {
+                let at = wall_now();
+                let expires = super::dispatch::after(now, retention);
+                queue.keep_result(&mut st, (id, &mut entry), output, (at, expires));
+            }
+        }
+        drop(st);
+        entry.resolve(outcome.as_ref().map_err(Clone::clone), queue.codec);
+    }
+
+    /// Job `id`, watched here, is not in the engine (`NotFound`), or could not be looked
+    /// up (`Store`): its handles get `error`.
+    pub fn missing(&self, id: JobId, error: JobError) {
+        let Some(queue) = self.queue() else {
+            return;
+        };
+        let mut st = queue.state();
+        // Only a watch: a job submitted here waits for its outcome whatever a lookup says.
+        if st
+            .awaiting
+            .get(&id)
+            .is_some_and(|e| e.shared_name().is_none())
+        {
+            if let Some(mut entry) = st.awaiting.remove(&id) {
+                drop(st);
+                entry.resolve(Err(error), queue.codec);
+            }
+        }
+    }
+
+    /// Progress of job `id`, submitted here and running on some hub.
+    pub fn progress(&self, id: JobId, value: f64) {
+        let Some(queue) = self.queue() else {
+            return;
+        };
+        let st = queue.state();
+        if let Some(entry) = st.awaiting.get(&id) {
+            if value.is_finite() {
+                entry.report(value);
+            }
+        }
+    }
+
+    /// Job `id` was cancelled on the hub that took it: dropped here if it runs or waits
+    /// here (its worker told to drop it).
+    pub fn cancel(&self, id: JobId) {
+        let Some(queue) = self.queue() else {
+            return;
+        };
+        let progress = {
+            let st = queue.state();
+            let entry = st.jobs.get(&id).map(|e| &**e).or_else(|| st.ready.find(id));
+            entry.map(|e| Arc::clone(e.shared_progress()))
+        };
+        if let Some(progress) = progress {
+            queue.cancel(id, &progress);
+        }
+    }
+}
+
+impl Queue {
+    /// Attaches `submitter` to job `id`, which this hub does not hold, on a shared store:
+    /// it waits (as a job submitted here would) while the store looks it up.
+    ///
+    /// # Errors
+    /// [`JobError::QueueFull`] when the queue holds its capacity already (each watch
+    /// counts as a job).
+    pub(super) fn watch(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        id: JobId,
+        owner: Owner,
+        submitter: Submitter,
+    ) -> Result<Option<Arc<Progress>>, JobError> {
+        if st.queued() >= self.options.capacity {
+            return Err(JobError::QueueFull {
+                capacity: self.options.capacity,
+            });
+        }
+        let (mut entry, progress) =
+            Entry::new(Bytes::new(), JobOptions::default(), Some(submitter));
+        entry.owner = owner;
+        st.awaiting.insert(id, entry);
+        if owner != Owner::HUB {
+            st.member_jobs.insert(id, owner, &progress);
+        }
+        let store = Arc::clone(&st.store.0);
+        drop(st);
+        if let Some(shared) = store.shared() {
+            shared.watch(id);
+        }
+        Ok(Some(progress))
+    }
+
+    /// Cancels job `id`, submitted here and not yet resolved: the store takes it back from
+    /// the engine and tells the hub running it.
+    pub(super) fn cancel_awaiting(&self, mut st: MutexGuard<'_, State>, id: JobId) {
+        let Some(mut entry) = st.awaiting.remove(&id) else {
+            return;
+        };
+        entry.shared_progress().cancel();
+        st.store.record(Change::Cancelled { id });
+        Self::release_key(&mut st, id, &entry);
+        drop(st);
+        entry.resolve(Err(JobError::Cancelled), self.codec);
+    }
+}

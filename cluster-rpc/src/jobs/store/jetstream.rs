@@ -1,0 +1,1730 @@
+//! Jobs on NATS JetStream: a [`JobStore`] several hubs share (feature `nats`).
+//!
+//! A hub in cluster mode ([`HubBuilder::cluster`](crate::HubBuilder::cluster)) opens one
+//! on the cluster's NATS servers and subject prefix unless told otherwise
+//! ([`ClusterOptions::jobs`](crate::cluster::ClusterOptions::jobs),
+//! [`local_jobs`](crate::cluster::ClusterOptions::local_jobs)); a hub outside cluster mode
+//! can be handed one ([`HubBuilder::jobs_store`](crate::HubBuilder::jobs_store)). The jobs
+//! then wait in JetStream, not in a hub, and any hub's workers run them:
+//!
+//! - **Submission.** A job is published to the work-queue stream `<PREFIX>_JOBS`, on a
+//!   subject of its own (`<prefix>.__jobs.<name>.<level>.<id>`), with its id as the
+//!   message id (`Nats-Msg-Id`): within the stream's duplicate window
+//!   ([`JetStreamOptions::duplicate_window`]) a second publish of the same job is dropped.
+//!   The submission resolves once JetStream acknowledged it (the message is stored).
+//! - **Priorities.** JetStream has none per message: each job name has one subject per
+//!   level (priority above 0, 0, below 0), each with its own durable pull consumer, and a
+//!   hub pulls the levels in order. Within a level jobs run first in, first out (the finer
+//!   order of priorities within a level is not kept).
+//! - **Credits.** A hub pulls, per name, at most the free credits of its own workers of
+//!   that name; it pulls again when credits free up, when a hub published jobs (a kick on
+//!   core NATS), and every [`poll`](JetStreamOptions::poll) while credits are free (for
+//!   redeliveries, which come with no kick).
+//! - **Acks.** Success: ack. Failure: a negative ack with the queue's backoff as its delay
+//!   (any hub may take the retry). The last failed attempt: the job is published to the
+//!   dead-letter stream `<PREFIX>_DEAD` (headers `Cluster-Job`, `Cluster-Attempts`,
+//!   `Cluster-Error`; payload the job's record) and the original is terminated (JetStream
+//!   has no dead-letter queue of its own). A worker that leaves: a negative ack without
+//!   delay. A running job's hub sends an in-progress ack for it every third of the ack wait
+//!   and when its worker reports progress, so a long job is never redelivered while its hub
+//!   lives.
+//! - **Attempts.** A job's attempt number is JetStream's delivery count: an attempt cut
+//!   short by its worker leaving, or by its hub dying, counts (unlike on a single hub).
+//! - **A hub killed.** Its running jobs are no longer in progress: JetStream redelivers
+//!   them after the ack wait ([`JetStreamOptions::ack_wait`]) to the hubs left. The
+//!   trade-off: a short ack wait brings a dead hub's jobs back sooner, at the cost of one
+//!   in-progress ack per running job every third of it; a hub stalled longer than the ack
+//!   wait (a paused VM) sees its jobs run elsewhere too.
+//! - **Results.** A job's outcome (output, dead, or cancelled) is published to the results
+//!   stream `<PREFIX>_RESULTS` on `<prefix>.__results.<submitting hub>.<id>` (message id
+//!   `<id>.r`, one message per subject, kept for
+//!   [`result_retention`](JetStreamOptions::result_retention)), and the job is acked only
+//!   once it is stored (an outcome that cannot be stored is a negative ack: the job runs
+//!   again). The submitting hub subscribes to its own results subject, so the same publish
+//!   delivers it live; a second outcome of a job is dropped there and by the duplicate
+//!   window. A handle attached on another hub (a member that failed over, or
+//!   [`HubJobs::result`](crate::HubJobs::result) there) listens on
+//!   `<prefix>.__results.*.<id>`, then looks for the outcome in the results stream and, if
+//!   it is not there, for the job in the job stream: an outcome is stored before its job
+//!   leaves the job stream, so a job in neither is unknown
+//!   ([`JobError::NotFound`](crate::JobError)). The outcome carries the submitter's owner:
+//!   a member only finds its own jobs. Progress goes to the submitting hub only, on core
+//!   NATS (at most once).
+//! - **Cancellation.** The submitting hub deletes the job's message from the stream (it is
+//!   never delivered again), stores a cancelled outcome, and tells every hub
+//!   (`<prefix>.__jobq.cancel`); the hub running it drops it on its worker and terminates
+//!   it. A job pulled while the cancel travels is terminated when it arrives (each hub
+//!   remembers the last cancels). A handle re-attached on another hub cancels the same way,
+//!   without the delete: a waiting job is terminated when a hub pulls it.
+//! - **Delays.** A delayed job waits on the stream's `delayed` subject; when it is due, a
+//!   hub moves it to its name's subject (message id `<id>.due`, so a move repeated after a
+//!   crash is dropped) and acks it.
+//! - **The engine fails.** While the NATS connection is down, [`check`](JobStore::check)
+//!   fails and submissions are refused at once with [`JobError::Store`](crate::JobError);
+//!   a publish that gets no acknowledgement within
+//!   [`request_timeout`](JetStreamOptions::request_timeout) fails its submission. The
+//!   client reconnects on its own (every 100 ms at first, then every second), and pulling
+//!   goes on.
+//!
+//! Unique keys ([`JobOptions::key`](crate::JobOptions::key)) hold per hub, not across the
+//! cluster: the duplicate window dedups message ids, and a key-to-job lookup in NATS on
+//! every keyed submission would cost a round trip each. Dead letters are in the
+//! dead-letter stream, not in the hubs' own dead letters (read them with NATS tools; a hub
+//! does not list or requeue them).
+
+use super::{
+    Change, Commit, Feed, JobStore, Owner, PulledJob, Recovery, Shared, StoreError, StoreStats,
+};
+use crate::jobs::{JobError, JobId, JobOptions};
+use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::stream::{
+    DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType,
+};
+use async_nats::jetstream::{self, AckKind, Context};
+use async_nats::{Client, Subject};
+use bytes::{BufMut, Bytes, BytesMut};
+use foldhash::fast::RandomState;
+use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Where and how a [`JetStreamStore`] keeps the jobs.
+///
+/// ```
+/// use cluster_rpc::jobs::store::JetStreamOptions;
+/// use std::time::Duration;
+/// let options = JetStreamOptions::new("nats://127.0.0.1:4222").ack_wait(Duration::from_secs(10));
+/// assert_eq!(options.prefix, "cluster");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JetStreamOptions {
+    /// The NATS server's URL. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// More servers of the same NATS cluster (the client moves to another when its
+    /// server goes). Default: none.
+    pub servers: Vec<String>,
+    /// The first token(s) of every subject (letters, digits, `_`, `-`, tokens joined by
+    /// `.`); with each `.` made `_` and upper-cased, the streams' and consumers' name
+    /// prefix. Hubs of one cluster share it. Default `cluster`.
+    pub prefix: String,
+    /// How long JetStream waits for a running job's ack or in-progress ack before it
+    /// redelivers the job (to any hub): how soon a killed hub's jobs run again. Default 30 s.
+    pub ack_wait: Duration,
+    /// The stream's duplicate window: a job published twice within it is stored once.
+    /// Default 2 minutes.
+    pub duplicate_window: Duration,
+    /// How often a hub with free credits looks for jobs that came back with no kick
+    /// (retries, redeliveries). Default 100 ms.
+    pub poll: Duration,
+    /// Most bytes the job stream stores; past it submissions are refused. Default: no limit.
+    pub max_bytes: Option<u64>,
+    /// How long a JetStream request or publish waits for its answer. Default 5 s.
+    pub request_timeout: Duration,
+    /// Replicas of the streams (a clustered NATS). Default 1.
+    pub replicas: usize,
+    /// Most jobs delivered and not yet acked over the whole cluster, per name and
+    /// priority level (JetStream's `max_ack_pending`). Default 100,000.
+    pub max_ack_pending: u32,
+    /// How long the results stream keeps each job's outcome (its `max_age`): how long
+    /// [`HubJobs::result`](crate::HubJobs::result) on any hub, or a handle re-attached
+    /// after a failover, finds it. At least 1 s (the live delivery rides on it). Default
+    /// 5 minutes, as [`QueueOptions::result_retention`](crate::QueueOptions); a hub in
+    /// cluster mode sets it from its queue's.
+    pub result_retention: Duration,
+    /// Most outcomes the results stream keeps (the oldest go first). Default 100,000.
+    pub max_results: usize,
+}
+
+impl JetStreamOptions {
+    /// The defaults, on the NATS server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// With a subject prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// With an ack wait.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+
+    /// With a poll interval.
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// With a request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// With stream replicas (a clustered NATS).
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// With a result retention.
+    pub fn result_retention(mut self, retention: Duration) -> Self {
+        self.result_retention = retention;
+        self
+    }
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            servers: Vec::new(),
+            prefix: "cluster".to_owned(),
+            ack_wait: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(120),
+            poll: Duration::from_millis(100),
+            max_bytes: None,
+            request_timeout: Duration::from_secs(5),
+            replicas: 1,
+            max_ack_pending: 100_000,
+            result_retention: Duration::from_secs(300),
+            max_results: 100_000,
+        }
+    }
+}
+
+/// What a [`JetStreamStore`] did since it opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JetStreamStats {
+    /// Jobs published (submissions accepted by JetStream or still waiting for its ack).
+    pub published: u64,
+    /// Jobs pulled for this hub's workers.
+    pub pulled: u64,
+    /// Of those, redeliveries (delivered before, to this hub or another).
+    pub redelivered: u64,
+    /// Jobs acked (done here).
+    pub acked: u64,
+    /// Negative acks (retries, released attempts).
+    pub naked: u64,
+    /// Jobs moved to the dead-letter stream from here.
+    pub dead: u64,
+    /// Jobs terminated (cancelled, or unreadable).
+    pub terminated: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    changes: AtomicU64,
+    commits: AtomicU64,
+    published: AtomicU64,
+    pulled: AtomicU64,
+    redelivered: AtomicU64,
+    acked: AtomicU64,
+    naked: AtomicU64,
+    dead: AtomicU64,
+    terminated: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A job store on NATS JetStream, shared by the hubs of a cluster: see the
+/// [module docs](self). Cheap to clone (clones share the connection).
+#[derive(Clone)]
+pub struct JetStreamStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for JetStreamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamStore")
+            .field("hub", &self.inner.hub)
+            .field("prefix", &self.inner.options.prefix)
+            .finish()
+    }
+}
+
+/// A job pulled here and not yet answered: how to ack it, and where its outcome goes.
+struct Inflight {
+    reply: Subject,
+    origin: Uuid,
+    owner: Owner,
+    /// The job's record, for the dead-letter stream.
+    record: Bytes,
+    /// The last failed attempt's error, until its `Dead` follows.
+    error: Option<String>,
+    attempts: u32,
+    /// The last in-progress ack sent.
+    last_progress: Instant,
+    /// The last progress forwarded to the submitting hub.
+    last_forward: Option<Instant>,
+}
+
+/// Progress of one job is forwarded to its submitting hub at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(20);
+
+/// Ids of the last cancels heard: a job pulled after its cancel is terminated.
+struct Recent {
+    order: VecDeque<JobId>,
+    set: HashSet<JobId, RandomState>,
+}
+
+/// Cancels remembered.
+const RECENT_CANCELS: usize = 10_000;
+/// Publishes JetStream has not acknowledged yet, at most, per store: the client's bound on
+/// them (`max_ack_inflight`). A publish past it waits until an acknowledgement is awaited.
+const MAX_ACKS_IN_FLIGHT: usize = 5_000;
+/// Publishes of one batch handed to the confirmer before the batch's commit: its acks
+/// are awaited there, below [`MAX_ACKS_IN_FLIGHT`] (holding more would wait forever for
+/// a permit only their own acknowledgements give back).
+const CONFIRM_EARLY: usize = MAX_ACKS_IN_FLIGHT / 2;
+
+impl Recent {
+    fn insert(&mut self, id: JobId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT_CANCELS {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+struct Inner {
+    hub: Uuid,
+    options: JetStreamOptions,
+    client: Client,
+    js: Context,
+    subjects: Subjects,
+    /// Unbounded, but bounded by what feeds it: publishes by the queue's capacity,
+    /// acks by the workers' credits.
+    ops: mpsc::UnboundedSender<Op>,
+    /// Taken by the op task when the queue starts.
+    op_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+    /// Subscriptions made at connect, handed to the listener task at start.
+    subscriptions: Mutex<Option<Subscriptions>>,
+    inflight: Mutex<HashMap<JobId, Inflight, RandomState>>,
+    /// Jobs submitted here and not resolved, with their stream sequence once known (0
+    /// before), so a cancel can delete them, and their owner.
+    submitted: Mutex<HashMap<JobId, (u64, Owner), RandomState>>,
+    recent: Mutex<Recent>,
+    /// The queue's feed, once started: for lookups of jobs taken elsewhere.
+    feed: Mutex<Option<Feed>>,
+    wake: Notify,
+    stop: CancellationToken,
+    counters: Counters,
+    /// Told once the op task wrote what was queued before a close.
+    closed: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    closed_tx: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Subscriptions {
+    results: async_nats::Subscriber,
+    progress: async_nats::Subscriber,
+    cancels: async_nats::Subscriber,
+    kicks: async_nats::Subscriber,
+}
+
+/// The subjects and names of one prefix.
+struct Subjects {
+    prefix: String,
+    /// The prefix as a stream or consumer name token (`.` made `_`).
+    name: String,
+    stream: String,
+    dead_stream: String,
+    results_stream: String,
+    delayed: String,
+    results_here: String,
+    progress_here: String,
+    cancel: String,
+    kick: String,
+}
+
+impl Subjects {
+    fn new(prefix: &str, hub: Uuid) -> Self {
+        let hub = hub.simple();
+        let name = prefix.replace('.', "_");
+        let upper = name.to_uppercase();
+        Self {
+            prefix: prefix.to_owned(),
+            stream: format!("{upper}_JOBS"),
+            dead_stream: format!("{upper}_DEAD"),
+            results_stream: format!("{upper}_RESULTS"),
+            name,
+            delayed: format!("{prefix}.__jobs.delayed.wait"),
+            results_here: format!("{prefix}.__results.{hub}.*"),
+            progress_here: format!("{prefix}.__jobq.progress.{hub}"),
+            cancel: format!("{prefix}.__jobq.cancel"),
+            kick: format!("{prefix}.__jobq.kick"),
+        }
+    }
+
+    /// The subject of `name`'s jobs at `level`; each job is published to it with its id as
+    /// one more token.
+    fn ready(&self, name: &str, level: Level) -> String {
+        format!(
+            "{}.__jobs.{:016x}.{}",
+            self.prefix,
+            name_hash(name),
+            level.token()
+        )
+    }
+
+    /// Every subject job `id` may wait on (ready at any level, or delayed).
+    fn pending(&self, id: JobId) -> String {
+        format!(
+            "{}.__jobs.*.*.{}",
+            self.prefix,
+            Uuid::from_u128(id).simple()
+        )
+    }
+
+    fn consumer(&self, name: &str, level: Level) -> String {
+        format!("{}_{:016x}_{}", self.name, name_hash(name), level.token())
+    }
+
+    fn dead(&self, name: &str) -> String {
+        format!("{}.__dead.{:016x}", self.prefix, name_hash(name))
+    }
+
+    /// Where the outcome of job `id`, submitted on hub `origin`, is stored (and delivered
+    /// live to that hub).
+    fn result_to(&self, origin: Uuid, id: JobId) -> String {
+        format!(
+            "{}.__results.{}.{}",
+            self.prefix,
+            origin.simple(),
+            Uuid::from_u128(id).simple()
+        )
+    }
+
+    /// The outcome of job `id`, whichever hub took it.
+    fn result_any(&self, id: JobId) -> String {
+        format!(
+            "{}.__results.*.{}",
+            self.prefix,
+            Uuid::from_u128(id).simple()
+        )
+    }
+
+    fn progress_to(&self, hub: Uuid) -> String {
+        format!("{}.__jobq.progress.{}", self.prefix, hub.simple())
+    }
+}
+
+/// `subject.{id}`: a job's own subject under `subject`.
+fn with_id(subject: &str, id: JobId) -> String {
+    format!("{subject}.{}", Uuid::from_u128(id).simple())
+}
+
+/// FNV-1a: a job name's token in subjects and consumer names (names may hold characters
+/// subjects cannot), the same in every process.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A priority level: one subject and consumer each, pulled in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Level {
+    High,
+    Normal,
+    Low,
+}
+
+const LEVELS: [Level; 3] = [Level::High, Level::Normal, Level::Low];
+
+impl Level {
+    fn of(priority: i32) -> Self {
+        match priority {
+            p if p > 0 => Level::High,
+            0 => Level::Normal,
+            _ => Level::Low,
+        }
+    }
+
+    fn token(self) -> &'static str {
+        match self {
+            Level::High => "hi",
+            Level::Normal => "mid",
+            Level::Low => "lo",
+        }
+    }
+}
+
+/// What the op task does, in the order it was asked.
+enum Op {
+    /// Publish a job to the stream.
+    Publish {
+        id: JobId,
+        subject: String,
+        record: Bytes,
+    },
+    /// Finish the commit once the publishes before it are acknowledged.
+    Sync(Commit),
+    /// An ack of some kind to a pulled job's reply subject.
+    Reply(Subject, AckKind),
+    /// A core NATS message (progress).
+    Core(String, Bytes),
+    /// Store a job's outcome in the results stream (the submitting hub gets it live from
+    /// the same publish), then, once stored, send `then` to the job's reply subject (an
+    /// ack that could not follow a stored outcome becomes a negative ack: the job runs
+    /// again).
+    Outcome {
+        id: JobId,
+        subject: String,
+        payload: Bytes,
+        then: Option<(Subject, AckKind)>,
+    },
+    /// Move a job to the dead-letter stream, then terminate it.
+    Dead {
+        subject: String,
+        record: Bytes,
+        headers: async_nats::HeaderMap,
+        reply: Subject,
+    },
+    /// Delete a job submitted here from the stream and tell every hub.
+    Cancel(JobId),
+    /// Write what is queued and stop.
+    Close,
+}
+
+/// A job's record in the stream: version, origin hub, owner, submission time, due time
+/// (0: now), name, options, payload. All integers little-endian.
+const RECORD_VERSION: u8 = 2;
+
+struct Record<'a> {
+    origin: Uuid,
+    owner: Owner,
+    submitted_at: u64,
+    not_before: u64,
+    name: &'a str,
+    options: JobOptions,
+    payload: &'a [u8],
+}
+
+fn encode_record(
+    (origin, owner): (Uuid, Owner),
+    (submitted_at, not_before): (u64, u64),
+    name: &str,
+    options: &JobOptions,
+    payload: &[u8],
+) -> Bytes {
+    let options = rmp_serde::to_vec(options).unwrap_or_default();
+    let mut out =
+        BytesMut::with_capacity(1 + 32 + 16 + 1 + name.len() + 4 + options.len() + payload.len());
+    out.put_u8(RECORD_VERSION);
+    out.put_u128_le(origin.as_u128());
+    out.put_u128_le(owner.0);
+    out.put_u64_le(submitted_at);
+    out.put_u64_le(not_before);
+    // Job names are at most 255 bytes (checked at submission).
+    out.put_u8(u8::try_from(name.len()).unwrap_or(u8::MAX));
+    out.put_slice(&name.as_bytes()[..name.len().min(255)]);
+    out.put_u32_le(u32::try_from(options.len()).unwrap_or(u32::MAX));
+    out.put_slice(&options);
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// Reads a record; the stream is shared infrastructure, so every length is checked.
+fn decode_record(bytes: &[u8]) -> Result<Record<'_>, &'static str> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], &'static str> {
+        if bytes.len() < n {
+            return Err("truncated record");
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head)
+    }
+    let mut rest = bytes;
+    if take(&mut rest, 1)? != [RECORD_VERSION] {
+        return Err("unknown record version");
+    }
+    let origin = u128::from_le_bytes(take(&mut rest, 16)?.try_into().map_err(|_| "origin")?);
+    let owner = u128::from_le_bytes(take(&mut rest, 16)?.try_into().map_err(|_| "owner")?);
+    let submitted_at = u64::from_le_bytes(take(&mut rest, 8)?.try_into().map_err(|_| "time")?);
+    let not_before = u64::from_le_bytes(take(&mut rest, 8)?.try_into().map_err(|_| "time")?);
+    let name_len = usize::from(take(&mut rest, 1)?[0]);
+    let name = std::str::from_utf8(take(&mut rest, name_len)?).map_err(|_| "name not UTF-8")?;
+    let options_len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().map_err(|_| "length")?);
+    let options_len = usize::try_from(options_len).map_err(|_| "length")?;
+    let options =
+        rmp_serde::from_slice(take(&mut rest, options_len)?).map_err(|_| "bad options")?;
+    Ok(Record {
+        origin: Uuid::from_u128(origin),
+        owner: Owner(owner),
+        submitted_at,
+        not_before,
+        name,
+        options,
+        payload: rest,
+    })
+}
+
+/// A job's outcome in the results stream: u128 id, u128 owner, u8 status (0 output, 1
+/// error), then the output or the MessagePack-encoded [`JobError`].
+fn encode_outcome(id: JobId, owner: Owner, outcome: Result<&[u8], &JobError>) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u128_le(id);
+    out.put_u128_le(owner.0);
+    match outcome {
+        Ok(output) => {
+            out.put_u8(0);
+            out.put_slice(output);
+        }
+        Err(error) => {
+            out.put_u8(1);
+            out.put_slice(&rmp_serde::to_vec(error).unwrap_or_default());
+        }
+    }
+    out.freeze()
+}
+
+/// A job's outcome: its id, owner, and output or error.
+type Outcome = (JobId, Owner, Result<Bytes, JobError>);
+
+fn decode_outcome(bytes: &Bytes) -> Option<Outcome> {
+    let id = u128::from_le_bytes(bytes.get(..16)?.try_into().ok()?);
+    let owner = Owner(u128::from_le_bytes(bytes.get(16..32)?.try_into().ok()?));
+    let body = bytes.slice(33.min(bytes.len())..);
+    match bytes.get(32)? {
+        0 => Some((id, owner, Ok(body))),
+        1 => Some((id, owner, Err(rmp_serde::from_slice(&body).ok()?))),
+        _ => None,
+    }
+}
+
+fn decode_id(bytes: &[u8]) -> Option<JobId> {
+    Some(u128::from_le_bytes(bytes.get(..16)?.try_into().ok()?))
+}
+
+fn store_error(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("NATS JetStream: {what}: {error}"))
+}
+
+fn now_millis() -> u64 {
+    super::unix_millis(SystemTime::now())
+}
+
+impl JetStreamStore {
+    /// Connects to the NATS server and creates (or opens) the job and dead-letter streams.
+    ///
+    /// # Errors
+    /// A prefix that is not a single token of letters, digits, `_` and `-`; a server that
+    /// cannot be reached, or that has no JetStream.
+    pub async fn connect(options: JetStreamOptions) -> Result<Self, StoreError> {
+        let valid = options.prefix.split('.').all(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !valid {
+            return Err(StoreError::Io(format!(
+                "invalid JetStream subject prefix {:?}: use letters, digits, '_' and '-' (tokens joined by '.')",
+                options.prefix
+            )));
+        }
+        let servers: Vec<&str> = std::iter::once(options.url.as_str())
+            .chain(options.servers.iter().map(String::as_str))
+            .collect();
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(options.request_timeout))
+            // Retries every 100 ms, then every second at most: a hub is back within about
+            // a second of the server (the client's default grows to 4 s).
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(100u64.saturating_mul(attempts as u64).min(1000))
+            })
+            .connect(servers)
+            .await
+            .map_err(|e| store_error("connect", e))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(options.request_timeout)
+            .ack_timeout(options.request_timeout)
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .build(client.clone());
+        let hub = Uuid::new_v4();
+        let subjects = Subjects::new(&options.prefix, hub);
+        let max_bytes = options
+            .max_bytes
+            .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: subjects.stream.clone(),
+            subjects: vec![format!("{}.__jobs.>", options.prefix)],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            duplicate_window: options.duplicate_window,
+            max_bytes,
+            discard: DiscardPolicy::New,
+            num_replicas: options.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| store_error("job stream", e))?;
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: subjects.dead_stream.clone(),
+            subjects: vec![format!("{}.__dead.>", options.prefix)],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            num_replicas: options.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| store_error("dead-letter stream", e))?;
+        // One outcome per job (a second within the duplicate window is dropped; a later
+        // one replaces it), kept for the result retention.
+        let max_age = options.result_retention.max(Duration::from_secs(1));
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: subjects.results_stream.clone(),
+            subjects: vec![format!("{}.__results.>", options.prefix)],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            max_age,
+            max_messages: i64::try_from(options.max_results)
+                .unwrap_or(i64::MAX)
+                .max(1),
+            max_messages_per_subject: 1,
+            discard: DiscardPolicy::Old,
+            duplicate_window: options.duplicate_window.min(max_age),
+            num_replicas: options.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| store_error("results stream", e))?;
+        let subscribe = |subject: String| {
+            let client = client.clone();
+            async move {
+                client
+                    .subscribe(subject)
+                    .await
+                    .map_err(|e| store_error("subscribe", e))
+            }
+        };
+        let subscriptions = Subscriptions {
+            results: subscribe(subjects.results_here.clone()).await?,
+            progress: subscribe(subjects.progress_here.clone()).await?,
+            cancels: subscribe(subjects.cancel.clone()).await?,
+            kicks: subscribe(subjects.kick.clone()).await?,
+        };
+        let (ops, op_rx) = mpsc::unbounded_channel();
+        let (closed_tx, closed) = std::sync::mpsc::channel();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                hub,
+                options,
+                client,
+                js,
+                subjects,
+                ops,
+                op_rx: Mutex::new(Some(op_rx)),
+                subscriptions: Mutex::new(Some(subscriptions)),
+                inflight: Mutex::default(),
+                submitted: Mutex::default(),
+                recent: Mutex::new(Recent {
+                    order: VecDeque::new(),
+                    set: HashSet::default(),
+                }),
+                feed: Mutex::new(None),
+                wake: Notify::new(),
+                stop: CancellationToken::new(),
+                counters: Counters::default(),
+                closed: Mutex::new(Some(closed)),
+                closed_tx: Mutex::new(Some(closed_tx)),
+            }),
+        })
+    }
+
+    /// This hub's id in the cluster (where the outcomes of jobs submitted here go).
+    pub fn hub_id(&self) -> Uuid {
+        self.inner.hub
+    }
+
+    /// The job stream's name (`<PREFIX>_JOBS`).
+    pub fn stream_name(&self) -> &str {
+        &self.inner.subjects.stream
+    }
+
+    /// The dead-letter stream's name (`<PREFIX>_DEAD`).
+    pub fn dead_stream_name(&self) -> &str {
+        &self.inner.subjects.dead_stream
+    }
+
+    /// The results stream's name (`<PREFIX>_RESULTS`).
+    pub fn results_stream_name(&self) -> &str {
+        &self.inner.subjects.results_stream
+    }
+
+    /// What this store did since it opened.
+    pub fn jetstream_stats(&self) -> JetStreamStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        JetStreamStats {
+            published: get(&c.published),
+            pulled: get(&c.pulled),
+            redelivered: get(&c.redelivered),
+            acked: get(&c.acked),
+            naked: get(&c.naked),
+            dead: get(&c.dead),
+            terminated: get(&c.terminated),
+        }
+    }
+}
+
+impl Inner {
+    fn send(&self, op: Op) {
+        let _ = self.ops.send(op);
+    }
+
+    fn reply(&self, reply: Subject, kind: AckKind) {
+        let counter = match kind {
+            AckKind::Ack => Some(&self.counters.acked),
+            AckKind::Nak(_) => Some(&self.counters.naked),
+            AckKind::Term => Some(&self.counters.terminated),
+            AckKind::Progress | AckKind::Next => None,
+        };
+        if let Some(counter) = counter {
+            bump(counter);
+        }
+        self.send(Op::Reply(reply, kind));
+    }
+
+    /// Stores job `id`'s outcome in the results stream (its submitting hub `origin` gets
+    /// it live); then sends `then`, if any, to the job's reply subject.
+    fn outcome_to(
+        &self,
+        (origin, owner): (Uuid, Owner),
+        id: JobId,
+        outcome: Result<&[u8], &JobError>,
+        then: Option<(Subject, AckKind)>,
+    ) {
+        self.send(Op::Outcome {
+            id,
+            subject: self.subjects.result_to(origin, id),
+            payload: encode_outcome(id, owner, outcome),
+            then,
+        });
+    }
+
+    /// A job pulled for this hub: queued here, unless it was cancelled, cannot be read, or
+    /// runs here already (a redelivery while it runs: the new delivery's claim is kept).
+    fn take(&self, message: jetstream::Message, feed: &Feed) {
+        let delivered = message.info().map_or(1, |info| info.delivered);
+        let message = message.message;
+        let Some(reply) = message.reply.clone() else {
+            return;
+        };
+        bump(&self.counters.pulled);
+        if delivered > 1 {
+            bump(&self.counters.redelivered);
+        }
+        let record = match decode_record(&message.payload) {
+            Ok(record) => record,
+            Err(why) => {
+                tracing::warn!(subject = %message.subject, why, "unreadable job in the stream: terminated");
+                return self.reply(reply, AckKind::Term);
+            }
+        };
+        let Some(id) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .and_then(|v| Uuid::try_parse(v.as_str().trim_end_matches(".due")).ok())
+            .map(|u| u.as_u128())
+        else {
+            tracing::warn!(subject = %message.subject, "job without an id in the stream: terminated");
+            return self.reply(reply, AckKind::Term);
+        };
+        if lock(&self.recent).set.contains(&id) {
+            // Cancelled while it waited: whoever waits for it learns so.
+            bump(&self.counters.terminated);
+            let then = Some((reply, AckKind::Term));
+            let whose = (record.origin, record.owner);
+            return self.outcome_to(whose, id, Err(&JobError::Cancelled), then);
+        }
+        let attempts = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+        {
+            let mut inflight = lock(&self.inflight);
+            if let Some(running) = inflight.get_mut(&id) {
+                running.reply = reply;
+                return;
+            }
+            inflight.insert(
+                id,
+                Inflight {
+                    reply: reply.clone(),
+                    origin: record.origin,
+                    owner: record.owner,
+                    record: message.payload.clone(),
+                    error: None,
+                    attempts,
+                    last_progress: Instant::now(),
+                    last_forward: None,
+                },
+            );
+        }
+        let mut job = PulledJob::new(
+            id,
+            record.name.to_owned(),
+            record.payload.to_vec(),
+            record.options,
+        );
+        job.attempts = attempts;
+        job.submitted_at = record.submitted_at;
+        // Not queued because it runs here already: the claim just taken answers for it.
+        if !feed.pulled(job) && !feed.is_open() {
+            // The hub stopped meanwhile: back to the others at once.
+            if lock(&self.inflight).remove(&id).is_some() {
+                self.reply(reply, AckKind::Nak(None));
+            }
+        }
+    }
+
+    /// Pulls for the free credits of each name, levels in order, until nothing comes;
+    /// then waits for a wake, a kick or the poll interval.
+    async fn run_puller(self: Arc<Self>, feed: Feed) {
+        let mut consumers: HashMap<(Arc<str>, Level), PullConsumer> = HashMap::new();
+        let stream = loop {
+            match self.js.get_stream(&self.subjects.stream).await {
+                Ok(stream) => break stream,
+                Err(error) => {
+                    tracing::warn!(%error, "job stream unavailable; retrying");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return,
+                        () = tokio::time::sleep(self.options.poll.max(Duration::from_millis(100))) => {}
+                    }
+                }
+            }
+        };
+        let mut next_progress = Instant::now() + self.options.ack_wait / 3;
+        loop {
+            loop {
+                let mut got = 0usize;
+                for name in feed.names() {
+                    for level in LEVELS {
+                        let free = feed.free(&name);
+                        if free == 0 {
+                            break;
+                        }
+                        let key = (Arc::clone(&name), level);
+                        let consumer = match consumers.get(&key) {
+                            Some(consumer) => consumer.clone(),
+                            None => match self.consumer(&stream, &name, level).await {
+                                Ok(consumer) => consumers.entry(key).or_insert(consumer).clone(),
+                                Err(error) => {
+                                    tracing::warn!(%error, job.name = %name, "cannot open a job consumer");
+                                    continue;
+                                }
+                            },
+                        };
+                        let mut pulled = 0;
+                        match consumer.fetch().max_messages(free).messages().await {
+                            Ok(mut batch) => {
+                                while let Some(message) = self.next_pulled(&mut batch).await {
+                                    pulled += 1;
+                                    self.take(message, &feed);
+                                }
+                            }
+                            Err(error) => tracing::debug!(%error, "pull failed"),
+                        }
+                        got += pulled;
+                        if pulled == free {
+                            // This level may hold more, and credits freed meanwhile go to
+                            // it, not to a lower level: start again from the top.
+                            break;
+                        }
+                    }
+                }
+                if got == 0 {
+                    break;
+                }
+            }
+            if !feed.is_open() {
+                self.stop.cancel();
+                return;
+            }
+            if Instant::now() >= next_progress {
+                self.keep_claims();
+                next_progress = Instant::now() + self.options.ack_wait / 3;
+            }
+            let sleep = self.options.poll.min(next_progress - Instant::now());
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// The next message of a pull, or `None` once it ended, failed, or got no answer
+    /// within the request timeout. A pull sent just before the server went away is never
+    /// answered (a no-wait fetch has no timer of its own), and waiting for it would stop
+    /// this hub pulling for good.
+    async fn next_pulled(&self, batch: &mut pull::Batch) -> Option<jetstream::Message> {
+        match tokio::time::timeout(self.options.request_timeout, batch.next()).await {
+            Ok(Some(Ok(message))) => Some(message),
+            Ok(Some(Err(error))) => {
+                tracing::debug!(%error, "pull ended");
+                None
+            }
+            Ok(None) => None,
+            Err(_) => {
+                tracing::debug!("pull unanswered: asking again");
+                None
+            }
+        }
+    }
+
+    /// The durable pull consumer of `name` at `level`, created if missing.
+    async fn consumer(
+        &self,
+        stream: &jetstream::stream::Stream,
+        name: &str,
+        level: Level,
+    ) -> Result<PullConsumer, String> {
+        let durable = self.subjects.consumer(name, level);
+        stream
+            .get_or_create_consumer(
+                &durable,
+                pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: format!("{}.*", self.subjects.ready(name, level)),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.options.ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: i64::from(self.options.max_ack_pending),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every job running here is in progress: its claim holds for another ack wait.
+    fn keep_claims(&self) {
+        let replies: Vec<Subject> = lock(&self.inflight)
+            .values_mut()
+            .map(|job| {
+                job.last_progress = Instant::now();
+                job.reply.clone()
+            })
+            .collect();
+        for reply in replies {
+            self.reply(reply, AckKind::Progress);
+        }
+    }
+
+    /// Moves delayed jobs that are due to their name's subject; asks again for the others
+    /// when they are due.
+    async fn run_delays(self: Arc<Self>) {
+        let consumer = loop {
+            let made = async {
+                let stream = self
+                    .js
+                    .get_stream(&self.subjects.stream)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let durable = format!("{}_delayed", self.subjects.prefix);
+                stream
+                    .get_or_create_consumer(
+                        &durable,
+                        pull::Config {
+                            durable_name: Some(durable.clone()),
+                            filter_subject: format!("{}.*", self.subjects.delayed),
+                            ack_policy: AckPolicy::Explicit,
+                            ack_wait: self.options.ack_wait,
+                            max_deliver: -1,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match made.await {
+                Ok(consumer) => break consumer,
+                Err(error) => {
+                    tracing::warn!(%error, "delayed-job consumer unavailable; retrying");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        loop {
+            let mut got = 0usize;
+            if let Ok(mut batch) = consumer.fetch().max_messages(256).messages().await {
+                while let Some(message) = self.next_pulled(&mut batch).await {
+                    got += 1;
+                    self.move_if_due(message).await;
+                }
+            }
+            if got == 0 {
+                tokio::select! {
+                    () = self.stop.cancelled() => return,
+                    () = tokio::time::sleep(self.options.poll) => {}
+                }
+            }
+        }
+    }
+
+    async fn move_if_due(&self, message: jetstream::Message) {
+        let Ok(record) = decode_record(&message.payload) else {
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        };
+        let now = now_millis();
+        if record.not_before > now {
+            let wait = Duration::from_millis(record.not_before - now);
+            let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+            return;
+        }
+        let Some(id) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .and_then(|v| Uuid::try_parse(v.as_str()).ok())
+            .map(|id| id.simple().to_string())
+        else {
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        };
+        let ready = self
+            .subjects
+            .ready(record.name, Level::of(record.options.priority));
+        let subject = format!("{ready}.{id}");
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(message.payload.clone())
+            .message_id(format!("{id}.due"));
+        let moved = match self.js.send_publish(subject, publish).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if moved {
+            let _ = message.ack().await;
+            let _ = self
+                .client
+                .publish(self.subjects.kick.clone(), Bytes::new())
+                .await;
+        }
+    }
+
+    /// Finds the outcome of job `id`, taken by another hub, for a handle attached here:
+    /// listens for it, then looks for it in the results stream, and, when it is not
+    /// there, in the job stream. Neither: no such job.
+    async fn watch(self: Arc<Self>, id: JobId, feed: Feed) {
+        let found = async {
+            let mut live = self
+                .client
+                .subscribe(self.subjects.result_any(id))
+                .await
+                .map_err(|e| store_error("subscribe", e))?;
+            // Order matters: a job's outcome is stored before the job leaves the job
+            // stream, so a job found in neither has none to come.
+            let pending = self
+                .last(&self.subjects.stream, self.subjects.pending(id))
+                .await?;
+            let stored = self
+                .last(&self.subjects.results_stream, self.subjects.result_any(id))
+                .await?;
+            if let Some(outcome) = stored.as_ref().and_then(decode_outcome) {
+                return Ok(Some(outcome));
+            }
+            if pending.is_none() {
+                return Ok(None);
+            }
+            while let Some(message) = live.next().await {
+                if let Some(outcome) = decode_outcome(&message.payload) {
+                    return Ok(Some(outcome));
+                }
+            }
+            Err(StoreError::Closed)
+        };
+        let outcome = tokio::select! {
+            () = self.stop.cancelled() => return,
+            outcome = found => outcome,
+        };
+        match outcome {
+            Ok(Some((_, owner, outcome))) => feed.resolved(id, owner, outcome),
+            Ok(None) => feed.missing(id, JobError::NotFound),
+            Err(error) => feed.missing(id, JobError::Store(error)),
+        }
+    }
+
+    /// The last message on `subject` (wildcards allowed) in `stream`, if any.
+    async fn last(&self, stream: &str, subject: String) -> Result<Option<Bytes>, StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(|e| store_error("lookup", e))?;
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => Ok(Some(message.payload)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(store_error("lookup", e)),
+        }
+    }
+
+    /// Outcomes, progress and cancels for this hub, and kicks.
+    async fn run_listener(self: Arc<Self>, mut subs: Subscriptions, feed: Feed) {
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                Some(message) = subs.results.next() => {
+                    if let Some((id, owner, outcome)) = decode_outcome(&message.payload) {
+                        lock(&self.submitted).remove(&id);
+                        feed.resolved(id, owner, outcome);
+                    }
+                }
+                Some(message) = subs.progress.next() => {
+                    if let (Some(id), Some(value)) = (
+                        decode_id(&message.payload),
+                        message.payload.get(16..24).and_then(|b| b.try_into().ok()).map(f64::from_le_bytes),
+                    ) {
+                        feed.progress(id, value);
+                    }
+                }
+                Some(message) = subs.cancels.next() => {
+                    if let Some(id) = decode_id(&message.payload) {
+                        lock(&self.recent).insert(id);
+                        feed.cancel(id);
+                    }
+                }
+                Some(_) = subs.kicks.next() => self.wake.notify_one(),
+                else => return,
+            }
+        }
+    }
+}
+
+/// Runs the ops in order: publishes (their acks awaited by the confirmer, in order),
+/// acks, core messages, dead letters.
+async fn run_ops(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    closed: std::sync::mpsc::Sender<()>,
+) {
+    let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run_confirmer(Arc::clone(&inner), confirm_rx));
+    let mut pending: Vec<(JobId, Result<PublishAckFuture, String>)> = Vec::new();
+    let mut ops = Vec::with_capacity(256);
+    loop {
+        if rx.recv_many(&mut ops, 256).await == 0 {
+            break;
+        }
+        let mut published = false;
+        for op in ops.drain(..) {
+            match op {
+                Op::Publish {
+                    id,
+                    subject,
+                    record,
+                } => {
+                    published = true;
+                    let publish = jetstream::message::PublishMessage::build()
+                        .payload(record)
+                        .message_id(Uuid::from_u128(id).simple().to_string());
+                    let sent = inner.js.send_publish(subject, publish).await;
+                    pending.push((id, sent.map_err(|e| e.to_string())));
+                    if pending.len() >= CONFIRM_EARLY {
+                        let _ = confirm_tx.send(Confirm::Acks(std::mem::take(&mut pending)));
+                    }
+                }
+                Op::Sync(commit) => {
+                    let _ = confirm_tx.send(Confirm::Batch(std::mem::take(&mut pending), commit));
+                }
+                Op::Reply(subject, kind) => {
+                    let _ = inner.client.publish(subject, kind.into()).await;
+                }
+                Op::Core(subject, payload) => {
+                    let _ = inner.client.publish(subject, payload).await;
+                }
+                Op::Outcome {
+                    id,
+                    subject,
+                    payload,
+                    then,
+                } => {
+                    let publish = jetstream::message::PublishMessage::build()
+                        .payload(payload)
+                        .message_id(outcome_id(id));
+                    let sent = inner.js.send_publish(subject, publish).await;
+                    let _ =
+                        confirm_tx.send(Confirm::Outcome(sent.map_err(|e| e.to_string()), then));
+                }
+                Op::Dead {
+                    subject,
+                    record,
+                    headers,
+                    reply,
+                } => {
+                    let publish = jetstream::message::PublishMessage::build()
+                        .payload(record)
+                        .headers(headers);
+                    match inner.js.send_publish(subject, publish).await {
+                        Ok(ack) => {
+                            if let Err(error) = ack.await {
+                                tracing::warn!(%error, "dead letter not stored; the job stays in the stream");
+                                continue;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "dead letter not stored; the job stays in the stream");
+                            continue;
+                        }
+                    }
+                    let _ = inner.client.publish(reply, AckKind::Term.into()).await;
+                }
+                Op::Cancel(id) => {
+                    let _ = confirm_tx.send(Confirm::Cancel(id));
+                }
+                Op::Close => {
+                    let _ = inner.client.flush().await;
+                    let _ = closed.send(());
+                    return;
+                }
+            }
+        }
+        if published {
+            let _ = inner
+                .client
+                .publish(inner.subjects.kick.clone(), Bytes::new())
+                .await;
+        }
+    }
+}
+
+/// Awaits each publish's acknowledgement and notes its sequence; the first failure.
+async fn confirm(
+    inner: &Inner,
+    publishes: Vec<(JobId, Result<PublishAckFuture, String>)>,
+) -> Result<(), StoreError> {
+    let mut result = Ok(());
+    for (id, sent) in publishes {
+        let acked = match sent {
+            Ok(ack) => ack.await.map_err(|e| e.to_string()),
+            Err(error) => Err(error),
+        };
+        match acked {
+            Ok(ack) => {
+                if let Some((seq, _)) = lock(&inner.submitted).get_mut(&id) {
+                    *seq = ack.sequence;
+                }
+            }
+            Err(error) => {
+                if result.is_ok() {
+                    result = Err(store_error("publish", error));
+                }
+            }
+        }
+    }
+    result
+}
+
+enum Confirm {
+    /// Publishes of a batch whose commit comes later, with the rest ([`CONFIRM_EARLY`]).
+    Acks(Vec<(JobId, Result<PublishAckFuture, String>)>),
+    Batch(Vec<(JobId, Result<PublishAckFuture, String>)>, Commit),
+    Cancel(JobId),
+    Outcome(Result<PublishAckFuture, String>, Option<(Subject, AckKind)>),
+}
+
+/// The message id of a job's outcome: a second outcome within the duplicate window is
+/// dropped.
+fn outcome_id(id: JobId) -> String {
+    format!("{}.r", Uuid::from_u128(id).simple())
+}
+
+/// Finishes commits once JetStream acknowledged the publishes before them, in order, runs
+/// cancels after the publishes they follow, and acks jobs once their outcome is stored.
+async fn run_confirmer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Confirm>) {
+    // The first failure among a batch's early publishes, for the batch's commit.
+    let mut early = Ok(());
+    while let Some(item) = rx.recv().await {
+        match item {
+            Confirm::Acks(publishes) => {
+                let failed = confirm(&inner, publishes).await;
+                if early.is_ok() {
+                    early = failed;
+                }
+            }
+            Confirm::Batch(publishes, commit) => {
+                let failed = confirm(&inner, publishes).await;
+                let result = std::mem::replace(&mut early, Ok(())).and(failed);
+                bump(&inner.counters.commits);
+                commit.finish(result);
+            }
+            Confirm::Cancel(id) => {
+                let submitted = lock(&inner.submitted).remove(&id);
+                if let Some((seq, owner)) = submitted {
+                    if seq > 0 {
+                        if let Ok(stream) =
+                            inner.js.get_stream_no_info(&inner.subjects.stream).await
+                        {
+                            // Fails if a hub holds it (it is terminated there) or it is gone.
+                            let _ = stream.delete_message(seq).await;
+                        }
+                    }
+                    // For handles re-attached on other hubs (a result stored first stays).
+                    let publish = jetstream::message::PublishMessage::build()
+                        .payload(encode_outcome(id, owner, Err(&JobError::Cancelled)))
+                        .message_id(outcome_id(id));
+                    let subject = inner.subjects.result_to(inner.hub, id);
+                    let _ = inner.js.send_publish(subject, publish).await;
+                }
+                let _ = inner
+                    .client
+                    .publish(
+                        inner.subjects.cancel.clone(),
+                        Bytes::copy_from_slice(&id.to_le_bytes()),
+                    )
+                    .await;
+            }
+            Confirm::Outcome(sent, then) => {
+                let stored = match sent {
+                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                    Err(error) => Err(error),
+                };
+                let Some((reply, kind)) = then else {
+                    continue;
+                };
+                let kind = match (stored, kind) {
+                    (Err(error), AckKind::Ack) => {
+                        tracing::warn!(%error, "job outcome not stored: the job runs again");
+                        bump(&inner.counters.naked);
+                        AckKind::Nak(None)
+                    }
+                    (_, kind) => kind,
+                };
+                let _ = inner.client.publish(reply, kind.into()).await;
+            }
+        }
+    }
+}
+
+impl JobStore for JetStreamStore {
+    fn recover(&self) -> Result<Recovery, StoreError> {
+        // The jobs wait in JetStream: nothing to give back to one hub.
+        Ok(Recovery::default())
+    }
+
+    fn record(&self, change: &Change<'_>) {
+        let inner = &self.inner;
+        bump(&inner.counters.changes);
+        match *change {
+            Change::Submitted {
+                id,
+                name,
+                payload,
+                options,
+                owner,
+                at,
+                ..
+            } => {
+                let delay = options.delay.filter(|d| !d.is_zero());
+                let not_before = delay.map_or(0, |d| {
+                    at.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                });
+                let subject = match delay {
+                    Some(_) => with_id(&inner.subjects.delayed, id),
+                    None => with_id(&inner.subjects.ready(name, Level::of(options.priority)), id),
+                };
+                let whose = (inner.hub, owner);
+                let record = encode_record(whose, (at, not_before), name, options, payload);
+                lock(&inner.submitted).insert(id, (0, owner));
+                bump(&inner.counters.published);
+                inner.send(Op::Publish {
+                    id,
+                    subject,
+                    record,
+                });
+            }
+            Change::Progress { id, value, .. } => {
+                let mut inflight = lock(&inner.inflight);
+                let Some(job) = inflight.get_mut(&id) else {
+                    return;
+                };
+                let origin = job.origin;
+                // An in-progress ack at most every tenth of the ack wait, whatever the
+                // worker reports.
+                let renew = job.last_progress.elapsed() >= inner.options.ack_wait / 10;
+                if renew {
+                    job.last_progress = Instant::now();
+                }
+                // Progress goes to the submitter at most every PROGRESS_EVERY per job, so a
+                // worker reporting in a loop cannot flood NATS.
+                let forward = job
+                    .last_forward
+                    .is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+                if forward {
+                    job.last_forward = Some(Instant::now());
+                }
+                let reply = renew.then(|| job.reply.clone());
+                drop(inflight);
+                if let Some(reply) = reply {
+                    inner.reply(reply, AckKind::Progress);
+                }
+                if !forward {
+                    return;
+                }
+                let mut payload = BytesMut::with_capacity(24);
+                payload.put_u128_le(id);
+                payload.put_f64_le(value);
+                inner.send(Op::Core(
+                    inner.subjects.progress_to(origin),
+                    payload.freeze(),
+                ));
+            }
+            Change::Completed { id, output, .. } => {
+                if let Some(job) = lock(&inner.inflight).remove(&id) {
+                    bump(&inner.counters.acked);
+                    let then = Some((job.reply, AckKind::Ack));
+                    inner.outcome_to((job.origin, job.owner), id, Ok(output), then);
+                }
+            }
+            Change::Failed {
+                id,
+                error,
+                retry_at,
+                ..
+            } => {
+                let mut inflight = lock(&inner.inflight);
+                match retry_at {
+                    Some(at) => {
+                        if let Some(job) = inflight.remove(&id) {
+                            drop(inflight);
+                            let delay = Duration::from_millis(at.saturating_sub(now_millis()));
+                            inner.reply(job.reply, AckKind::Nak(Some(delay)));
+                        }
+                    }
+                    None => {
+                        if let Some(job) = inflight.get_mut(&id) {
+                            job.error = Some(error.to_owned());
+                        }
+                    }
+                }
+            }
+            Change::Dead { id, .. } => {
+                let Some(job) = lock(&inner.inflight).remove(&id) else {
+                    return;
+                };
+                let attempts = job.attempts.saturating_add(1);
+                let last_error = job.error.unwrap_or_default();
+                let name = decode_record(&job.record)
+                    .map_or_else(|_| String::new(), |r| r.name.to_owned());
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Cluster-Job", Uuid::from_u128(id).to_string().as_str());
+                headers.insert("Cluster-Attempts", attempts.to_string().as_str());
+                let one_line: String = last_error
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .take(1024)
+                    .collect();
+                headers.insert("Cluster-Error", one_line.as_str());
+                let dead = JobError::Dead {
+                    attempts,
+                    last_error,
+                };
+                inner.outcome_to((job.origin, job.owner), id, Err(&dead), None);
+                bump(&inner.counters.dead);
+                inner.send(Op::Dead {
+                    subject: inner.subjects.dead(&name),
+                    record: job.record,
+                    headers,
+                    reply: job.reply,
+                });
+            }
+            Change::Released { id, .. } => {
+                if let Some(job) = lock(&inner.inflight).remove(&id) {
+                    inner.reply(job.reply, AckKind::Nak(None));
+                }
+            }
+            Change::Cancelled { id } => {
+                // Submitted here: out of the stream, and every hub told (this one too,
+                // should it run the job). Else pulled here: terminated. Else (watched
+                // here): every hub told.
+                let submitted_here = lock(&inner.submitted).contains_key(&id);
+                let pulled = if submitted_here {
+                    None
+                } else {
+                    lock(&inner.inflight).remove(&id)
+                };
+                if let Some(job) = pulled {
+                    bump(&inner.counters.terminated);
+                    let then = Some((job.reply, AckKind::Term));
+                    let whose = (job.origin, job.owner);
+                    inner.outcome_to(whose, id, Err(&JobError::Cancelled), then);
+                } else {
+                    inner.send(Op::Cancel(id));
+                }
+            }
+            Change::Started { .. } | Change::Revived { .. } | Change::Removed { .. } => {}
+        }
+    }
+
+    fn sync(&self, commit: Commit) {
+        if let Err(Op::Sync(commit)) = self.inner.ops.send(Op::Sync(commit)).map_err(|e| e.0) {
+            commit.finish(Err(StoreError::Closed));
+        }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.inner.stop.is_cancelled() {
+            return Err(StoreError::Closed);
+        }
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(StoreError::Io(format!(
+                "NATS JetStream: not connected to {} (reconnecting)",
+                self.inner.options.url
+            ))),
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        let c = &self.inner.counters;
+        StoreStats {
+            kind: "jetstream".to_owned(),
+            changes: c.changes.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        }
+    }
+
+    fn close(&self) {
+        let inner = &self.inner;
+        // Jobs running here go back to the others at once, not after the ack wait.
+        let running: Vec<Inflight> = lock(&inner.inflight).drain().map(|(_, job)| job).collect();
+        for job in running {
+            inner.reply(job.reply, AckKind::Nak(None));
+        }
+        inner.send(Op::Close);
+        inner.stop.cancel();
+        // Without a start, no op task runs to say it is done.
+        let started = lock(&inner.closed_tx).is_none();
+        if let Some(closed) = lock(&inner.closed).take().filter(|_| started) {
+            let _ = closed.recv_timeout(inner.options.request_timeout);
+        }
+    }
+
+    fn shared(&self) -> Option<&dyn Shared> {
+        Some(self)
+    }
+}
+
+impl Shared for JetStreamStore {
+    fn start(&self, feed: Feed) {
+        let inner = &self.inner;
+        let (Some(op_rx), Some(subs), Some(closed)) = (
+            lock(&inner.op_rx).take(),
+            lock(&inner.subscriptions).take(),
+            lock(&inner.closed_tx).take(),
+        ) else {
+            tracing::warn!("a JetStream store serves one hub: started twice");
+            return;
+        };
+        *lock(&inner.feed) = Some(feed.clone());
+        tokio::spawn(run_ops(Arc::clone(inner), op_rx, closed));
+        tokio::spawn(Arc::clone(inner).run_listener(subs, feed.clone()));
+        tokio::spawn(Arc::clone(inner).run_delays());
+        tokio::spawn(Arc::clone(inner).run_puller(feed));
+    }
+
+    fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    fn watch(&self, id: JobId) {
+        let feed = lock(&self.inner.feed).clone();
+        if let Some(feed) = feed {
+            tokio::spawn(Arc::clone(&self.inner).watch(id, feed));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back_and_a_bad_one_is_refused() {
+        let options = JobOptions::default().priority(3).max_attempts(4);
+        let origin = Uuid::new_v4();
+        let record = encode_record((origin, Owner(9)), (10, 20), "resize", &options, b"payload");
+        let read = decode_record(&record).unwrap();
+        assert_eq!(read.origin, origin);
+        assert_eq!(read.owner, Owner(9));
+        assert_eq!((read.submitted_at, read.not_before), (10, 20));
+        assert_eq!(read.name, "resize");
+        assert_eq!(read.options, options);
+        assert_eq!(read.payload, b"payload");
+        for cut in 0..record.len() - b"payload".len() {
+            assert!(decode_record(&record[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut other = record.to_vec();
+        other[0] = 9;
+        assert!(decode_record(&other).is_err());
+    }
+
+    #[test]
+    fn outcomes_read_back() {
+        let ok = encode_outcome(7, Owner(3), Ok(b"out"));
+        let (id, owner, outcome) = decode_outcome(&ok).unwrap();
+        assert_eq!((id, owner), (7, Owner(3)));
+        assert_eq!(outcome.unwrap(), Bytes::from_static(b"out"));
+        let err = encode_outcome(8, Owner::HUB, Err(&JobError::Cancelled));
+        let (id, _, outcome) = decode_outcome(&err).unwrap();
+        assert_eq!(id, 8);
+        assert!(matches!(outcome, Err(JobError::Cancelled)));
+        assert!(decode_outcome(&Bytes::from_static(b"short")).is_none());
+    }
+
+    #[test]
+    fn levels_and_names_map_to_subject_tokens() {
+        assert_eq!(Level::of(5), Level::High);
+        assert_eq!(Level::of(0), Level::Normal);
+        assert_eq!(Level::of(-1), Level::Low);
+        let subjects = Subjects::new("c1", Uuid::nil());
+        let subject = subjects.ready("a name.with *>", Level::High);
+        assert!(subject.starts_with("c1.__jobs."), "{subject}");
+        assert!(!subject.contains(' ') && !subject.contains('*') && !subject.contains('>'));
+        assert_eq!(subject.split('.').count(), 4);
+        assert_ne!(name_hash("a"), name_hash("b"));
+        // A job's own subject is under its level's and matches its pending pattern.
+        let own = with_id(&subject, 5);
+        assert!(own.starts_with(&format!("{subject}.")));
+        let pending = subjects.pending(5);
+        assert_eq!(own.split('.').count(), pending.split('.').count());
+        assert_eq!(own.rsplit('.').next(), pending.rsplit('.').next());
+        let delayed = with_id(&subjects.delayed, 5);
+        assert_eq!(delayed.split('.').count(), pending.split('.').count());
+        // Dots in the prefix stay in subjects, not in stream names.
+        let dotted = Subjects::new("shop.eu", Uuid::nil());
+        assert_eq!(dotted.stream, "SHOP_EU_JOBS");
+        assert!(!dotted.consumer("a", Level::Low).contains('.'));
+    }
+}
