@@ -1001,22 +1001,27 @@ async fn jobs_operations_against_a_running_provider_and_after_its_restart() {
     jobs(&port, &["requeue", &dead_id, "--token", "sesame"])
         .await
         .unwrap();
-    tokio::time::timeout(WAIT, async {
+    let died_again = tokio::time::timeout(WAIT, async {
         loop {
             let dead = jobs(&port, &[&["dead"][..], &token].concat())
                 .await
                 .unwrap();
-            if json_lines(&dead)
-                .first()
-                .is_some_and(|j| j["history"].as_array().unwrap().len() >= 2)
+            if let Some(job) = json_lines(&dead)
+                .into_iter()
+                .find(|j| j["history"].as_array().unwrap().len() >= 2)
             {
-                return;
+                return job;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
     .expect("the requeued job ran and died again");
+    // What the listing shows is the hub's memory; its journal keeps changes in order, so
+    // a submission acknowledged (durable) after the second death makes that durable too,
+    // and kill -9 may come at once.
+    let last = submitter.jobs().submit(&Parked(3)).await.unwrap();
+    parked.push(uuid::Uuid::from_u128(last.id()).to_string());
     worker.shutdown().await;
     submitter.shutdown().await;
 
@@ -1046,8 +1051,9 @@ async fn jobs_operations_against_a_running_provider_and_after_its_restart() {
         serde_json::from_str(&jobs(&port, &["stats", "--json"]).await.unwrap()).unwrap();
     assert_eq!(
         (stats["waiting"].as_u64(), stats["dead"].as_u64()),
-        (Some(2), Some(1))
+        (Some(3), Some(1))
     );
+    assert_eq!(dead[0]["history"], died_again["history"]);
 }
 
 /// A `cluster provider --json` on a free port, and its `host:port`.

@@ -3,7 +3,7 @@
 
 use super::state::{wall_now, Entry, State};
 use super::Queue;
-use crate::jobs::store::{unix_millis, Attempt, Change};
+use crate::jobs::store::{unix_millis, Attempt, Change, Commit};
 use crate::jobs::{JobError, JobId, QueueOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -153,32 +153,34 @@ impl Queue {
         st.store.record(Change::Dead { id, at });
         Self::release_key(st, id, &entry);
         tracing::warn!(job.id = %Uuid::from_u128(id), attempts = entry.attempts, cause = %error, "job dead");
-        entry.resolve(
-            Err(JobError::Dead {
-                attempts: entry.attempts,
-                last_error: error.clone(),
-            }),
-            self.codec,
-        );
-        if st.shared {
-            // The shared store keeps the dead letters (its dead-letter stream).
-            return;
+        let dead = JobError::Dead {
+            attempts: entry.attempts,
+            last_error: error.clone(),
+        };
+        if !st.shared {
+            // (A shared store keeps the dead letters: its dead-letter stream.)
+            let name = st.ready.name(entry.name).to_owned();
+            let evicted = st.dead.bury(
+                DeadJob {
+                    id,
+                    name,
+                    attempts: entry.attempts,
+                    last_error: error,
+                    payload: Vec::from(std::mem::take(&mut entry.payload)),
+                    history: std::mem::take(&mut entry.past),
+                },
+                self.options.max_dead,
+            );
+            if let Some(evicted) = evicted {
+                st.store.record(Change::Removed { id: evicted });
+            }
         }
-        let name = st.ready.name(entry.name).to_owned();
-        let evicted = st.dead.bury(
-            DeadJob {
-                id,
-                name,
-                attempts: entry.attempts,
-                last_error: error,
-                payload: Vec::from(std::mem::take(&mut entry.payload)),
-                history: std::mem::take(&mut entry.past),
-            },
-            self.options.max_dead,
-        );
-        if let Some(evicted) = evicted {
-            st.store.record(Change::Removed { id: evicted });
-        }
+        // Answered once the death is durable, as a completion is: a crash before then
+        // runs the job again, and its submitter must not have had an answer already. If
+        // it cannot be made durable, the answer goes out all the same: the job did die.
+        let codec = self.codec;
+        st.store
+            .sync(Commit::new(move |_| entry.resolve(Err(dead), codec)));
     }
 }
 

@@ -12,7 +12,9 @@ use super::results::{Keys, Results};
 use super::workers::{WorkerId, Workers};
 use crate::codec::CodecKind;
 use crate::jobs::handle::{Outcome, Progress};
-use crate::jobs::store::{unix_millis, Attempt, Change, JobStore, MemoryStore, Owner, UnixMillis};
+use crate::jobs::store::{
+    unix_millis, Attempt, Change, Commit, JobStore, MemoryStore, Owner, UnixMillis,
+};
 use crate::jobs::wire::{self, UPDATE_SUBJECT};
 use crate::jobs::{JobError, JobId, JobOptions};
 use crate::link::Link;
@@ -303,6 +305,11 @@ impl Default for Store {
 impl Store {
     pub(super) fn record(&self, change: Change<'_>) {
         self.0.record(&change);
+    }
+
+    /// Finishes `commit` once every change recorded so far is durable.
+    pub(super) fn sync(&self, commit: Commit) {
+        self.0.sync(commit);
     }
 }
 

@@ -403,6 +403,45 @@ async fn the_store_sees_every_change_and_gates_acceptance_and_results() {
 }
 
 #[tokio::test]
+async fn a_death_is_answered_once_it_is_durable() {
+    let store = Arc::new(HeldStore::default());
+    let queue = Queue::start(
+        QueueOptions::default(),
+        CodecKind::default(),
+        CancellationToken::new(),
+        Arc::new(Arc::clone(&store)),
+    )
+    .unwrap();
+    let (conn, recorder) = worker(&queue, &["doomed"], 1);
+    let (_, mut outcome, progress) =
+        submit(&queue, "doomed", JobOptions::default().max_attempts(1));
+    let runs = recorder.next_runs().await;
+    let (id, attempt, _) = runs[0];
+    let mut batch = Batch::new(DONE_SUBJECT);
+    batch.push_done(id, attempt, Err("boom"));
+    let Ok(Envelope::Publish { payload, .. }) = Envelope::decode(batch.frame()) else {
+        panic!("not a publish frame");
+    };
+    queue.answers(conn, payload).unwrap();
+    // The store recovered one dead letter already.
+    assert_eq!(queue.stats().dead, 2);
+    // Dead, but not answered before the commit of its death: a crash before then runs
+    // it again, and its submitter must not have had an answer.
+    tokio::task::yield_now().await;
+    assert!(outcome_now(&mut outcome, &progress).is_none());
+    store.finish_all(Ok(()));
+    assert!(matches!(
+        outcome_now(&mut outcome, &progress),
+        Some(Err(JobError::Dead { attempts: 1, .. }))
+    ));
+    let kinds = store.kinds();
+    assert!(
+        kinds.ends_with(&["Failed".to_owned(), "Dead".to_owned()]),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_handle_waiting_in_the_progress_is_woken_by_its_outcome() {
     let queue = queue(QueueOptions::default());
     let mut queued = queue
