@@ -2,42 +2,14 @@
 //! messages, 403 failing at once, TLS, failover between providers killed -9, and the
 //! benchmark's smoke run through the `cluster-bench` executable it forwards to.
 
+mod common;
+
+use common::{cluster, next_json, spawn, WAIT};
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn cluster() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cluster"));
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>, event: &str) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("process ended");
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["event"] == event {
-                return v;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {event} event"))
-}
-
-fn spawn(cmd: &mut Command) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = cmd.spawn().unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    (child, lines)
-}
 
 #[tokio::test]
 async fn provider_and_consumer_talk_in_json() {

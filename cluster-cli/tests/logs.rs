@@ -2,6 +2,10 @@
 //! upgrades is one line (not one per refusal), without colour escapes when stderr is not
 //! a terminal; and the consumer's reconnect flags.
 
+// Only `cluster()` is used here.
+#[allow(dead_code)]
+mod common;
+
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -12,12 +16,10 @@ use tokio::process::Command;
 const WAIT: Duration = Duration::from_secs(30);
 const REFUSALS: usize = 2_000;
 
+/// The `cluster` binary with nothing on stdin.
 fn cluster() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cluster"));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = common::cluster();
+    cmd.stdin(Stdio::null());
     cmd
 }
 

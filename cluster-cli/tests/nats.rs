@@ -5,45 +5,22 @@
 #[allow(dead_code, unreachable_pub)]
 mod nats;
 
+mod common;
+
 use cluster_rpc::{Job, JobContext, Member};
+use common::{next_json, spawn, WAIT};
 use nats::NatsServer;
 use serde_json::Value;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, Command};
 
-const WAIT: Duration = Duration::from_secs(20);
-
+/// The `cluster` binary, its log not read (hubs log on their own).
 fn cluster() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cluster"));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = common::cluster();
+    cmd.stdin(Stdio::null()).stderr(Stdio::null());
     cmd
-}
-
-fn spawn(cmd: &mut Command) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = cmd.spawn().unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    (child, lines)
-}
-
-async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>, event: &str) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("process ended");
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["event"] == event {
-                return v;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {event} event"))
 }
 
 /// A provider process in the cluster on `nats`, with `more` arguments; its port.
