@@ -11,6 +11,7 @@
 //! per attempt. Failed jobs are retried, then kept in the [dead letters](dead).
 
 mod dead;
+mod deadlines;
 mod dispatch;
 mod inspect;
 mod ready;
@@ -706,7 +707,7 @@ impl Queue {
             Status::Waiting => {}
             Status::Delayed => st.delayed_count -= 1,
             Status::Running { worker, deadline } => {
-                st.deadlines.remove(&deadline);
+                st.deadlines.remove(deadline);
                 st.active -= 1;
                 if let Some(w) = st.workers.release(worker) {
                     send_drop(&w.link, id, entry.attempts);

@@ -68,8 +68,12 @@ impl Queue {
             let Some((id, entry)) = st.ready.take(name) else {
                 continue;
             };
-            let timeout = entry.options().timeout.unwrap_or(self.options.timeout);
-            st.start(id, entry, worker, after(now, timeout));
+            let own = entry
+                .options()
+                .timeout
+                .filter(|t| *t != self.options.timeout);
+            let timeout = own.unwrap_or(self.options.timeout);
+            st.start(id, entry, worker, (after(now, timeout), own.is_some()));
         }
         st.ready.end_round();
     }
@@ -101,13 +105,17 @@ impl Queue {
 
     /// Attempts past their deadline are dropped on their worker and requeued.
     fn expire(&self, st: &mut State, now: Instant) {
-        while let Some((&key, &(id, worker))) = st.deadlines.first_key_value() {
+        while let Some((key, id)) = st.deadlines.first() {
             if key.at > now {
                 break;
             }
-            let attempt = st.jobs.get(&id).map_or(0, |e| e.attempts);
-            let Some(entry) = st.end_attempt(id, worker, attempt) else {
-                st.deadlines.remove(&key);
+            let ended = st.running(id, key).and_then(|(worker, attempt)| {
+                let entry = st.end_attempt(id, worker, attempt)?;
+                Some((worker, attempt, entry))
+            });
+            let Some((worker, attempt, entry)) = ended else {
+                // Not running any more: a deadline left behind (none should be).
+                st.deadlines.remove(key);
                 continue;
             };
             if let Some(w) = st.workers.get(worker) {

@@ -7,6 +7,7 @@
 //! places a storage backend records; everything else here is scheduling.
 
 use super::dead::DeadLetters;
+use super::deadlines::{DeadlineKey, Deadlines};
 use super::ready::{NameId, Ready};
 use super::results::{Keys, Results};
 use super::workers::{WorkerId, Workers};
@@ -21,19 +22,12 @@ use crate::link::Link;
 use bytes::Bytes;
 use foldhash::fast::RandomState;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use uuid::Uuid;
-
-/// Where a running attempt sits among the deadlines: its time, then a tie-breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct DeadlineKey {
-    pub(super) at: Instant,
-    pub(super) seq: u64,
-}
 
 pub(super) enum Status {
     Waiting,
@@ -329,9 +323,8 @@ pub(super) struct State {
     pub(super) ready: Ready,
     pub(super) workers: Workers,
     pub(super) delayed: BinaryHeap<Reverse<(Instant, u64, JobId)>>,
-    /// Running attempts by deadline, with their job and worker: what the dispatcher
-    /// times out. As many entries as attempts running (at most the workers' credits).
-    pub(super) deadlines: BTreeMap<DeadlineKey, (JobId, WorkerId)>,
+    /// Running attempts' deadlines: what the dispatcher times out.
+    pub(super) deadlines: Deadlines,
     /// Delayed and running jobs (waiting ones are in `ready`): a map as small as the
     /// workers' credits under load, so its lookups stay in the cache.
     pub(super) jobs: HashMap<JobId, Box<Entry>, RandomState>,
@@ -382,17 +375,17 @@ impl State {
         self.delayed_count += 1;
     }
 
-    /// Starts an attempt of a job on `worker`, due by `at`: the job joins the worker's
-    /// batch for this round.
+    /// Starts an attempt of a job on `worker`, due by `at` (`own` when its timeout is not
+    /// the queue's): the job joins the worker's batch for this round.
     pub(super) fn start(
         &mut self,
         id: JobId,
         mut entry: Box<Entry>,
         worker: WorkerId,
-        at: Instant,
+        (at, own): (Instant, bool),
     ) {
         self.seq += 1;
-        let deadline = DeadlineKey { at, seq: self.seq };
+        let deadline = self.deadlines.push(at, self.seq, id, own);
         entry.attempts = entry.attempts.saturating_add(1);
         entry.status = Status::Running { worker, deadline };
         let name = self.ready.name(entry.name);
@@ -408,7 +401,6 @@ impl State {
             at: entry.started_at,
         });
         tracing::trace!(job.id = %Uuid::from_u128(id), job.attempt = entry.attempts, "job started");
-        self.deadlines.insert(deadline, (id, worker));
         self.jobs.insert(id, entry);
         self.active += 1;
     }
@@ -422,20 +414,33 @@ impl State {
         worker: WorkerId,
         attempt: u32,
     ) -> Option<Box<Entry>> {
-        let deadline = match self.jobs.get(&id).map(|e| (&e.status, e.attempts)) {
-            Some((
-                Status::Running {
-                    worker: w,
-                    deadline,
-                },
-                a,
-            )) if *w == worker && a == attempt => *deadline,
-            _ => return None,
+        // Taken out first (one lookup); a late answer's entry goes back.
+        let entry = self.jobs.remove(&id)?;
+        let deadline = match entry.status {
+            Status::Running {
+                worker: w,
+                deadline,
+            } if w == worker && entry.attempts == attempt => deadline,
+            _ => {
+                self.jobs.insert(id, entry);
+                return None;
+            }
         };
-        self.deadlines.remove(&deadline);
+        self.deadlines.remove(deadline);
         self.active -= 1;
         self.workers.release(worker);
-        self.jobs.remove(&id)
+        Some(entry)
+    }
+
+    /// The worker and attempt of the attempt of job `id` due at `key`, if it runs.
+    pub(super) fn running(&self, id: JobId, key: DeadlineKey) -> Option<(WorkerId, u32)> {
+        let entry = self.jobs.get(&id)?;
+        match entry.status {
+            Status::Running { worker, deadline } if deadline == key => {
+                Some((worker, entry.attempts))
+            }
+            _ => None,
+        }
     }
 
     /// A worker joined: its names get it as a worker.
@@ -464,14 +469,18 @@ impl State {
         for name in &worker.jobs {
             self.ready.remove_worker(*name, id);
         }
-        let orphans: Vec<(DeadlineKey, JobId)> = self
-            .deadlines
+        // Its running jobs, by deadline.
+        let mut orphans: Vec<(DeadlineKey, JobId)> = self
+            .jobs
             .iter()
-            .filter(|(_, (_, w))| *w == id)
-            .map(|(key, (job, _))| (*key, *job))
+            .filter_map(|(job, e)| match e.status {
+                Status::Running { worker, deadline } if worker == id => Some((deadline, *job)),
+                _ => None,
+            })
             .collect();
+        orphans.sort_unstable();
         for (key, job) in orphans {
-            self.deadlines.remove(&key);
+            self.deadlines.remove(key);
             self.active -= 1;
             if let Some(mut entry) = self.jobs.remove(&job) {
                 self.store.record(Change::Released {
@@ -494,7 +503,7 @@ impl State {
     /// attempt deadline.
     pub(super) fn next_due(&self) -> Option<Instant> {
         let delayed = self.delayed.peek().map(|Reverse((at, _, _))| *at);
-        let deadline = self.deadlines.first_key_value().map(|(key, _)| key.at);
+        let deadline = self.deadlines.first().map(|(key, _)| key.at);
         match (delayed, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
