@@ -462,6 +462,80 @@ async fn a_plain_consumers_binary_messages_stay_raw() {
     hub.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_plain_consumers_envelopes_are_not_the_hubs() {
+    let (hub, _) = hub_with_calc().await;
+    let mut orders = hub.subscribe::<String>("orders.*").unwrap();
+    let mut events = hub.provider().events();
+    let plain = consumer_of(&hub).connect().await.unwrap();
+    let mut plain_events = plain.events();
+    // Well-formed envelopes from a connection that is not a member: the hub neither
+    // routes the publication nor answers the call; the provider's callbacks get them raw.
+    let mut value = Vec::new();
+    let text = "from a plain consumer".to_owned();
+    network_cluster::rpc::Codec::encode(&network_cluster::rpc::MessagePack, &text, &mut value)
+        .unwrap();
+    let mut publish = Vec::new();
+    let envelope = Envelope::Publish {
+        subject: "orders.raw",
+        payload: &value,
+    };
+    envelope.encode(&mut publish).unwrap();
+    let mut request = Vec::new();
+    let envelope = Envelope::Request {
+        id: 1,
+        deadline_ms: 1000,
+        service: "Calc",
+        method: "add",
+        payload: &[],
+    };
+    envelope.encode(&mut request).unwrap();
+    plain.send(publish.clone()).unwrap();
+    plain.send(request.clone()).unwrap();
+    plain.send("after").unwrap();
+    let mut got = Vec::new();
+    let mut from = None;
+    while got.len() < 3 {
+        let (conn, message) = next_event(&mut events, |e| match e {
+            ProviderEvent::Message(conn, m) => Some((conn, m)),
+            ProviderEvent::Close(_, info) => panic!("the plain consumer was closed: {info:?}"),
+            _ => None,
+        })
+        .await;
+        from = Some(conn);
+        got.push(message);
+    }
+    let expected = [
+        Message::from(publish),
+        Message::from(request),
+        Message::from("after"),
+    ];
+    assert_eq!(got, expected);
+    // Had the hub routed the publication or answered the call, that would be first in
+    // line: in the subscription, and on the plain consumer's connection.
+    hub.publish("orders.hub", &"from the hub".to_owned())
+        .unwrap();
+    let first = within("a publication", orders.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.value, "from the hub");
+    from.unwrap().send("done").unwrap();
+    let first = within("a message", async {
+        loop {
+            match plain_events.recv().await {
+                Some(ConsumerEvent::Message(m)) => return m,
+                Some(_) => continue,
+                None => panic!("stream ended"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(first, Message::from("done"));
+    plain.shutdown().await;
+    hub.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_reports_every_member_including_one_killed_mid_call() {
     let (hub, _) = hub_with_calc().await;

@@ -18,7 +18,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -86,6 +86,9 @@ pub(crate) struct PeerCore {
     forward: Option<Arc<dyn Forward>>,
     next_id: AtomicU64,
     calls: Mutex<Calls>,
+    /// How many of their calls run here (`incoming`'s length, kept beside the map so the
+    /// limit is checked on every call without taking the lock).
+    running: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -124,11 +127,27 @@ impl PeerCore {
             forward,
             next_id: AtomicU64::new(1),
             calls: Mutex::new(Calls::default()),
+            running: AtomicUsize::new(0),
         })
     }
 
     fn calls(&self) -> MutexGuard<'_, Calls> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Their call `id` runs here until [`end_incoming`](Self::end_incoming) or cancelled.
+    fn begin_incoming(&self, id: u64, handle: AbortHandle) {
+        let mut calls = self.calls();
+        calls.incoming.insert(id, handle);
+        self.running.store(calls.incoming.len(), Ordering::Relaxed);
+    }
+
+    /// Their call `id` no longer runs here: its handle, if it was still running.
+    fn end_incoming(&self, id: u64) -> Option<AbortHandle> {
+        let mut calls = self.calls();
+        let handle = calls.incoming.remove(&id);
+        self.running.store(calls.incoming.len(), Ordering::Relaxed);
+        handle
     }
 
     pub(crate) fn codec(&self) -> CodecKind {
@@ -146,6 +165,7 @@ impl PeerCore {
         let (outgoing, incoming) = {
             let mut calls = self.calls();
             calls.down = down;
+            self.running.store(0, Ordering::Relaxed);
             (
                 std::mem::take(&mut calls.outgoing),
                 std::mem::take(&mut calls.incoming),
@@ -283,7 +303,7 @@ impl PeerCore {
                 self.answer(id, Err(RpcError::from_wire(code, message)));
             }
             Envelope::Cancel { id } => {
-                if let Some(handle) = self.calls().incoming.remove(&id) {
+                if let Some(handle) = self.end_incoming(id) {
                     handle.abort();
                 }
             }
@@ -328,7 +348,7 @@ impl PeerCore {
         // The limit is checked before the handler exists: an `Overloaded` call has had no
         // effect. (Handlers that finish in the first poll below never count: they are not
         // running concurrently with anything.)
-        if self.calls().incoming.len() >= self.limits.max_concurrent_calls {
+        if self.running.load(Ordering::Relaxed) >= self.limits.max_concurrent_calls {
             counted.record(CallOutcome::Overloaded, None);
             let error = RpcError::new(
                 RpcErrorKind::Overloaded,
@@ -362,7 +382,7 @@ impl PeerCore {
             return self.reply(id, outcome);
         }
         let (handle, registration) = AbortHandle::new_pair();
-        self.calls().incoming.insert(id, handle);
+        self.begin_incoming(id, handle);
         let counted = Arc::clone(counted);
         let peer = Arc::clone(self);
         let span = tracing::debug_span!("rpc", rpc.id = id, rpc.method = %method);
@@ -370,7 +390,7 @@ impl PeerCore {
             async move {
                 let outcome =
                     tokio::time::timeout(deadline, Abortable::new(running, registration)).await;
-                let finished = peer.calls().incoming.remove(&id).is_some();
+                let finished = peer.end_incoming(id).is_some();
                 let elapsed = Some(started.elapsed());
                 match outcome {
                     // Cancelled by the caller or by a disconnect: nobody to answer.

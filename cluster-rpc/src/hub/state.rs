@@ -276,14 +276,15 @@ impl HubState {
         }
     }
 
-    /// A binary frame arrived.
+    /// A binary frame arrived. Only a member's frames are the hub's: a plain consumer's
+    /// binary messages are left to the provider's own callbacks. Whether the sender is a
+    /// member is asked only where it matters (a lookup in its parameters by a keyed hash,
+    /// which every call would pay): calls go to the member's registered peer, which a
+    /// plain consumer has none of.
     pub(super) fn received(&self, conn: &Connection, frame: &[u8]) {
-        if !is_member(conn) {
-            // A plain consumer's binary message: the provider's own callbacks have it.
-            return;
-        }
         let envelope = match Envelope::decode(frame) {
             Ok(e) => e,
+            Err(_) if !is_member(conn) => return,
             Err(error) => {
                 let code = match error {
                     EnvelopeError::UnknownVersion(_) => close_code::UNSUPPORTED_DATA,
@@ -295,6 +296,10 @@ impl HubState {
             }
         };
         match envelope {
+            Envelope::Subscribe { .. }
+            | Envelope::Unsubscribe { .. }
+            | Envelope::Publish { .. }
+                if !is_member(conn) => {}
             Envelope::Subscribe { sid, pattern } => self.subscribe(conn, sid, pattern),
             Envelope::Unsubscribe { sid } => self.routes_mut().unsubscribe(conn.id(), sid),
             Envelope::Publish { subject, payload } if is_reserved(subject) => {

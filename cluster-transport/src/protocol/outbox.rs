@@ -26,6 +26,9 @@ pub(crate) enum Overflow {
     Refuse,
 }
 
+/// Room a building batch grows by at least (see [`Outbox::reserve`]).
+const BATCH: usize = 4096;
+
 thread_local! {
     /// Where a message is compressed before its frame is queued.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -178,8 +181,17 @@ impl Outbox {
             return Err(SendError::new(SendErrorKind::Backpressure));
         }
         // Exactly what this frame needs when the queue starts empty (a 6-byte heartbeat
-        // `PING` takes 8 bytes, not a page); amortised growth after that.
-        self.buf.reserve(len);
+        // `PING` takes 8 bytes, not a page). A second frame means a batch is building:
+        // room for many frames at once, instead of doubling up from one frame's size
+        // (each doubling a realloc and a copy).
+        if self.buf.capacity() - self.buf.len() < len {
+            let batch = if self.buf.is_empty() {
+                len
+            } else {
+                len.max(BATCH)
+            };
+            self.buf.reserve(batch);
+        }
         Ok(())
     }
 
@@ -522,5 +534,23 @@ mod tests {
         assert!(writing.capacity() < 64, "{}", writing.capacity());
         o.park(std::task::Waker::noop());
         assert_eq!(o.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn a_batch_grows_by_pages_not_by_frames() {
+        let mut o = server(1 << 20);
+        o.push_message((&[7u8; 90][..]).into()).unwrap();
+        assert!(o.buf.capacity() < 128, "{}", o.buf.capacity());
+        o.push_message((&[7u8; 90][..]).into()).unwrap();
+        let grown = o.buf.capacity();
+        assert!(grown >= BATCH, "{grown}");
+        while o.buf.len() + 92 <= grown {
+            o.push_message((&[7u8; 90][..]).into()).unwrap();
+        }
+        assert_eq!(
+            o.buf.capacity(),
+            grown,
+            "no reallocation within the batch's room"
+        );
     }
 }
