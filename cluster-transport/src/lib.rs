@@ -216,6 +216,13 @@ pub mod __bench {
     }
 }
 
+/// Per-thread counter shards, shared with cluster-rpc's call counters. **Not a public
+/// API**: hidden, and may change in any release.
+#[doc(hidden)]
+pub mod __shards {
+    pub use crate::stats::{add, current, SHARDS};
+}
+
 pub use auth::{Refusal, UpgradeRequest};
 pub use compressor::{Compressor, UnknownCompressor};
 pub use connection::Connection;
