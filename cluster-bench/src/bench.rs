@@ -49,6 +49,10 @@ pub(crate) struct Args {
     /// multi-thread runtime, the system allocator).
     #[arg(long, value_delimiter = ',', default_value = "tuned,default")]
     setups: Vec<Setup>,
+    /// Only the cases whose name contains one of these (comma separated, case
+    /// insensitive), e.g. `--cases "W8 jobs"`. Default: every case of the workloads.
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
     /// W6s: the heartbeat interval of both servers, ms. Default: 4000 (1000 with --quick).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=60_000))]
     heartbeat_ms: Option<u64>,
@@ -76,7 +80,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let rows = runtime.block_on(driver::run_all(&plan));
+    let rows = runtime.block_on(driver::run_all(&plan, &args.cases));
     let table = report::table(&rows);
     if args.json {
         for row in &rows {

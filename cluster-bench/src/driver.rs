@@ -43,10 +43,16 @@ struct Size {
     warmup: u64,
 }
 
-/// Runs every case; returns a row per case and system.
-pub(crate) async fn run_all(plan: &Plan) -> Vec<CaseResult> {
+/// Runs every case (or those whose name contains one of `only`, ignoring case); returns
+/// a row per case and system.
+pub(crate) async fn run_all(plan: &Plan, only: &[String]) -> Vec<CaseResult> {
+    let only: Vec<String> = only.iter().map(|o| o.to_lowercase()).collect();
+    let wanted = |case: &Case| {
+        let name = case.name.to_lowercase();
+        only.is_empty() || only.iter().any(|o| name.contains(o.as_str()))
+    };
     let mut rows = Vec::new();
-    for case in cases(plan) {
+    for case in cases(plan).into_iter().filter(wanted) {
         rows.extend(run_case(plan, &case).await);
     }
     if let Some(Ok(files)) = TLS_FILES.get() {

@@ -56,7 +56,9 @@ async fn connect(spec: &ClientSpec) -> anyhow::Result<async_nats::Client> {
     // has lost messages: said on stderr, so that the run's timeout has its cause.
     let connecting = async_nats::ConnectOptions::new()
         .event_callback(|event| async move {
-            tracing::warn!(%event, "a baseline NATS client");
+            if !matches!(event, async_nats::Event::Connected) {
+                tracing::warn!(%event, "a baseline NATS client");
+            }
         })
         .connect(url);
     Ok(tokio::time::timeout(IO_TIMEOUT, connecting)

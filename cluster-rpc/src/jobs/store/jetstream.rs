@@ -19,7 +19,9 @@
 //! - **Credits.** A hub pulls, per name, at most the free credits of its own workers of
 //!   that name; it pulls again when credits free up, when a hub published jobs (a kick on
 //!   core NATS), and every [`poll`](JetStreamOptions::poll) while credits are free (for
-//!   redeliveries, which come with no kick).
+//!   redeliveries, which come with no kick). A level a pull found empty is not asked again
+//!   before the next kick or poll. Every pull is answered on one subscription the hub
+//!   holds for good (no subscription per pull).
 //! - **Acks.** Success: ack. Failure: a negative ack with the queue's backoff as its delay
 //!   (any hub may take the retry). The last failed attempt: the job is published to the
 //!   dead-letter stream `<PREFIX>_DEAD` (headers `Cluster-Job`, `Cluster-Attempts`,
@@ -82,12 +84,12 @@ use async_nats::jetstream::stream::{
     DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType,
 };
 use async_nats::jetstream::{self, AckKind, Context};
-use async_nats::{Client, Subject};
+use async_nats::{Client, StatusCode, Subject};
 use bytes::{BufMut, Bytes, BytesMut};
 use foldhash::fast::RandomState;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, Notify};
@@ -330,6 +332,8 @@ struct Inner {
     /// The queue's feed, once started: for lookups of jobs taken elsewhere.
     feed: Mutex<Option<Feed>>,
     wake: Notify,
+    /// Set by a kick (a hub published jobs): levels found empty are pulled again.
+    kicked: AtomicBool,
     stop: CancellationToken,
     counters: Counters,
     /// Told once the op task wrote what was queued before a close.
@@ -619,6 +623,15 @@ fn decode_outcome(bytes: &Bytes) -> Option<Outcome> {
     }
 }
 
+/// How many times JetStream delivered the job whose ack subject is `reply`
+/// (`$JS.ACK.<stream>.<consumer>.<delivered>.…`, or with a domain and an account hash
+/// before the stream: 9 tokens or more after `$JS.ACK.`).
+fn delivery_count(reply: &str) -> Option<u64> {
+    let tokens = reply.strip_prefix("$JS.ACK.")?;
+    let at = if tokens.split('.').count() >= 9 { 4 } else { 2 };
+    tokens.split('.').nth(at)?.parse().ok()
+}
+
 fn decode_id(bytes: &[u8]) -> Option<JobId> {
     Some(u128::from_le_bytes(bytes.get(..16)?.try_into().ok()?))
 }
@@ -751,6 +764,7 @@ impl JetStreamStore {
                 }),
                 feed: Mutex::new(None),
                 wake: Notify::new(),
+                kicked: AtomicBool::new(false),
                 stop: CancellationToken::new(),
                 counters: Counters::default(),
                 closed: Mutex::new(Some(closed)),
@@ -832,12 +846,11 @@ impl Inner {
 
     /// A job pulled for this hub: queued here, unless it was cancelled, cannot be read, or
     /// runs here already (a redelivery while it runs: the new delivery's claim is kept).
-    fn take(&self, message: jetstream::Message, feed: &Feed) {
-        let delivered = message.info().map_or(1, |info| info.delivered);
-        let message = message.message;
+    fn take(&self, message: async_nats::Message, feed: &Feed) {
         let Some(reply) = message.reply.clone() else {
             return;
         };
+        let delivered = delivery_count(&reply).unwrap_or(1);
         bump(&self.counters.pulled);
         if delivered > 1 {
             bump(&self.counters.redelivered);
@@ -906,11 +919,29 @@ impl Inner {
 
     /// Pulls for the free credits of each name, levels in order, until nothing comes;
     /// then waits for a wake, a kick or the poll interval.
+    ///
+    /// Every pull is answered on one subscription the puller holds for good (a reply
+    /// subject per pull under one inbox): a pull costs one request, not a subscription
+    /// made and dropped around it as `fetch` does.
     async fn run_puller(self: Arc<Self>, feed: Feed) {
         let mut consumers: HashMap<(Arc<str>, Level), PullConsumer> = HashMap::new();
-        let stream = loop {
-            match self.js.get_stream(&self.subjects.stream).await {
-                Ok(stream) => break stream,
+        let inbox = self.client.new_inbox();
+        let (stream, mut answers) = loop {
+            let opened = async {
+                let stream = self
+                    .js
+                    .get_stream(&self.subjects.stream)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let answers = self
+                    .client
+                    .subscribe(format!("{inbox}.*"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((stream, answers))
+            };
+            match opened.await {
+                Ok(opened) => break opened,
                 Err(error) => {
                     tracing::warn!(%error, "job stream unavailable; retrying");
                     tokio::select! {
@@ -920,8 +951,21 @@ impl Inner {
                 }
             }
         };
+        let mut pulls = 0u64;
+        // Levels a pull found empty: not asked again (each ask is a request to the
+        // server, and most wakes are credits freeing up) until a kick says jobs were
+        // published, or the poll interval passed (retries and redeliveries come with no
+        // kick).
+        let mut dry: HashSet<(Arc<str>, Level)> = HashSet::new();
+        let mut last_sweep = Instant::now();
         let mut next_progress = Instant::now() + self.options.ack_wait / 3;
         loop {
+            if self.kicked.swap(false, Ordering::AcqRel)
+                || last_sweep.elapsed() >= self.options.poll
+            {
+                dry.clear();
+                last_sweep = Instant::now();
+            }
             loop {
                 let mut got = 0usize;
                 for name in feed.names() {
@@ -931,28 +975,26 @@ impl Inner {
                             break;
                         }
                         let key = (Arc::clone(&name), level);
+                        if dry.contains(&key) {
+                            continue;
+                        }
                         let consumer = match consumers.get(&key) {
-                            Some(consumer) => consumer.clone(),
+                            Some(consumer) => consumer,
                             None => match self.consumer(&stream, &name, level).await {
-                                Ok(consumer) => consumers.entry(key).or_insert(consumer).clone(),
+                                Ok(consumer) => consumers.entry(key).or_insert(consumer),
                                 Err(error) => {
                                     tracing::warn!(%error, job.name = %name, "cannot open a job consumer");
                                     continue;
                                 }
                             },
                         };
-                        let mut pulled = 0;
-                        match consumer.fetch().max_messages(free).messages().await {
-                            Ok(mut batch) => {
-                                while let Some(message) = self.next_pulled(&mut batch).await {
-                                    pulled += 1;
-                                    self.take(message, &feed);
-                                }
-                            }
-                            Err(error) => tracing::debug!(%error, "pull failed"),
-                        }
+                        pulls = pulls.wrapping_add(1);
+                        let reply = Subject::from(format!("{inbox}.{pulls:x}"));
+                        let pulled = self.pull(consumer, free, reply, &mut answers, &feed).await;
                         got += pulled;
-                        if pulled == free {
+                        if pulled < free {
+                            dry.insert((Arc::clone(&name), level));
+                        } else {
                             // This level may hold more, and credits freed meanwhile go to
                             // it, not to a lower level: start again from the top.
                             break;
@@ -980,10 +1022,62 @@ impl Inner {
         }
     }
 
-    /// The next message of a pull, or `None` once it ended, failed, or got no answer
-    /// within the request timeout. A pull sent just before the server went away is never
-    /// answered (a no-wait fetch has no timer of its own), and waiting for it would stop
-    /// this hub pulling for good.
+    /// Asks `consumer` for at most `want` jobs, answered on `reply` (under the puller's
+    /// inbox, which `answers` holds), and takes each job that comes, until the server says
+    /// there are no more, `want` came, or nothing came within the request timeout (a pull
+    /// sent just before the server went away is never answered, and waiting for it would
+    /// stop this hub pulling for good). A job late for an earlier pull that gave up is
+    /// taken too (it was delivered to this hub) and counted as this pull's. Returns how
+    /// many jobs came.
+    async fn pull(
+        &self,
+        consumer: &PullConsumer,
+        want: usize,
+        reply: Subject,
+        answers: &mut async_nats::Subscriber,
+        feed: &Feed,
+    ) -> usize {
+        let request = pull::BatchConfig {
+            batch: want,
+            no_wait: true,
+            ..Default::default()
+        };
+        if let Err(error) = consumer.request_batch(request, reply.clone()).await {
+            tracing::debug!(%error, "pull failed");
+            return 0;
+        }
+        let mut pulled = 0;
+        while pulled < want {
+            let message =
+                match tokio::time::timeout(self.options.request_timeout, answers.next()).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return pulled,
+                    Err(_) => {
+                        tracing::debug!("pull unanswered: asking again");
+                        return pulled;
+                    }
+                };
+            match message.status {
+                // A job comes on its own subject, whichever pull it answers.
+                None | Some(StatusCode::OK) => {
+                    pulled += 1;
+                    self.take(message, feed);
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                // No more jobs (404), fewer than asked (408), too many unacked (409):
+                // this pull is over (a status comes on the pull's reply subject).
+                Some(status) if message.subject == reply => {
+                    tracing::trace!(%status, "pull ended");
+                    return pulled;
+                }
+                Some(_) => {}
+            }
+        }
+        pulled
+    }
+
+    /// The next message of a fetch, or `None` once it ended, failed, or got no answer
+    /// within the request timeout (a no-wait fetch has no timer of its own).
     async fn next_pulled(&self, batch: &mut pull::Batch) -> Option<jetstream::Message> {
         match tokio::time::timeout(self.options.request_timeout, batch.next()).await {
             Ok(Some(Ok(message))) => Some(message),
@@ -1214,7 +1308,10 @@ impl Inner {
                         feed.cancel(id);
                     }
                 }
-                Some(_) = subs.kicks.next() => self.wake.notify_one(),
+                Some(_) = subs.kicks.next() => {
+                    self.kicked.store(true, Ordering::Release);
+                    self.wake.notify_one();
+                }
                 else => return,
             }
         }
@@ -1701,6 +1798,18 @@ mod tests {
         assert_eq!(id, 8);
         assert!(matches!(outcome, Err(JobError::Cancelled)));
         assert!(decode_outcome(&Bytes::from_static(b"short")).is_none());
+    }
+
+    #[test]
+    fn delivery_counts_read_from_ack_subjects() {
+        assert_eq!(
+            delivery_count("$JS.ACK.S.C.3.10.9.1700000000000000000.0"),
+            Some(3)
+        );
+        let with_domain = "$JS.ACK.hub.ACCHASH.S.C.2.10.9.1700000000000000000.0.tok";
+        assert_eq!(delivery_count(with_domain), Some(2));
+        assert_eq!(delivery_count("$JS.ACK.S.C"), None);
+        assert_eq!(delivery_count("_INBOX.x"), None);
     }
 
     #[test]
