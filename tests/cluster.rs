@@ -573,7 +573,8 @@ async fn a_call_reaching_a_hub_whose_last_server_left_goes_to_another_that_serve
             .queue_subscribe("cluster.svc.Calc", "cluster.svc.Calc".into())
             .await
             .unwrap();
-        client.flush().await.unwrap();
+        // The server has the subscription before the call (see the barrier below).
+        let _ = client.request("barrier.nobody", Vec::new().into()).await;
         let calling = any.clone();
         let mut call = tokio::spawn(async move { calling.add(i, 1).await });
         // Either hub C answers the call, or the leaving hub gets it (and nobody else).
@@ -588,6 +589,11 @@ async fn a_call_reaching_a_hub_whose_last_server_left_goes_to_another_that_serve
         })
         .await;
         leaving.unsubscribe().await.unwrap();
+        // The server must have the unsubscribe before the next call, or it may still give
+        // that call to this subscription, which the client library no longer knows and
+        // drops. `flush` only writes; a request nobody holds is answered by the server
+        // itself ("no responders") after everything this client sent before it.
+        let _ = client.request("barrier.nobody", Vec::new().into()).await;
         let Some(message) = hit else {
             continue;
         };
