@@ -860,6 +860,20 @@ fn json_lines(out: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The ids of the waiting jobs, in their order, as `cluster jobs list` shows them.
+async fn waiting_ids(port: &str) -> Vec<String> {
+    let listed = jobs(
+        port,
+        &["list", "--state", "waiting", "--token", "sesame", "--json"],
+    )
+    .await
+    .unwrap();
+    json_lines(&listed)
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Starts `cluster provider` keeping its jobs in `dir`, with a jobs admin token.
 async fn durable_provider(dir: &std::path::Path, port: &str) -> (Child, String) {
     let (child, mut lines) = spawn(cluster().args([
@@ -944,19 +958,7 @@ async fn jobs_operations_against_a_running_provider_and_after_its_restart() {
         "{table}"
     );
 
-    let waiting = json_lines(
-        &jobs(
-            &port,
-            &[&["list", "--state", "waiting"][..], &token].concat(),
-        )
-        .await
-        .unwrap(),
-    );
-    let ids: Vec<_> = waiting
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(ids, parked);
+    assert_eq!(waiting_ids(&port).await, parked);
 
     jobs(&port, &["cancel", &parked[0], "--token", "sesame"])
         .await
@@ -1000,19 +1002,7 @@ async fn jobs_operations_against_a_running_provider_and_after_its_restart() {
     // kill -9, then a restart on the same directory: the jobs are still there.
     provider.kill().await.unwrap();
     let (_provider, port) = durable_provider(dir.path(), &port).await;
-    let waiting = json_lines(
-        &jobs(
-            &port,
-            &[&["list", "--state", "waiting"][..], &token].concat(),
-        )
-        .await
-        .unwrap(),
-    );
-    let ids: Vec<_> = waiting
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(ids, parked[1..]);
+    assert_eq!(waiting_ids(&port).await, parked[1..]);
     let dead = json_lines(
         &jobs(&port, &[&["dead"][..], &token].concat())
             .await
