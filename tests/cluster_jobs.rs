@@ -828,3 +828,69 @@ async fn a_job_is_cancelled_from_a_hub_other_than_its_submitters() {
     assert_eq!(c.jobs().stats().active, 0);
     shutdown([a, b, c]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_that_end_together_are_stored_in_few_messages() {
+    const JOBS: usize = 64;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let [(a, store_a), (c, store_c)] = hubs(&server, options(), QueueOptions::default()).await;
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let gate = Arc::new(Semaphore::new(0));
+    let _worker = gated_worker(&c, JOBS, Arc::clone(&started), Arc::clone(&gate)).await;
+    let mut handles = Vec::new();
+    for i in 0..JOBS {
+        handles.push(a.jobs().submit(&tagged(&format!("t{i}"))).await.unwrap());
+    }
+    until("every job to start on hub C", || {
+        started.lock().unwrap().len() == JOBS
+    })
+    .await;
+    gate.add_permits(JOBS);
+    for (i, handle) in handles.into_iter().enumerate() {
+        assert_eq!(within("a result", handle).await, Ok(format!("t{i}")));
+    }
+    // Each round of outcomes is one message: those that came while one was being stored
+    // went in the next (one message per job before).
+    let stats = store_c.jetstream_stats();
+    assert_eq!(stats.acked, JOBS as u64);
+    assert!(
+        stats.outcome_messages <= (JOBS / 4) as u64,
+        "{} messages for {JOBS} outcomes",
+        stats.outcome_messages
+    );
+    assert_eq!(store_a.jetstream_stats().outcome_messages, 0);
+    shutdown([a, c]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_a_killed_hub_stored_are_found_by_id_on_the_others() {
+    const JOBS: usize = 100;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    // Hub C, a process, runs every job; hub A submits them; hub B never saw them.
+    let (mut hub_c, port_c) = spawn_jetstream_hub(&server, 1000).await;
+    let [(a, _), (b, _)] = hubs(&server, options(), QueueOptions::default()).await;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let worker = tag_worker(port_c, "C", Arc::clone(&log)).await;
+    let mut handles = Vec::new();
+    for i in 0..JOBS {
+        handles.push(a.jobs().submit(&tagged(&format!("t{i}"))).await.unwrap());
+    }
+    let mut ids = Vec::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        ids.push(handle.id());
+        assert_eq!(within("a result on A", handle).await, Ok(format!("t{i}")));
+    }
+    assert_eq!(log.lock().unwrap().len(), JOBS, "each job ran once, on C");
+    hub_c.kill().await.unwrap();
+    drop(worker);
+    // The outcomes are in the results stream: B finds each by id, C gone.
+    for (i, id) in ids.into_iter().enumerate() {
+        let handle = b.jobs().result::<Tagged>(id).unwrap();
+        assert_eq!(within("a result on B", handle).await, Ok(format!("t{i}")));
+    }
+    shutdown([a, b]).await;
+}

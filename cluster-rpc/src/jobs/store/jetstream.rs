@@ -19,9 +19,12 @@
 //! - **Credits.** A hub pulls, per name, at most the free credits of its own workers of
 //!   that name; it pulls again when credits free up, when a hub published jobs (a kick on
 //!   core NATS), and every [`poll`](JetStreamOptions::poll) while credits are free (for
-//!   redeliveries, which come with no kick). A level a pull found empty is not asked again
-//!   before the next kick or poll. Every pull is answered on one subscription the hub
-//!   holds for good (no subscription per pull).
+//!   redeliveries, which come with no kick). While jobs still run here, a hub waits a
+//!   millisecond after credits freed before it pulls, so one pull takes the credits freed
+//!   meanwhile too (a pull per freed credit made the server parse and answer a request per
+//!   job). A level a pull found empty is not asked again before the next kick or poll.
+//!   Every pull is answered on one subscription the hub holds for good (no subscription
+//!   per pull).
 //! - **Acks.** Success: ack. Failure: a negative ack with the queue's backoff as its delay
 //!   (any hub may take the retry). The last failed attempt: the job is published to the
 //!   dead-letter stream `<PREFIX>_DEAD` (headers `Cluster-Job`, `Cluster-Attempts`,
@@ -37,21 +40,33 @@
 //!   trade-off: a short ack wait brings a dead hub's jobs back sooner, at the cost of one
 //!   in-progress ack per running job every third of it; a hub stalled longer than the ack
 //!   wait (a paused VM) sees its jobs run elsewhere too.
-//! - **Results.** A job's outcome (output, dead, or cancelled) is published to the results
-//!   stream `<PREFIX>_RESULTS` on `<prefix>.__results.<submitting hub>.<id>` (message id
-//!   `<id>.r`, one message per subject, kept for
-//!   [`result_retention`](JetStreamOptions::result_retention)), and the job is acked only
+//! - **Results.** A job's outcome (output, dead, or cancelled) is stored in the results
+//!   stream `<PREFIX>_RESULTS`, on `<prefix>.__results.<submitting hub>`, kept for
+//!   [`result_retention`](JetStreamOptions::result_retention), and the job is acked only
 //!   once it is stored (an outcome that cannot be stored is a negative ack: the job runs
-//!   again). The submitting hub subscribes to its own results subject, so the same publish
-//!   delivers it live; a second outcome of a job is dropped there and by the duplicate
-//!   window. A handle attached on another hub (a member that failed over, or
-//!   [`HubJobs::result`](crate::HubJobs::result) there) listens on
-//!   `<prefix>.__results.*.<id>`, then looks for the outcome in the results stream and, if
-//!   it is not there, for the job in the job stream: an outcome is stored before its job
-//!   leaves the job stream, so a job in neither is unknown
-//!   ([`JobError::NotFound`](crate::JobError)). The outcome carries the submitter's owner:
-//!   a member only finds its own jobs. Progress goes to the submitting hub only, on core
-//!   NATS (at most once).
+//!   again). Outcomes are stored by rounds (group commit): each round is one message per
+//!   submitting hub holding every outcome that came while the last round was being
+//!   stored, and the round's jobs are acked once it is. So a busy server stores one
+//!   message for many jobs, where one per job doubled its work (issue 13: JetStream was
+//!   the bottleneck of a cluster's jobs), at the cost of a job's ack waiting for up to
+//!   two store round trips. The submitting hub subscribes to its own subject, so the same
+//!   publish delivers the outcomes live; a second outcome of a job (run twice after a
+//!   stall) finds no handle waiting and is dropped. A handle attached on another hub (a
+//!   member that failed over, or [`HubJobs::result`](crate::HubJobs::result) there)
+//!   listens to every hub's outcomes, looks for the job in the job stream, then reads the
+//!   results stream for its outcome (from the job's submission time when it still waits;
+//!   else the whole stream, which the retention and
+//!   [`max_results`](JetStreamOptions::max_results) bound): an outcome is stored before
+//!   its job leaves the job stream, so a job in neither is unknown
+//!   ([`JobError::NotFound`](crate::JobError)). Nothing is lost when any one hub dies:
+//!   what is stored stays in the stream, what is not was never acked and runs again.
+//!   Weighed and left: sending the outcome to the submitting hub over core NATS and
+//!   storing it only when no live handle took it (the submitter's hub dying right after
+//!   handing it over loses it for a member that fails over, and a lookup by id elsewhere
+//!   finds nothing); keeping one message per job with cheaper options (message ids off,
+//!   no per-subject limit) still stores twice per job. The outcome carries the
+//!   submitter's owner: a member only finds its own jobs. Progress goes to the submitting
+//!   hub only, on core NATS (at most once).
 //! - **Cancellation.** The submitting hub deletes the job's message from the stream (it is
 //!   never delivered again), stores a cancelled outcome, and tells every hub
 //!   (`<prefix>.__jobq.cancel`); the hub running it drops it on its worker and terminates
@@ -78,7 +93,7 @@ use super::{
     Change, Commit, Feed, JobStore, Owner, PulledJob, Recovery, Shared, StoreError, StoreStats,
 };
 use crate::jobs::{JobError, JobId, JobOptions};
-use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::stream::{
     DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType,
@@ -92,7 +107,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -141,7 +156,8 @@ pub struct JetStreamOptions {
     /// 5 minutes, as [`QueueOptions::result_retention`](crate::QueueOptions); a hub in
     /// cluster mode sets it from its queue's.
     pub result_retention: Duration,
-    /// Most outcomes the results stream keeps (the oldest go first). Default 100,000.
+    /// Most messages the results stream keeps (the oldest go first); each holds one or
+    /// more outcomes, so at least this many outcomes are kept. Default 100,000.
     pub max_results: usize,
 }
 
@@ -228,6 +244,9 @@ pub struct JetStreamStats {
     pub dead: u64,
     /// Jobs terminated (cancelled, or unreadable).
     pub terminated: u64,
+    /// Messages stored in the results stream from here: each holds the outcomes of one or
+    /// more jobs.
+    pub outcome_messages: u64,
 }
 
 #[derive(Default)]
@@ -241,6 +260,7 @@ struct Counters {
     naked: AtomicU64,
     dead: AtomicU64,
     terminated: AtomicU64,
+    outcome_messages: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -278,6 +298,10 @@ struct Inflight {
     /// The last progress forwarded to the submitting hub.
     last_forward: Option<Instant>,
 }
+
+/// How long a hub whose jobs still run waits after credits freed up before it pulls: the
+/// credits freed meanwhile go in the same pull.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// Progress of one job is forwarded to its submitting hub at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(20);
@@ -361,7 +385,10 @@ struct Subjects {
     dead_stream: String,
     results_stream: String,
     delayed: String,
+    /// The outcomes of jobs submitted here.
     results_here: String,
+    /// The outcomes of every hub's jobs.
+    results_all: String,
     progress_here: String,
     cancel: String,
     kick: String,
@@ -379,7 +406,8 @@ impl Subjects {
             results_stream: format!("{upper}_RESULTS"),
             name,
             delayed: format!("{prefix}.__jobs.delayed.wait"),
-            results_here: format!("{prefix}.__results.{hub}.*"),
+            results_here: format!("{prefix}.__results.{hub}"),
+            results_all: format!("{prefix}.__results.*"),
             progress_here: format!("{prefix}.__jobq.progress.{hub}"),
             cancel: format!("{prefix}.__jobq.cancel"),
             kick: format!("{prefix}.__jobq.kick"),
@@ -414,24 +442,10 @@ impl Subjects {
         format!("{}.__dead.{:016x}", self.prefix, name_hash(name))
     }
 
-    /// Where the outcome of job `id`, submitted on hub `origin`, is stored (and delivered
-    /// live to that hub).
-    fn result_to(&self, origin: Uuid, id: JobId) -> String {
-        format!(
-            "{}.__results.{}.{}",
-            self.prefix,
-            origin.simple(),
-            Uuid::from_u128(id).simple()
-        )
-    }
-
-    /// The outcome of job `id`, whichever hub took it.
-    fn result_any(&self, id: JobId) -> String {
-        format!(
-            "{}.__results.*.{}",
-            self.prefix,
-            Uuid::from_u128(id).simple()
-        )
+    /// Where the outcomes of jobs submitted on hub `origin` are stored (and delivered live
+    /// to that hub).
+    fn results_to(&self, origin: Uuid) -> String {
+        format!("{}.__results.{}", self.prefix, origin.simple())
     }
 
     fn progress_to(&self, hub: Uuid) -> String {
@@ -494,27 +508,31 @@ enum Op {
     Reply(Subject, AckKind),
     /// A core NATS message (progress).
     Core(String, Bytes),
-    /// Store a job's outcome in the results stream (the submitting hub gets it live from
-    /// the same publish), then, once stored, send `then` to the job's reply subject (an
-    /// ack that could not follow a stored outcome becomes a negative ack: the job runs
-    /// again).
-    Outcome {
-        id: JobId,
-        subject: String,
-        payload: Bytes,
-        then: Option<(Subject, AckKind)>,
-    },
-    /// Move a job to the dead-letter stream, then terminate it.
+    /// Store a job's outcome in the results stream (see [`run_outcomes`]).
+    Outcome(Stored),
+    /// Move a job to the dead-letter stream, then store its outcome, whose `then`
+    /// terminates it.
     Dead {
         subject: String,
         record: Bytes,
         headers: async_nats::HeaderMap,
-        reply: Subject,
+        outcome: Stored,
     },
     /// Delete a job submitted here from the stream and tell every hub.
     Cancel(JobId),
     /// Write what is queued and stop.
     Close,
+}
+
+/// One job's outcome on its way to the results stream.
+struct Stored {
+    /// The hub that submitted the job: the outcome goes to its subject.
+    origin: Uuid,
+    /// The outcome ([`encode_outcome`]).
+    payload: Bytes,
+    /// Sent to the job's reply subject once the outcome is stored (an ack that cannot
+    /// follow a stored outcome becomes a negative ack: the job runs again).
+    then: Option<(Subject, AckKind)>,
 }
 
 /// A job's record in the stream: version, origin hub, owner, submission time, due time
@@ -611,6 +629,30 @@ fn encode_outcome(id: JobId, owner: Owner, outcome: Result<&[u8], &JobError>) ->
 
 /// A job's outcome: its id, owner, and output or error.
 type Outcome = (JobId, Owner, Result<Bytes, JobError>);
+
+/// The version of a message of the results stream: outcomes, each a u32 length and an
+/// outcome ([`encode_outcome`]).
+const OUTCOMES_VERSION: u8 = 1;
+
+/// The outcomes in a message of the results stream. A malformed outcome is skipped; a
+/// length past the end, or an unknown version, ends the reading (the stream is shared
+/// infrastructure: every length is checked).
+fn outcomes(message: &Bytes) -> impl Iterator<Item = Outcome> + '_ {
+    let mut at = if message.first() == Some(&OUTCOMES_VERSION) {
+        1
+    } else {
+        message.len()
+    };
+    std::iter::from_fn(move || {
+        let head = message.get(at..at.checked_add(4)?)?;
+        let len = usize::try_from(u32::from_le_bytes(head.try_into().ok()?)).ok()?;
+        let start = at + 4;
+        let end = start.checked_add(len).filter(|&end| end <= message.len())?;
+        at = end;
+        Some(decode_outcome(&message.slice(start..end)))
+    })
+    .flatten()
+}
 
 fn decode_outcome(bytes: &Bytes) -> Option<Outcome> {
     let id = u128::from_le_bytes(bytes.get(..16)?.try_into().ok()?);
@@ -709,10 +751,11 @@ impl JetStreamStore {
         })
         .await
         .map_err(|e| store_error("dead-letter stream", e))?;
-        // One outcome per job (a second within the duplicate window is dropped; a later
-        // one replaces it), kept for the result retention.
+        // Outcomes, many per message, on one subject per submitting hub (see
+        // `run_outcomes`), kept for the result retention. Updated if it exists: it held
+        // one outcome per subject before.
         let max_age = options.result_retention.max(Duration::from_secs(1));
-        js.get_or_create_stream(jetstream::stream::Config {
+        js.create_or_update_stream(jetstream::stream::Config {
             name: subjects.results_stream.clone(),
             subjects: vec![format!("{}.__results.>", options.prefix)],
             retention: RetentionPolicy::Limits,
@@ -721,9 +764,7 @@ impl JetStreamStore {
             max_messages: i64::try_from(options.max_results)
                 .unwrap_or(i64::MAX)
                 .max(1),
-            max_messages_per_subject: 1,
             discard: DiscardPolicy::Old,
-            duplicate_window: options.duplicate_window.min(max_age),
             num_replicas: options.replicas,
             ..Default::default()
         })
@@ -805,6 +846,7 @@ impl JetStreamStore {
             naked: get(&c.naked),
             dead: get(&c.dead),
             terminated: get(&c.terminated),
+            outcome_messages: get(&c.outcome_messages),
         }
     }
 }
@@ -836,12 +878,11 @@ impl Inner {
         outcome: Result<&[u8], &JobError>,
         then: Option<(Subject, AckKind)>,
     ) {
-        self.send(Op::Outcome {
-            id,
-            subject: self.subjects.result_to(origin, id),
+        self.send(Op::Outcome(Stored {
+            origin,
             payload: encode_outcome(id, owner, outcome),
             then,
-        });
+        }));
     }
 
     /// A job pulled for this hub: queued here, unless it was cancelled, cannot be read, or
@@ -966,43 +1007,36 @@ impl Inner {
                 dry.clear();
                 last_sweep = Instant::now();
             }
-            loop {
-                let mut got = 0usize;
-                for name in feed.names() {
-                    for level in LEVELS {
-                        let free = feed.free(&name);
-                        if free == 0 {
-                            break;
-                        }
-                        let key = (Arc::clone(&name), level);
-                        if dry.contains(&key) {
-                            continue;
-                        }
-                        let consumer = match consumers.get(&key) {
-                            Some(consumer) => consumer,
-                            None => match self.consumer(&stream, &name, level).await {
-                                Ok(consumer) => consumers.entry(key).or_insert(consumer),
-                                Err(error) => {
-                                    tracing::warn!(%error, job.name = %name, "cannot open a job consumer");
-                                    continue;
-                                }
-                            },
-                        };
-                        pulls = pulls.wrapping_add(1);
-                        let reply = Subject::from(format!("{inbox}.{pulls:x}"));
-                        let pulled = self.pull(consumer, free, reply, &mut answers, &feed).await;
-                        got += pulled;
-                        if pulled < free {
-                            dry.insert((Arc::clone(&name), level));
-                        } else {
-                            // This level may hold more, and credits freed meanwhile go to
-                            // it, not to a lower level: start again from the top.
-                            break;
-                        }
+            for name in feed.names() {
+                for level in LEVELS {
+                    let free = feed.free(&name);
+                    if free == 0 {
+                        break;
                     }
-                }
-                if got == 0 {
-                    break;
+                    let key = (Arc::clone(&name), level);
+                    if dry.contains(&key) {
+                        continue;
+                    }
+                    let consumer = match consumers.get(&key) {
+                        Some(consumer) => consumer,
+                        None => match self.consumer(&stream, &name, level).await {
+                            Ok(consumer) => consumers.entry(key).or_insert(consumer),
+                            Err(error) => {
+                                tracing::warn!(%error, job.name = %name, "cannot open a job consumer");
+                                continue;
+                            }
+                        },
+                    };
+                    pulls = pulls.wrapping_add(1);
+                    let reply = Subject::from(format!("{inbox}.{pulls:x}"));
+                    let pulled = self.pull(consumer, free, reply, &mut answers, &feed).await;
+                    if pulled < free {
+                        dry.insert((Arc::clone(&name), level));
+                    } else {
+                        // This level may hold more: the credits freed from now on go to
+                        // it, not to a lower level (the next wake starts from the top).
+                        break;
+                    }
                 }
             }
             if !feed.is_open() {
@@ -1016,7 +1050,14 @@ impl Inner {
             let sleep = self.options.poll.min(next_progress - Instant::now());
             tokio::select! {
                 () = self.stop.cancelled() => return,
-                () = self.wake.notified() => {}
+                () = self.wake.notified() => {
+                    // Credits freed while jobs still run here: more are about to free
+                    // up, so a pull asks for several jobs at once (each pull is a
+                    // request the server parses and answers).
+                    if !lock(&self.inflight).is_empty() {
+                        tokio::time::sleep(GATHER).await;
+                    }
+                }
                 () = tokio::time::sleep(sleep) => {}
             }
         }
@@ -1227,14 +1268,16 @@ impl Inner {
         }
     }
 
-    /// Finds the outcome of job `id`, taken by another hub, for a handle attached here:
-    /// listens for it, then looks for it in the results stream, and, when it is not
-    /// there, in the job stream. Neither: no such job.
+    /// Finds the outcome of job `id`, submitted or taken elsewhere, for a handle attached
+    /// here: listens to every hub's outcomes, looks for the job in the job stream, then
+    /// reads the results stream for its outcome (from the job's submission on, when the
+    /// job was found waiting; else all of it, which the result retention bounds). Found
+    /// in neither: no such job. Waiting: its outcome comes live.
     async fn watch(self: Arc<Self>, id: JobId, feed: Feed) {
         let found = async {
             let mut live = self
                 .client
-                .subscribe(self.subjects.result_any(id))
+                .subscribe(self.subjects.results_all.clone())
                 .await
                 .map_err(|e| store_error("subscribe", e))?;
             // Order matters: a job's outcome is stored before the job leaves the job
@@ -1242,17 +1285,18 @@ impl Inner {
             let pending = self
                 .last(&self.subjects.stream, self.subjects.pending(id))
                 .await?;
-            let stored = self
-                .last(&self.subjects.results_stream, self.subjects.result_any(id))
-                .await?;
-            if let Some(outcome) = stored.as_ref().and_then(decode_outcome) {
+            let since = match pending.as_deref().map(decode_record) {
+                Some(Ok(record)) => Some(record.submitted_at),
+                _ => None,
+            };
+            if let Some(outcome) = self.stored_outcome(id, since).await? {
                 return Ok(Some(outcome));
             }
             if pending.is_none() {
                 return Ok(None);
             }
             while let Some(message) = live.next().await {
-                if let Some(outcome) = decode_outcome(&message.payload) {
+                if let Some(outcome) = outcomes(&message.payload).find(|o| o.0 == id) {
                     return Ok(Some(outcome));
                 }
             }
@@ -1266,6 +1310,59 @@ impl Inner {
             Ok(Some((_, owner, outcome))) => feed.resolved(id, owner, outcome),
             Ok(None) => feed.missing(id, JobError::NotFound),
             Err(error) => feed.missing(id, JobError::Store(error)),
+        }
+    }
+
+    /// Job `id`'s outcome in the results stream, read from the first message stored at
+    /// `since` (Unix milliseconds; a minute earlier, for clocks apart) or from the start,
+    /// to the last message stored when the read began.
+    async fn stored_outcome(
+        &self,
+        id: JobId,
+        since: Option<u64>,
+    ) -> Result<Option<Outcome>, StoreError> {
+        let error = |e| store_error("results lookup", e);
+        let stream = self
+            .js
+            .get_stream_no_info(&self.subjects.results_stream)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let deliver_policy = match since.map(|ms| ms.saturating_sub(60_000)).and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        }) {
+            Some(start_time) => DeliverPolicy::ByStartTime { start_time },
+            None => DeliverPolicy::All,
+        };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.subjects.results_all.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(None);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        loop {
+            let next = tokio::time::timeout(self.options.request_timeout, messages.next());
+            let message = match next.await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return Err(error(e.to_string())),
+                Ok(None) => return Ok(None),
+                Err(_) => return Err(error("no answer in time".to_owned())),
+            };
+            if let Some(outcome) = outcomes(&message.payload).find(|o| o.0 == id) {
+                return Ok(Some(outcome));
+            }
+            let pending = message.info().map_or(0, |info| info.pending);
+            if pending == 0 {
+                return Ok(None);
+            }
         }
     }
 
@@ -1289,7 +1386,7 @@ impl Inner {
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 Some(message) = subs.results.next() => {
-                    if let Some((id, owner, outcome)) = decode_outcome(&message.payload) {
+                    for (id, owner, outcome) in outcomes(&message.payload) {
                         lock(&self.submitted).remove(&id);
                         feed.resolved(id, owner, outcome);
                     }
@@ -1326,7 +1423,13 @@ async fn run_ops(
     closed: std::sync::mpsc::Sender<()>,
 ) {
     let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run_confirmer(Arc::clone(&inner), confirm_rx));
+    let (store_tx, store_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run_outcomes(Arc::clone(&inner), store_rx));
+    tokio::spawn(run_confirmer(
+        Arc::clone(&inner),
+        confirm_rx,
+        store_tx.clone(),
+    ));
     let mut pending: Vec<(JobId, Result<PublishAckFuture, String>)> = Vec::new();
     let mut ops = Vec::with_capacity(256);
     loop {
@@ -1360,24 +1463,14 @@ async fn run_ops(
                 Op::Core(subject, payload) => {
                     let _ = inner.client.publish(subject, payload).await;
                 }
-                Op::Outcome {
-                    id,
-                    subject,
-                    payload,
-                    then,
-                } => {
-                    let publish = jetstream::message::PublishMessage::build()
-                        .payload(payload)
-                        .message_id(outcome_id(id));
-                    let sent = inner.js.send_publish(subject, publish).await;
-                    let _ =
-                        confirm_tx.send(Confirm::Outcome(sent.map_err(|e| e.to_string()), then));
+                Op::Outcome(stored) => {
+                    let _ = store_tx.send(ToStore::Outcome(stored));
                 }
                 Op::Dead {
                     subject,
                     record,
                     headers,
-                    reply,
+                    outcome,
                 } => {
                     let publish = jetstream::message::PublishMessage::build()
                         .payload(record)
@@ -1394,12 +1487,16 @@ async fn run_ops(
                             continue;
                         }
                     }
-                    let _ = inner.client.publish(reply, AckKind::Term.into()).await;
+                    let _ = store_tx.send(ToStore::Outcome(outcome));
                 }
                 Op::Cancel(id) => {
                     let _ = confirm_tx.send(Confirm::Cancel(id));
                 }
                 Op::Close => {
+                    // The outcomes queued before are stored, and their jobs acked, first.
+                    let (done, stored) = oneshot::channel();
+                    let _ = store_tx.send(ToStore::Close(done));
+                    let _ = stored.await;
                     let _ = inner.client.flush().await;
                     let _ = closed.send(());
                     return;
@@ -1447,18 +1544,115 @@ enum Confirm {
     Acks(Vec<(JobId, Result<PublishAckFuture, String>)>),
     Batch(Vec<(JobId, Result<PublishAckFuture, String>)>, Commit),
     Cancel(JobId),
-    Outcome(Result<PublishAckFuture, String>, Option<(Subject, AckKind)>),
 }
 
-/// The message id of a job's outcome: a second outcome within the duplicate window is
-/// dropped.
-fn outcome_id(id: JobId) -> String {
-    format!("{}.r", Uuid::from_u128(id).simple())
+/// What the outcome task does.
+enum ToStore {
+    Outcome(Stored),
+    /// Store what came before, then say so.
+    Close(oneshot::Sender<()>),
+}
+
+/// Most outcomes taken into one round of [`run_outcomes`].
+const OUTCOMES_PER_ROUND: usize = 1024;
+/// Most bytes of outcomes in one message of the results stream (the server's default
+/// `max_payload` is 1 MiB). A larger outcome goes in a message of its own.
+const OUTCOME_BYTES: usize = 256 * 1024;
+
+/// The outcomes of one round for one submitting hub: one message of the results stream.
+struct Batch {
+    origin: Uuid,
+    payload: BytesMut,
+    /// The jobs' acks, sent once the message is stored.
+    then: Vec<(Subject, AckKind)>,
+}
+
+impl Batch {
+    /// Adds `stored` to the round's batch for its hub, or to a new one.
+    fn add(batches: &mut Vec<Batch>, stored: Stored) {
+        let len = stored.payload.len();
+        let fits = |b: &Batch| {
+            b.origin == stored.origin && b.payload.len().saturating_add(4 + len) <= OUTCOME_BYTES
+        };
+        let at = match batches.iter().rposition(fits) {
+            Some(at) => at,
+            None => {
+                let mut payload = BytesMut::with_capacity((5 + len).min(OUTCOME_BYTES));
+                payload.put_u8(OUTCOMES_VERSION);
+                batches.push(Batch {
+                    origin: stored.origin,
+                    payload,
+                    then: Vec::new(),
+                });
+                batches.len() - 1
+            }
+        };
+        let batch = &mut batches[at];
+        // An outcome is far below 4 GiB: the server refuses messages past `max_payload`.
+        batch
+            .payload
+            .put_u32_le(u32::try_from(len).unwrap_or(u32::MAX));
+        batch.payload.put_slice(&stored.payload);
+        batch.then.extend(stored.then);
+    }
+}
+
+/// Stores outcomes in the results stream by rounds (group commit): a round takes every
+/// outcome that came while the last one was being stored, publishes them as one message
+/// per submitting hub, awaits JetStream's acknowledgements, then sends the jobs' acks. So
+/// the server stores one message for many jobs when it is busy, and a job leaves the job
+/// stream only once its outcome is stored. An outcome that could not be stored: its job
+/// gets a negative ack (it runs again).
+async fn run_outcomes(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<ToStore>) {
+    let mut queued = Vec::with_capacity(OUTCOMES_PER_ROUND);
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut sent = Vec::new();
+    let mut closed = None;
+    while closed.is_none() && rx.recv_many(&mut queued, OUTCOMES_PER_ROUND).await > 0 {
+        for item in queued.drain(..) {
+            match item {
+                ToStore::Outcome(stored) => Batch::add(&mut batches, stored),
+                ToStore::Close(done) => closed = Some(done),
+            }
+        }
+        for batch in batches.drain(..) {
+            let subject = inner.subjects.results_to(batch.origin);
+            let ack = inner.js.publish(subject, batch.payload.freeze()).await;
+            bump(&inner.counters.outcome_messages);
+            sent.push((ack, batch.then));
+        }
+        for (ack, then) in sent.drain(..) {
+            let stored = match ack {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            if let Err(error) = &stored {
+                tracing::warn!(%error, jobs = then.len(), "job outcomes not stored: the jobs run again");
+            }
+            for (reply, kind) in then {
+                let kind = match (&stored, kind) {
+                    (Err(_), AckKind::Ack) => {
+                        bump(&inner.counters.naked);
+                        AckKind::Nak(None)
+                    }
+                    (_, kind) => kind,
+                };
+                let _ = inner.client.publish(reply, kind.into()).await;
+            }
+        }
+    }
+    if let Some(done) = closed {
+        let _ = done.send(());
+    }
 }
 
 /// Finishes commits once JetStream acknowledged the publishes before them, in order, runs
-/// cancels after the publishes they follow, and acks jobs once their outcome is stored.
-async fn run_confirmer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Confirm>) {
+/// cancels after the publishes they follow.
+async fn run_confirmer(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<Confirm>,
+    outcomes: mpsc::UnboundedSender<ToStore>,
+) {
     // The first failure among a batch's early publishes, for the batch's commit.
     let mut early = Ok(());
     while let Some(item) = rx.recv().await {
@@ -1486,12 +1680,12 @@ async fn run_confirmer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Confir
                             let _ = stream.delete_message(seq).await;
                         }
                     }
-                    // For handles re-attached on other hubs (a result stored first stays).
-                    let publish = jetstream::message::PublishMessage::build()
-                        .payload(encode_outcome(id, owner, Err(&JobError::Cancelled)))
-                        .message_id(outcome_id(id));
-                    let subject = inner.subjects.result_to(inner.hub, id);
-                    let _ = inner.js.send_publish(subject, publish).await;
+                    // For handles re-attached on other hubs.
+                    let _ = outcomes.send(ToStore::Outcome(Stored {
+                        origin: inner.hub,
+                        payload: encode_outcome(id, owner, Err(&JobError::Cancelled)),
+                        then: None,
+                    }));
                 }
                 let _ = inner
                     .client
@@ -1500,24 +1694,6 @@ async fn run_confirmer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Confir
                         Bytes::copy_from_slice(&id.to_le_bytes()),
                     )
                     .await;
-            }
-            Confirm::Outcome(sent, then) => {
-                let stored = match sent {
-                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                    Err(error) => Err(error),
-                };
-                let Some((reply, kind)) = then else {
-                    continue;
-                };
-                let kind = match (stored, kind) {
-                    (Err(error), AckKind::Ack) => {
-                        tracing::warn!(%error, "job outcome not stored: the job runs again");
-                        bump(&inner.counters.naked);
-                        AckKind::Nak(None)
-                    }
-                    (_, kind) => kind,
-                };
-                let _ = inner.client.publish(reply, kind.into()).await;
             }
         }
     }
@@ -1646,13 +1822,16 @@ impl JobStore for JetStreamStore {
                     attempts,
                     last_error,
                 };
-                inner.outcome_to((job.origin, job.owner), id, Err(&dead), None);
                 bump(&inner.counters.dead);
                 inner.send(Op::Dead {
                     subject: inner.subjects.dead(&name),
                     record: job.record,
                     headers,
-                    reply: job.reply,
+                    outcome: Stored {
+                        origin: job.origin,
+                        payload: encode_outcome(id, job.owner, Err(&dead)),
+                        then: Some((job.reply, AckKind::Term)),
+                    },
                 });
             }
             Change::Released { id, .. } => {
@@ -1798,6 +1977,48 @@ mod tests {
         assert_eq!(id, 8);
         assert!(matches!(outcome, Err(JobError::Cancelled)));
         assert!(decode_outcome(&Bytes::from_static(b"short")).is_none());
+    }
+
+    #[test]
+    fn a_round_of_outcomes_reads_back_and_a_bad_length_ends_it() {
+        let origin = Uuid::new_v4();
+        let mut batches = Vec::new();
+        for id in 1..=3 {
+            let then = Some((Subject::from("reply"), AckKind::Ack));
+            let payload = encode_outcome(id, Owner(id), Ok(b"out"));
+            Batch::add(
+                &mut batches,
+                Stored {
+                    origin,
+                    payload,
+                    then,
+                },
+            );
+        }
+        let payload = encode_outcome(9, Owner::HUB, Ok(b"other"));
+        let other = Uuid::new_v4();
+        Batch::add(
+            &mut batches,
+            Stored {
+                origin: other,
+                payload,
+                then: None,
+            },
+        );
+        assert_eq!(batches.len(), 2, "one message per submitting hub");
+        assert_eq!(batches[0].then.len(), 3);
+        let message = batches.remove(0).payload.freeze();
+        let ids: Vec<JobId> = outcomes(&message).map(|(id, _, _)| id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        // Cut anywhere: the outcomes before the cut, never a panic.
+        for cut in 0..message.len() {
+            let cut = message.slice(..cut);
+            assert!(outcomes(&cut).count() <= 3);
+        }
+        let mut long = message.to_vec();
+        long[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(outcomes(&Bytes::from(long)).count(), 0);
+        assert_eq!(outcomes(&Bytes::from_static(b"\x09abc")).count(), 0);
     }
 
     #[test]
