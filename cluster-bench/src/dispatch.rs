@@ -3,11 +3,13 @@
 //! hub hands each worker jobs up to its credits, the workers answer, the hub checks every
 //! result.
 //!
-//! Written as a competent engineer would for speed: the hub builds every job frame before
-//! the clock starts, in one buffer that each frame is a zero-copy slice of; both sides
-//! answer everything already readable before one flush (batched writes); a worker writes
-//! its results into an arena instead of allocating each. One websocket frame per job and
-//! per result, as our queue sends them.
+//! Written as a competent engineer would for speed: the jobs (their payloads) are there
+//! before the clock starts, as our queue's submitter has its jobs before it submits
+//! them; each job's frame is built when the job is handed out, inside the clock (our
+//! queue encodes its jobs inside the clock too), into an arena per worker connection that
+//! frames are zero-copy slices of; both sides answer everything already readable before
+//! one flush (batched writes); a worker writes its results into an arena instead of
+//! allocating each. One websocket frame per job and per result, as our queue sends them.
 //!
 //! The wire: a worker's first message is text `CREDITS <n>`; a job is a binary frame of
 //! its index (u64 LE) and the 64-byte payload; a result is the index and the FNV-1a hash
@@ -34,6 +36,8 @@ const JOB_LEN: usize = 8 + crate::spec::PAYLOAD_LEN;
 const RESULT_LEN: usize = 16;
 /// Results a worker's arena holds before it takes a new one.
 const ARENA_RESULTS: usize = 4096;
+/// Job frames a worker connection's arena on the hub holds before it takes a new one.
+const ARENA_JOBS: usize = 1024;
 /// Longest wait for the last result once every job is handed out.
 const ROUND_WAIT: Duration = Duration::from_secs(30);
 /// The most credits a worker may claim.
@@ -51,8 +55,8 @@ fn config() -> WebSocketConfig {
 /// One batch of jobs, handed out and checked.
 #[derive(Debug)]
 struct Round {
-    /// Every job frame, back to back.
-    frames: Bytes,
+    /// Every job's payload, as the submitter has them.
+    payloads: Vec<Vec<u8>>,
     /// The hash each job must come back with.
     expected: Vec<u64>,
     /// The next job to hand out.
@@ -69,11 +73,16 @@ impl Round {
         self.expected.len() as u64
     }
 
-    /// The next job frame, if any is left.
-    fn take(&self) -> Option<Bytes> {
+    /// The next job's frame, if any is left, built in `arena`.
+    fn take(&self, arena: &mut BytesMut) -> Option<Bytes> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        let at = usize::try_from(i).ok()?.checked_mul(JOB_LEN)?;
-        (i < self.len()).then(|| self.frames.slice(at..at + JOB_LEN))
+        let data = self.payloads.get(usize::try_from(i).ok()?)?;
+        if arena.capacity() < JOB_LEN {
+            arena.reserve(ARENA_JOBS * JOB_LEN);
+        }
+        arena.put_u64_le(i);
+        arena.put_slice(data);
+        Some(arena.split().freeze())
     }
 
     /// Checks one result frame; the last one (or a wrong one) finishes the round.
@@ -154,8 +163,9 @@ impl Dispatcher {
         self.workers.load(Ordering::Relaxed)
     }
 
-    /// Waits for `workers` workers, hands out `n` jobs (built before the clock starts)
-    /// and checks every result; returns the time from the first job to the last result.
+    /// Waits for `workers` workers, hands out `n` jobs (their payloads made before the
+    /// clock starts, their frames built as they are handed out) and checks every result;
+    /// returns the time from the first job to the last result.
     pub(crate) async fn submit_and_check(
         &self,
         n: u64,
@@ -163,17 +173,12 @@ impl Dispatcher {
     ) -> anyhow::Result<Duration> {
         wait_for(|| self.workers(), workers, "workers").await?;
         let count = usize::try_from(n).context("job count")?;
-        let mut frames = BytesMut::with_capacity(count * JOB_LEN);
+        let payloads: Vec<Vec<u8>> = (0..n).map(payload).collect();
         let mut expected = Vec::with_capacity(count);
-        for i in 0..n {
-            let data = payload(i);
-            frames.put_u64_le(i);
-            frames.put_slice(&data);
-            expected.push(fnv(&data));
-        }
+        expected.extend(payloads.iter().map(|data| fnv(data)));
         let (finished, outcome) = oneshot::channel();
         let round = Arc::new(Round {
-            frames: frames.freeze(),
+            payloads,
             expected,
             next: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -244,9 +249,12 @@ async fn hand_out(
     round: &Round,
     credits: usize,
 ) -> anyhow::Result<()> {
+    let mut arena = BytesMut::new();
     let mut outstanding = 0usize;
     while outstanding < credits {
-        let Some(job) = round.take() else { break };
+        let Some(job) = round.take(&mut arena) else {
+            break;
+        };
         ws.feed(Message::Binary(job)).await?;
         outstanding += 1;
     }
@@ -258,7 +266,7 @@ async fn hand_out(
             if let Message::Binary(result) = &message {
                 round.check(result).map_err(|e| anyhow::anyhow!(e))?;
                 outstanding -= 1;
-                if let Some(job) = round.take() {
+                if let Some(job) = round.take(&mut arena) {
                     ws.feed(Message::Binary(job)).await?;
                     outstanding += 1;
                 }
@@ -371,7 +379,7 @@ mod tests {
     fn a_wrong_result_fails_the_round() {
         let (finished, mut outcome) = oneshot::channel();
         let round = Round {
-            frames: Bytes::new(),
+            payloads: vec![payload(0)],
             expected: vec![fnv(&payload(0))],
             next: AtomicU64::new(0),
             done: AtomicU64::new(0),
