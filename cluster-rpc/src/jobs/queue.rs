@@ -25,6 +25,7 @@ pub use inspect::{JobInfo, JobState};
 pub(crate) use state::Submitter;
 
 use self::dispatch::{after, send_drop};
+use self::ready::{Fresh, NameId, Waiting};
 use self::results::{Keys, Retained};
 use self::state::{wall_now, Entry, State, Status, Store};
 use super::handle::{new_job_id, Delivery, Progress};
@@ -510,13 +511,13 @@ impl Queue {
 
     /// The progress of live job `id`, wherever it is (waiting ones are found by a scan).
     fn find_progress(&self, st: &State, id: JobId) -> Option<Arc<Progress>> {
-        let entry = st
+        let progress = st
             .awaiting
             .get(&id)
             .or_else(|| st.jobs.get(&id))
-            .map(|e| &**e)
-            .or_else(|| st.ready.find(id))?;
-        Some(Arc::clone(entry.shared_progress()))
+            .map(|e| e.shared_progress())
+            .or_else(|| st.ready.find(id).map(|(job, _)| job.progress()))?;
+        Some(Arc::clone(progress))
     }
 
     /// Keeps a completed job's result for the retention, releasing the keys of results
@@ -601,7 +602,7 @@ impl Queue {
         self.store.check().map_err(JobError::Store)?;
         let count = payloads.len();
         let delay = options.delay.filter(|d| !d.is_zero());
-        let name = {
+        let (name, fresh) = {
             let mut st = self.state();
             if st.queued().saturating_add(count) > self.options.capacity {
                 return Err(JobError::QueueFull {
@@ -613,7 +614,9 @@ impl Queue {
             if delay.is_none() && !st.shared {
                 st.ready.reserve(name.0, options.priority, count);
             }
-            name
+            // Jobs with the default options wait without an entry until dispatched.
+            let fresh = !st.shared && *options == JobOptions::default();
+            (name, fresh)
         };
         let mut queued = Vec::with_capacity(count);
         let mut chunk = Vec::with_capacity(SUBMIT_CHUNK.min(count));
@@ -622,18 +625,24 @@ impl Queue {
         loop {
             // Built before taking the lock; the name holds its place in the table.
             chunk.extend(payloads.by_ref().take(SUBMIT_CHUNK).map(|payload| {
-                let (mut entry, progress) =
-                    Entry::new(payload, options.clone(), Some(Submitter::Handle));
-                entry.named((name.0, Arc::clone(&name.1)));
+                let (job, progress) = if fresh {
+                    let (job, progress) = Fresh::new(payload, 0);
+                    (Waiting::Fresh(job), progress)
+                } else {
+                    let (mut entry, progress) =
+                        Entry::new(payload, options.clone(), Some(Submitter::Handle));
+                    entry.named((name.0, Arc::clone(&name.1)));
+                    (Waiting::Entry(entry), progress)
+                };
                 let id = new_job_id();
                 queued.push((id, Delivery::Progress, progress));
-                (id, entry)
+                (id, job)
             }));
             if chunk.is_empty() {
                 break;
             }
             left = left.saturating_sub(chunk.len());
-            self.queue_chunk(&mut chunk, &name.1, delay);
+            self.queue_chunk(&mut chunk, (name.0, &name.1), delay);
         }
         if left > 0 {
             // Fewer payloads than announced: the rest of the room goes back.
@@ -647,8 +656,8 @@ impl Queue {
     /// held already, and gives free credits its jobs.
     fn queue_chunk(
         &self,
-        chunk: &mut Vec<(JobId, Box<Entry>)>,
-        name: &str,
+        chunk: &mut Vec<(JobId, Waiting)>,
+        (name_id, name): (NameId, &str),
         delay: Option<std::time::Duration>,
     ) {
         let mut st = self.state();
@@ -656,14 +665,30 @@ impl Queue {
         let now = Instant::now();
         let at = wall_now();
         let on_shared = st.shared;
-        for (id, mut entry) in chunk.drain(..) {
+        for (id, job) in chunk.drain(..) {
+            let mut entry = match job {
+                Waiting::Fresh(mut fresh) => {
+                    fresh.submitted_at = at;
+                    st.store.record(Change::Submitted {
+                        id,
+                        name,
+                        payload: &fresh.payload,
+                        options: &JobOptions::default(),
+                        owner: Owner::HUB,
+                        at,
+                    });
+                    st.ready.push_fresh(name_id, id, fresh);
+                    continue;
+                }
+                Waiting::Entry(entry) => entry,
+            };
             entry.submitted_at = at;
             st.store.record(Change::Submitted {
                 id,
                 name,
                 payload: &entry.payload,
                 options: entry.options(),
-                owner: super::store::Owner::HUB,
+                owner: Owner::HUB,
                 at,
             });
             match delay {

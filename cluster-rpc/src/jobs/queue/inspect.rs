@@ -3,6 +3,7 @@
 //! type, forgetting a dead letter. Not hot paths: finding or listing waiting jobs scans
 //! their queues.
 
+use super::ready::Waiting;
 use super::state::{Entry, Status};
 use super::Queue;
 use crate::jobs::store::{Attempt, Change, UnixMillis};
@@ -54,6 +55,25 @@ pub struct JobInfo {
 }
 
 impl JobInfo {
+    /// A waiting job named `name`.
+    fn waiting(id: JobId, job: &Waiting, name: &str) -> Self {
+        match job {
+            Waiting::Entry(entry) => Self::of(id, entry, JobState::Waiting),
+            Waiting::Fresh(fresh) => Self {
+                id,
+                name: name.to_owned(),
+                state: JobState::Waiting,
+                attempts: 0,
+                worker: None,
+                progress: job.progress().get(),
+                last_error: None,
+                submitted_at: fresh.submitted_at,
+                completed_at: None,
+                history: Vec::new(),
+            },
+        }
+    }
+
     fn of(id: JobId, entry: &Entry, state: JobState) -> Self {
         let running = state == JobState::Running;
         let history = entry.history(running, None);
@@ -85,8 +105,8 @@ impl Queue {
             };
             return Some(JobInfo::of(id, entry, state));
         }
-        if let Some(entry) = st.ready.find(id) {
-            return Some(JobInfo::of(id, entry, JobState::Waiting));
+        if let Some((job, name)) = st.ready.find(id) {
+            return Some(JobInfo::waiting(id, job, name));
         }
         if let Some(kept) = st.results.get(id) {
             let mut history = kept.past.clone();
@@ -128,7 +148,7 @@ impl Queue {
                 .ready
                 .iter()
                 .take(limit)
-                .map(|(id, entry)| JobInfo::of(id, entry, JobState::Waiting))
+                .map(|(id, job, name)| JobInfo::waiting(id, job, name))
                 .collect(),
             JobState::Delayed | JobState::Running => st
                 .jobs
@@ -159,8 +179,11 @@ impl Queue {
         let progress = {
             let st = self.state();
             let entry = st.awaiting.get(&id).or_else(|| st.jobs.get(&id));
-            match entry.map(|e| &**e).or_else(|| st.ready.find(id)) {
-                Some(entry) => std::sync::Arc::clone(entry.shared_progress()),
+            let progress = entry
+                .map(|e| e.shared_progress())
+                .or_else(|| st.ready.find(id).map(|(job, _)| job.progress()));
+            match progress {
+                Some(progress) => std::sync::Arc::clone(progress),
                 None => return false,
             }
         };

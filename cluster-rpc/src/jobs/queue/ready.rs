@@ -6,10 +6,19 @@
 //! is skipped, so it blocks no other name, and keeps its place at the front for the next
 //! round, so it is not starved by names whose workers are free more often. Only names
 //! that have workers are in the rotation, so jobs nobody can run cost a round nothing.
+//!
+//! A job submitted by the hub with the default options waits as what it is so far (its
+//! payload, its progress, when it was accepted): its [`Entry`] is made only when it is
+//! dispatched. Under a large batch only the running jobs (about the workers' credits)
+//! have an entry, not every waiting one, so the entries' memory is reused as jobs come
+//! and go instead of growing with the batch.
 
-use super::state::Entry;
+use super::state::{Entry, ProgressGuard};
 use super::workers::WorkerId;
+use crate::jobs::handle::Progress;
+use crate::jobs::store::UnixMillis;
 use crate::jobs::JobId;
+use bytes::Bytes;
 use foldhash::fast::RandomState;
 use slab::Slab;
 use std::cmp::Reverse;
@@ -22,11 +31,65 @@ pub(super) type NameId = usize;
 /// Cancelled entries left in the queues before a compaction is considered.
 const COMPACT_AFTER: usize = 1024;
 
+/// A job just submitted from the hub, with the default options: waiting for its first
+/// attempt, its first submitter the hub's handle, which shares its progress.
+pub(super) struct Fresh {
+    /// The codec-encoded job (a slice of its batch's buffer).
+    pub(super) payload: Bytes,
+    progress: ProgressGuard,
+    /// When it was accepted.
+    pub(super) submitted_at: UnixMillis,
+}
+
+impl Fresh {
+    /// A fresh job, and the progress it shares with its handle.
+    pub(super) fn new(payload: Bytes, submitted_at: UnixMillis) -> (Self, Arc<Progress>) {
+        let progress = Arc::new(Progress::default());
+        let fresh = Self {
+            payload,
+            progress: ProgressGuard(Arc::clone(&progress)),
+            submitted_at,
+        };
+        (fresh, progress)
+    }
+}
+
+/// A waiting job: fresh, or an entry (it set options, ran before, or has another
+/// submitter).
+pub(super) enum Waiting {
+    Fresh(Fresh),
+    Entry(Box<Entry>),
+}
+
+impl Waiting {
+    /// The progress it shares with its submitters (and their cancels).
+    pub(super) fn progress(&self) -> &Arc<Progress> {
+        match self {
+            Waiting::Fresh(fresh) => &fresh.progress.0,
+            Waiting::Entry(entry) => entry.shared_progress(),
+        }
+    }
+
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.progress().is_cancelled()
+    }
+
+    /// Its entry, made now for a fresh job named `name`.
+    pub(super) fn into_entry(self, name: (NameId, Arc<str>)) -> Box<Entry> {
+        match self {
+            Waiting::Fresh(fresh) => {
+                Entry::fresh(fresh.payload, fresh.progress, fresh.submitted_at, name)
+            }
+            Waiting::Entry(entry) => entry,
+        }
+    }
+}
+
 /// One job name: its waiting jobs and the workers that run it.
 struct NameQueue {
     /// The name. Entries hold clones, so a name no one refers to is seen by its count.
     name: Arc<str>,
-    jobs: BTreeMap<Reverse<i32>, VecDeque<(JobId, Box<Entry>)>>,
+    jobs: BTreeMap<Reverse<i32>, VecDeque<(JobId, Waiting)>>,
     workers: Vec<WorkerId>,
     /// Whether the name is in the rotation (or set aside in the current round).
     in_rotation: bool,
@@ -37,7 +100,7 @@ impl NameQueue {
     fn has_live_front(&mut self, cancelled: &mut usize) -> bool {
         while let Some(mut first) = self.jobs.first_entry() {
             match first.get().front() {
-                Some((_, entry)) if entry.is_cancelled() => {
+                Some((_, job)) if job.is_cancelled() => {
                     first.get_mut().pop_front();
                     *cancelled = cancelled.saturating_sub(1);
                 }
@@ -113,23 +176,29 @@ impl Ready {
         self.sweep_at = (2 * self.names.len()).max(COMPACT_AFTER);
     }
 
-    /// The waiting (not cancelled) job `id`, found by scanning: for lookups by id, not a
-    /// hot path.
-    pub(super) fn find(&self, id: JobId) -> Option<&Entry> {
-        self.names
-            .iter()
-            .flat_map(|(_, queue)| queue.jobs.values().flatten())
-            .find(|(queued, entry)| *queued == id && !entry.is_cancelled())
-            .map(|(_, entry)| &**entry)
+    /// The waiting (not cancelled) job `id`, and its name, found by scanning: for
+    /// lookups by id, not a hot path.
+    pub(super) fn find(&self, id: JobId) -> Option<(&Waiting, &Arc<str>)> {
+        self.iter()
+            .find(|(queued, _, _)| *queued == id)
+            .map(|(_, job, name)| (job, name))
     }
 
-    /// The waiting (not cancelled) entries: name by name, each in the order it runs.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (JobId, &Entry)> {
+    /// The waiting (not cancelled) jobs and their names: name by name, each in the order
+    /// it runs.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (JobId, &Waiting, &Arc<str>)> {
         self.names
             .iter()
-            .flat_map(|(_, queue)| queue.jobs.values().flatten())
-            .filter(|(_, entry)| !entry.is_cancelled())
-            .map(|(id, entry)| (*id, &**entry))
+            .flat_map(|(_, queue)| {
+                let name = &queue.name;
+                queue
+                    .jobs
+                    .values()
+                    .flatten()
+                    .map(move |(id, job)| (id, job, name))
+            })
+            .filter(|(_, job, _)| !job.is_cancelled())
+            .map(|(id, job, name)| (*id, job, name))
     }
 
     /// Live waiting entries.
@@ -150,17 +219,27 @@ impl Ready {
 
     /// Queues a waiting entry at the back of its name and priority.
     pub(super) fn push(&mut self, id: JobId, entry: Box<Entry>) {
-        let name = entry.name;
-        // The entry holds its name, so the name is there.
+        let (name, priority) = (entry.name, entry.options().priority);
+        self.push_waiting(name, priority, id, Waiting::Entry(entry));
+    }
+
+    /// Queues a fresh job of `name` (its default priority) at the back; the caller holds
+    /// the name's place in the table.
+    pub(super) fn push_fresh(&mut self, name: NameId, id: JobId, fresh: Fresh) {
+        self.push_waiting(name, 0, id, Waiting::Fresh(fresh));
+    }
+
+    fn push_waiting(&mut self, name: NameId, priority: i32, id: JobId, job: Waiting) {
+        // The job (or its submitter) holds its name, so the name is there.
         let Some(queue) = self.names.get_mut(name) else {
             return;
         };
-        entry.set_queued(true);
+        job.progress().set_queued(true);
         queue
             .jobs
-            .entry(Reverse(entry.options().priority))
+            .entry(Reverse(priority))
             .or_default()
-            .push_back((id, entry));
+            .push_back((id, job));
         self.waiting += 1;
         if !queue.in_rotation && !queue.workers.is_empty() {
             queue.in_rotation = true;
@@ -245,10 +324,10 @@ impl Ready {
         } else {
             self.rotation.push_back(name);
         }
-        let (id, entry) = job?;
-        entry.set_queued(false);
+        let (id, job) = job?;
+        job.progress().set_queued(false);
         self.waiting -= 1;
-        Some((id, entry))
+        Some((id, job.into_entry((name, Arc::clone(&queue.name)))))
     }
 
     /// `name` has a job but no free worker this round: it goes first in the next.
@@ -273,7 +352,7 @@ impl Ready {
         {
             for (_, queue) in &mut self.names {
                 for jobs in queue.jobs.values_mut() {
-                    jobs.retain(|(_, entry)| !entry.is_cancelled());
+                    jobs.retain(|(_, job)| !job.is_cancelled());
                 }
                 queue.jobs.retain(|_, jobs| !jobs.is_empty());
             }
@@ -287,10 +366,12 @@ impl Ready {
         self.cancelled = 0;
         self.rotation.clear();
         let mut entries = Vec::new();
-        for (_, queue) in &mut self.names {
+        for (id, queue) in &mut self.names {
             queue.in_rotation = false;
             for (_, jobs) in std::mem::take(&mut queue.jobs) {
-                entries.extend(jobs.into_iter().map(|(_, entry)| *entry));
+                let named =
+                    |(_, job): (JobId, Waiting)| *job.into_entry((id, Arc::clone(&queue.name)));
+                entries.extend(jobs.into_iter().map(named));
             }
         }
         entries

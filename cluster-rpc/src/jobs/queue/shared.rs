@@ -145,8 +145,10 @@ impl Feed {
         };
         let progress = {
             let st = queue.state();
-            let entry = st.jobs.get(&id).map(|e| &**e).or_else(|| st.ready.find(id));
-            entry.map(|e| Arc::clone(e.shared_progress()))
+            let progress = st.jobs.get(&id).map(|e| e.shared_progress());
+            progress
+                .or_else(|| st.ready.find(id).map(|(job, _)| job.progress()))
+                .map(Arc::clone)
         };
         if let Some(progress) = progress {
             queue.cancel(id, &progress);

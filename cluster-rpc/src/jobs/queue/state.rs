@@ -154,6 +154,31 @@ impl Entry {
         (entry, progress)
     }
 
+    /// The entry of a [fresh](super::ready::Fresh) job named `name`, made when it is
+    /// dispatched: the default options, the hub's handle its submitter.
+    pub(super) fn fresh(
+        payload: Bytes,
+        progress: ProgressGuard,
+        submitted_at: UnixMillis,
+        (name, shared_name): (NameId, Arc<str>),
+    ) -> Box<Self> {
+        Box::new(Entry {
+            name,
+            shared_name: Some(shared_name),
+            payload,
+            custom: None,
+            attempts: 0,
+            status: Status::Waiting,
+            submitter: Some(Submitter::Handle),
+            owner: Owner::HUB,
+            submitted_at,
+            worker: Uuid::nil(),
+            started_at: 0,
+            past: Vec::new(),
+            progress,
+        })
+    }
+
     /// Its options.
     pub(super) fn options(&self) -> &JobOptions {
         static DEFAULT: JobOptions = JobOptions {
@@ -182,17 +207,9 @@ impl Entry {
         self.shared_name.as_ref()
     }
 
-    pub(super) fn is_cancelled(&self) -> bool {
-        self.progress.0.is_cancelled()
-    }
-
     /// The last progress its worker reported.
     pub(super) fn progress(&self) -> f64 {
         self.progress.0.get()
-    }
-
-    pub(super) fn set_queued(&self, queued: bool) {
-        self.progress.0.set_queued(queued);
     }
 
     /// Whether `progress` is this job's (and not another job's under a reused id).
@@ -251,7 +268,7 @@ impl Entry {
 }
 
 /// Closes a job's progress when its entry goes (the job resolved or the hub stopped).
-struct ProgressGuard(Arc<Progress>);
+pub(super) struct ProgressGuard(pub(super) Arc<Progress>);
 
 impl Drop for ProgressGuard {
     fn drop(&mut self) {

@@ -554,3 +554,44 @@ async fn a_batch_shorter_than_announced_gives_its_room_back() {
         .submit_many("x", payloads(2), &JobOptions::default())
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_batch_waiting_without_entries_is_found_listed_cancelled_and_run() {
+    let queue = queue(QueueOptions::default());
+    let mut queued = queue
+        .submit_many("x", payloads(3), &JobOptions::default())
+        .unwrap();
+    let ids: Vec<JobId> = queued.iter().map(|(id, _, _)| *id).collect();
+    let info = queue.find(ids[0]).expect("a waiting job is found");
+    assert_eq!(info.state, JobState::Waiting);
+    assert_eq!((info.name.as_str(), info.attempts), ("x", 0));
+    assert!(info.submitted_at > 0 && info.history.is_empty());
+    let listed: Vec<JobId> = queue
+        .list(JobState::Waiting, 10)
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(listed, ids);
+    // Cancelled by id while it waits: its handle resolves at once, the others still wait.
+    assert!(queue.cancel_by_id(ids[1]));
+    let (_, delivery, progress) = &mut queued[1];
+    assert!(progress.is_cancelled());
+    assert!(outcome_now(delivery, progress).is_none_or(|o| o.is_err()));
+    assert_eq!(queue.stats().waiting, 2);
+    // The first runs (its entry made now), completes, and its history shows the attempt.
+    let (conn, recorder) = worker(&queue, &["x"], 1);
+    let runs = recorder.next_runs().await;
+    assert_eq!(runs, vec![(ids[0], 1, "x".to_owned())]);
+    answer(&queue, conn, &runs);
+    let (_, delivery, progress) = &mut queued[0];
+    let outcome = outcome_now(delivery, progress).expect("resolved by its answer");
+    assert_eq!(outcome.unwrap(), Bytes::from_static(&[0xc0]));
+    let done = queue.find(ids[0]).expect("its result is kept");
+    assert_eq!((done.state, done.history.len()), (JobState::Completed, 1));
+    // The last one runs next; the queue goes before it is answered: its handle learns it.
+    assert_eq!(recorder.next_runs().await[0].0, ids[2]);
+    let (_, mut delivery, progress) = queued.pop().unwrap();
+    drop(queue);
+    let outcome = outcome_now(&mut delivery, &progress).expect("resolved once the entry is gone");
+    assert!(outcome.is_err());
+}
