@@ -894,3 +894,33 @@ async fn results_a_killed_hub_stored_are_found_by_id_on_the_others() {
     }
     shutdown([a, b]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_job_whose_submitters_hub_was_killed_is_found_by_id_on_another_hub() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (mut hub_a, port_a) = spawn_jetstream_hub(&server, 1000).await;
+    let (b, _) = hub_on(&server, options(), QueueOptions::default()).await;
+    let member = Member::builder(Consumer::builder().host("127.0.0.1").port(port_a))
+        .connect()
+        .await
+        .unwrap();
+    // No worker anywhere: the job waits in the job stream.
+    let id = member.jobs().submit(&tagged("waiting")).await.unwrap().id();
+    hub_a.kill().await.unwrap();
+    // No hub knows the job now (its submitter is gone, nobody runs it): hub B finds it
+    // in the job stream, so the lookup waits for its outcome instead of `NotFound`.
+    let handle = b.jobs().result::<Tagged>(id).unwrap();
+    let mut handle = std::pin::pin!(handle);
+    let early = tokio::time::timeout(Duration::from_secs(1), handle.as_mut()).await;
+    assert!(early.is_err(), "resolved while the job waits: {early:?}");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let _worker = tag_worker(b.provider().port(), "B", Arc::clone(&log)).await;
+    assert_eq!(
+        within("the result on hub B", handle).await,
+        Ok("waiting".to_owned())
+    );
+    drop(member);
+    b.shutdown().await;
+}

@@ -7,9 +7,12 @@
 //! can be handed one ([`HubBuilder::jobs_store`](crate::HubBuilder::jobs_store)). The jobs
 //! then wait in JetStream, not in a hub, and any hub's workers run them:
 //!
-//! - **Submission.** A job is published to the work-queue stream `<PREFIX>_JOBS`, on a
-//!   subject of its own (`<prefix>.__jobs.<name>.<level>.<id>`), with its id as the
-//!   message id (`Nats-Msg-Id`): within the stream's duplicate window
+//! - **Submission.** A job is published to the work-queue stream `<PREFIX>_JOBS`, on its
+//!   name's and level's subject (`<prefix>.__jobs.<name>.<level>`), with its id as the
+//!   message id (`Nats-Msg-Id`). Not on a subject of its own: the server's file store
+//!   keeps an index entry per subject, and a level's consumer filtering on
+//!   `….<level>.*` walked it for every job (about a third of the server's CPU per job,
+//!   issue 13). Within the stream's duplicate window
 //!   ([`JetStreamOptions::duplicate_window`]) a second publish of the same job is dropped.
 //!   The submission resolves once JetStream acknowledged it (the message is stored).
 //! - **Priorities.** JetStream has none per message: each job name has one subject per
@@ -53,12 +56,15 @@
 //!   publish delivers the outcomes live; a second outcome of a job (run twice after a
 //!   stall) finds no handle waiting and is dropped. A handle attached on another hub (a
 //!   member that failed over, or [`HubJobs::result`](crate::HubJobs::result) there)
-//!   listens to every hub's outcomes, looks for the job in the job stream, then reads the
-//!   results stream for its outcome (from the job's submission time when it still waits;
-//!   else the whole stream, which the retention and
-//!   [`max_results`](JetStreamOptions::max_results) bound): an outcome is stored before
-//!   its job leaves the job stream, so a job in neither is unknown
-//!   ([`JobError::NotFound`](crate::JobError)). Nothing is lost when any one hub dies:
+//!   listens to every hub's outcomes and reads the results stream for the outcome (all
+//!   of it, which the retention and [`max_results`](JetStreamOptions::max_results)
+//!   bound). Not there: it finds out whether the job is in the job stream, asking the
+//!   hubs on core NATS (`<prefix>.__jobq.find`; the hub running the job answers, or its
+//!   submitter with the job's sequence, checked in the stream) and, when none answers
+//!   within 250 ms (the submitter is gone and the job waits, or there is no such job),
+//!   reading the job stream message by message. In it: the outcome comes live. Not in
+//!   it: an outcome is stored before its job leaves the job stream, so the job is
+//!   unknown ([`JobError::NotFound`](crate::JobError)). Nothing is lost when any one hub dies:
 //!   what is stored stays in the stream, what is not was never acked and runs again.
 //!   Weighed and left: sending the outcome to the submitting hub over core NATS and
 //!   storing it only when no live handle took it (the submitter's hub dying right after
@@ -102,7 +108,7 @@ use async_nats::jetstream::{self, AckKind, Context};
 use async_nats::{Client, StatusCode, Subject};
 use bytes::{BufMut, Bytes, BytesMut};
 use foldhash::fast::RandomState;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -299,6 +305,13 @@ struct Inflight {
     last_forward: Option<Instant>,
 }
 
+/// How long a lookup waits for a hub that knows the job ([`Inner::ask_hubs`]).
+const FIND_WAIT: Duration = Duration::from_millis(250);
+/// A hub's answer to a find: the job waits in the job stream at the sequence given (the
+/// hub submitted it), or runs on that hub.
+const FOUND_WAITING: u8 = 1;
+const FOUND_RUNNING: u8 = 2;
+
 /// How long a hub whose jobs still run waits after credits freed up before it pulls: the
 /// credits freed meanwhile go in the same pull.
 const GATHER: Duration = Duration::from_millis(1);
@@ -374,6 +387,7 @@ struct Subscriptions {
     progress: async_nats::Subscriber,
     cancels: async_nats::Subscriber,
     kicks: async_nats::Subscriber,
+    finds: async_nats::Subscriber,
 }
 
 /// The subjects and names of one prefix.
@@ -392,6 +406,8 @@ struct Subjects {
     progress_here: String,
     cancel: String,
     kick: String,
+    /// Where a hub asks the others whether they know a job ([`Inner::ask_hubs`]).
+    find: String,
 }
 
 impl Subjects {
@@ -411,6 +427,7 @@ impl Subjects {
             progress_here: format!("{prefix}.__jobq.progress.{hub}"),
             cancel: format!("{prefix}.__jobq.cancel"),
             kick: format!("{prefix}.__jobq.kick"),
+            find: format!("{prefix}.__jobq.find"),
         }
     }
 
@@ -422,15 +439,6 @@ impl Subjects {
             self.prefix,
             name_hash(name),
             level.token()
-        )
-    }
-
-    /// Every subject job `id` may wait on (ready at any level, or delayed).
-    fn pending(&self, id: JobId) -> String {
-        format!(
-            "{}.__jobs.*.*.{}",
-            self.prefix,
-            Uuid::from_u128(id).simple()
         )
     }
 
@@ -451,11 +459,6 @@ impl Subjects {
     fn progress_to(&self, hub: Uuid) -> String {
         format!("{}.__jobq.progress.{}", self.prefix, hub.simple())
     }
-}
-
-/// `subject.{id}`: a job's own subject under `subject`.
-fn with_id(subject: &str, id: JobId) -> String {
-    format!("{subject}.{}", Uuid::from_u128(id).simple())
 }
 
 /// FNV-1a: a job name's token in subjects and consumer names (names may hold characters
@@ -674,6 +677,14 @@ fn delivery_count(reply: &str) -> Option<u64> {
     tokens.split('.').nth(at)?.parse().ok()
 }
 
+/// The job id a job message carries as its message id (`<uuid>`, or `<uuid>.due` once
+/// moved from the delayed subject).
+fn message_id(headers: &async_nats::HeaderMap) -> Option<JobId> {
+    let value = headers.get(async_nats::header::NATS_MESSAGE_ID)?;
+    let id = Uuid::try_parse(value.as_str().trim_end_matches(".due")).ok()?;
+    Some(id.as_u128())
+}
+
 fn decode_id(bytes: &[u8]) -> Option<JobId> {
     Some(u128::from_le_bytes(bytes.get(..16)?.try_into().ok()?))
 }
@@ -784,6 +795,7 @@ impl JetStreamStore {
             progress: subscribe(subjects.progress_here.clone()).await?,
             cancels: subscribe(subjects.cancel.clone()).await?,
             kicks: subscribe(subjects.kick.clone()).await?,
+            finds: subscribe(subjects.find.clone()).await?,
         };
         let (ops, op_rx) = mpsc::unbounded_channel();
         let (closed_tx, closed) = std::sync::mpsc::channel();
@@ -903,13 +915,7 @@ impl Inner {
                 return self.reply(reply, AckKind::Term);
             }
         };
-        let Some(id) = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .and_then(|v| Uuid::try_parse(v.as_str().trim_end_matches(".due")).ok())
-            .map(|u| u.as_u128())
-        else {
+        let Some(id) = message.headers.as_ref().and_then(message_id) else {
             tracing::warn!(subject = %message.subject, "job without an id in the stream: terminated");
             return self.reply(reply, AckKind::Term);
         };
@@ -1142,19 +1148,17 @@ impl Inner {
         level: Level,
     ) -> Result<PullConsumer, String> {
         let durable = self.subjects.consumer(name, level);
+        // Created, or updated: before, jobs had a subject each under this one.
         stream
-            .get_or_create_consumer(
-                &durable,
-                pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject: format!("{}.*", self.subjects.ready(name, level)),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.options.ack_wait,
-                    max_deliver: -1,
-                    max_ack_pending: i64::from(self.options.max_ack_pending),
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: self.subjects.ready(name, level),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: self.options.ack_wait,
+                max_deliver: -1,
+                max_ack_pending: i64::from(self.options.max_ack_pending),
+                ..Default::default()
+            })
             .await
             .map_err(|e| e.to_string())
     }
@@ -1185,17 +1189,14 @@ impl Inner {
                     .map_err(|e| e.to_string())?;
                 let durable = format!("{}_delayed", self.subjects.prefix);
                 stream
-                    .get_or_create_consumer(
-                        &durable,
-                        pull::Config {
-                            durable_name: Some(durable.clone()),
-                            filter_subject: format!("{}.*", self.subjects.delayed),
-                            ack_policy: AckPolicy::Explicit,
-                            ack_wait: self.options.ack_wait,
-                            max_deliver: -1,
-                            ..Default::default()
-                        },
-                    )
+                    .create_consumer(pull::Config {
+                        durable_name: Some(durable.clone()),
+                        filter_subject: self.subjects.delayed.clone(),
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: self.options.ack_wait,
+                        max_deliver: -1,
+                        ..Default::default()
+                    })
                     .await
                     .map_err(|e| e.to_string())
             };
@@ -1251,7 +1252,7 @@ impl Inner {
         let ready = self
             .subjects
             .ready(record.name, Level::of(record.options.priority));
-        let subject = format!("{ready}.{id}");
+        let subject = ready;
         let publish = jetstream::message::PublishMessage::build()
             .payload(message.payload.clone())
             .message_id(format!("{id}.due"));
@@ -1269,10 +1270,10 @@ impl Inner {
     }
 
     /// Finds the outcome of job `id`, submitted or taken elsewhere, for a handle attached
-    /// here: listens to every hub's outcomes, looks for the job in the job stream, then
-    /// reads the results stream for its outcome (from the job's submission on, when the
-    /// job was found waiting; else all of it, which the result retention bounds). Found
-    /// in neither: no such job. Waiting: its outcome comes live.
+    /// here: listens to every hub's outcomes, reads the results stream for it (all of it,
+    /// which the result retention bounds), and, when it is not there, finds out whether
+    /// the job is in the job stream ([`find_job`](Self::find_job)): then its outcome
+    /// comes live; else there is no such job.
     async fn watch(self: Arc<Self>, id: JobId, feed: Feed) {
         let found = async {
             let mut live = self
@@ -1280,27 +1281,32 @@ impl Inner {
                 .subscribe(self.subjects.results_all.clone())
                 .await
                 .map_err(|e| store_error("subscribe", e))?;
-            // Order matters: a job's outcome is stored before the job leaves the job
-            // stream, so a job found in neither has none to come.
-            let pending = self
-                .last(&self.subjects.stream, self.subjects.pending(id))
-                .await?;
-            let since = match pending.as_deref().map(decode_record) {
-                Some(Ok(record)) => Some(record.submitted_at),
-                _ => None,
-            };
-            if let Some(outcome) = self.stored_outcome(id, since).await? {
+            // Stored before the subscription: in the stream; after: live.
+            if let Some(outcome) = self.stored_outcome(id).await? {
                 return Ok(Some(outcome));
             }
-            if pending.is_none() {
-                return Ok(None);
-            }
-            while let Some(message) = live.next().await {
-                if let Some(outcome) = outcomes(&message.payload).find(|o| o.0 == id) {
-                    return Ok(Some(outcome));
+            let pending = self.find_job(id).await?;
+            loop {
+                // A job left the job stream only once its outcome was stored, and the
+                // server sent that outcome here before it answered the lookup on the
+                // same connection: a job not found has its outcome here already, or
+                // none.
+                let next = if pending {
+                    live.next().await
+                } else {
+                    match live.next().now_or_never() {
+                        Some(next) => next,
+                        None => return Ok(None),
+                    }
+                };
+                let Some(message) = next else {
+                    return Err(StoreError::Closed);
+                };
+                let outcome = outcomes(&message.payload).find(|o| o.0 == id);
+                if outcome.is_some() {
+                    return Ok(outcome);
                 }
             }
-            Err(StoreError::Closed)
         };
         let outcome = tokio::select! {
             () = self.stop.cancelled() => return,
@@ -1313,30 +1319,106 @@ impl Inner {
         }
     }
 
-    /// Job `id`'s outcome in the results stream, read from the first message stored at
-    /// `since` (Unix milliseconds; a minute earlier, for clocks apart) or from the start,
-    /// to the last message stored when the read began.
-    async fn stored_outcome(
+    /// Whether job `id` is in the job stream (waiting or running). Jobs share their level's subject, so the hubs are asked
+    /// first ([`ask_hubs`](Self::ask_hubs)): the one running it, or its submitter (which
+    /// knows its sequence). When none knows it (its submitter is gone, and it waits), the
+    /// job stream is read message by message.
+    async fn find_job(&self, id: JobId) -> Result<bool, StoreError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.subjects.stream)
+            .await
+            .map_err(|e| store_error("lookup", e))?;
+        match self.ask_hubs(id).await {
+            Some((FOUND_RUNNING, _)) => Ok(true),
+            Some((_, seq)) => self.job_from(&stream, id, seq, false).await,
+            None => self.job_from(&stream, id, 1, true).await,
+        }
+    }
+
+    /// Whether job `id` is in the job stream at sequence `seq`, or (`scan`) at or after
+    /// it.
+    async fn job_from(
         &self,
+        stream: &jetstream::stream::Stream<()>,
         id: JobId,
-        since: Option<u64>,
-    ) -> Result<Option<Outcome>, StoreError> {
+        mut seq: u64,
+        scan: bool,
+    ) -> Result<bool, StoreError> {
+        let every_job = format!("{}.__jobs.>", self.subjects.prefix);
+        loop {
+            let mut get = stream.raw_message_builder().sequence(seq);
+            if scan {
+                get = get.next_by_subject(every_job.clone());
+            }
+            let message = match get.send().await {
+                Ok(message) => message,
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(false),
+                Err(e) => return Err(store_error("lookup", e)),
+            };
+            if message_id(&message.headers) == Some(id) {
+                return Ok(true);
+            }
+            if !scan {
+                return Ok(false);
+            }
+            seq = message.sequence.saturating_add(1);
+        }
+    }
+
+    /// Asks every hub whether it knows job `id` ([`answer_find`](Self::answer_find)):
+    /// the first answer within [`FIND_WAIT`], if any.
+    async fn ask_hubs(&self, id: JobId) -> Option<(u8, u64)> {
+        let inbox = self.client.new_inbox();
+        let mut answers = self.client.subscribe(inbox.clone()).await.ok()?;
+        let ask = Bytes::copy_from_slice(&id.to_le_bytes());
+        self.client
+            .publish_with_reply(self.subjects.find.clone(), inbox, ask)
+            .await
+            .ok()?;
+        let answer = tokio::time::timeout(FIND_WAIT, answers.next())
+            .await
+            .ok()??;
+        let kind = *answer.payload.first()?;
+        let seq = u64::from_le_bytes(answer.payload.get(1..9)?.try_into().ok()?);
+        Some((kind, seq))
+    }
+
+    /// Answers a hub asking for a job, if this hub knows it: running here, or submitted
+    /// here and unresolved (with its sequence in the job stream). Else silent.
+    fn answer_find(&self, message: &async_nats::Message) {
+        let (Some(reply), Some(id)) = (message.reply.as_ref(), decode_id(&message.payload)) else {
+            return;
+        };
+        let answer = if lock(&self.inflight).contains_key(&id) {
+            Some((FOUND_RUNNING, 0))
+        } else {
+            lock(&self.submitted)
+                .get(&id)
+                .filter(|(seq, _)| *seq > 0)
+                .map(|&(seq, _)| (FOUND_WAITING, seq))
+        };
+        if let Some((kind, seq)) = answer {
+            let mut payload = BytesMut::with_capacity(9);
+            payload.put_u8(kind);
+            payload.put_u64_le(seq);
+            self.send(Op::Core(reply.to_string(), payload.freeze()));
+        }
+    }
+
+    /// Job `id`'s outcome in the results stream, read from the start to the last message
+    /// stored when the read began.
+    async fn stored_outcome(&self, id: JobId) -> Result<Option<Outcome>, StoreError> {
         let error = |e| store_error("results lookup", e);
         let stream = self
             .js
             .get_stream_no_info(&self.subjects.results_stream)
             .await
             .map_err(|e| error(e.to_string()))?;
-        let deliver_policy = match since.map(|ms| ms.saturating_sub(60_000)).and_then(|ms| {
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-        }) {
-            Some(start_time) => DeliverPolicy::ByStartTime { start_time },
-            None => DeliverPolicy::All,
-        };
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: self.subjects.results_all.clone(),
-                deliver_policy,
+                deliver_policy: DeliverPolicy::All,
                 ..Default::default()
             })
             .await
@@ -1366,21 +1448,7 @@ impl Inner {
         }
     }
 
-    /// The last message on `subject` (wildcards allowed) in `stream`, if any.
-    async fn last(&self, stream: &str, subject: String) -> Result<Option<Bytes>, StoreError> {
-        let stream = self
-            .js
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| store_error("lookup", e))?;
-        match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => Ok(Some(message.payload)),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(store_error("lookup", e)),
-        }
-    }
-
-    /// Outcomes, progress and cancels for this hub, and kicks.
+    /// Outcomes, progress and cancels for this hub, kicks, and finds.
     async fn run_listener(self: Arc<Self>, mut subs: Subscriptions, feed: Feed) {
         loop {
             tokio::select! {
@@ -1409,6 +1477,7 @@ impl Inner {
                     self.kicked.store(true, Ordering::Release);
                     self.wake.notify_one();
                 }
+                Some(message) = subs.finds.next() => self.answer_find(&message),
                 else => return,
             }
         }
@@ -1723,8 +1792,8 @@ impl JobStore for JetStreamStore {
                     at.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 });
                 let subject = match delay {
-                    Some(_) => with_id(&inner.subjects.delayed, id),
-                    None => with_id(&inner.subjects.ready(name, Level::of(options.priority)), id),
+                    Some(_) => inner.subjects.delayed.clone(),
+                    None => inner.subjects.ready(name, Level::of(options.priority)),
                 };
                 let whose = (inner.hub, owner);
                 let record = encode_record(whose, (at, not_before), name, options, payload);
@@ -2044,14 +2113,12 @@ mod tests {
         assert!(!subject.contains(' ') && !subject.contains('*') && !subject.contains('>'));
         assert_eq!(subject.split('.').count(), 4);
         assert_ne!(name_hash("a"), name_hash("b"));
-        // A job's own subject is under its level's and matches its pending pattern.
-        let own = with_id(&subject, 5);
-        assert!(own.starts_with(&format!("{subject}.")));
-        let pending = subjects.pending(5);
-        assert_eq!(own.split('.').count(), pending.split('.').count());
-        assert_eq!(own.rsplit('.').next(), pending.rsplit('.').next());
-        let delayed = with_id(&subjects.delayed, 5);
-        assert_eq!(delayed.split('.').count(), pending.split('.').count());
+        // Every job subject is under the job stream's, with as many tokens.
+        assert_eq!(
+            subjects.delayed.split('.').count(),
+            subject.split('.').count()
+        );
+        assert!(subjects.delayed.starts_with("c1.__jobs."));
         // Dots in the prefix stay in subjects, not in stream names.
         let dotted = Subjects::new("shop.eu", Uuid::nil());
         assert_eq!(dotted.stream, "SHOP_EU_JOBS");
