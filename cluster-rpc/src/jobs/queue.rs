@@ -839,7 +839,11 @@ impl Queue {
         let mut result = Ok(());
         let mut freed = false;
         // Outputs are handed over, and finished entries dropped, after the lock is let go.
-        let mut finished = Vec::new();
+        // At most the attempts running on the worker finish: one allocation per frame.
+        let running = worker
+            .and_then(|w| st.workers.get(w))
+            .map_or(0, |w| w.active);
+        let mut finished = Vec::with_capacity(running);
         let mut tally = AttemptTally::default();
         let mut durations = Durations::new(&self.metrics);
         let now = Instant::now();
