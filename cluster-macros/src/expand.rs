@@ -275,14 +275,13 @@ impl<'a> Expansion<'a> {
         } = self;
         let trait_ident = &service.ident;
         let service_name = service.name();
-        let (method, bytes, codec, request_value, inner, out, buf, e) = (
+        let (method, bytes, codec, request_value, inner, out, e) = (
             local("method"),
             local("bytes"),
             local("codec"),
             local("request"),
             local("inner"),
             local("out"),
-            local("buf"),
             local("e"),
         );
         let names = service.methods.iter().map(|m| {
@@ -307,11 +306,7 @@ impl<'a> Expansion<'a> {
                         let #out = #response::#variant(
                             <S as #trait_ident>::#ident(&*#inner, #(#args),*).await,
                         );
-                        let mut #buf = ::std::vec::Vec::new();
-                        #root::Codec::encode(&#codec, &#out, &mut #buf).map_err(|#e| {
-                            #root::RpcError::new(#root::RpcErrorKind::Encode, ::std::string::ToString::to_string(&#e))
-                        })?;
-                        ::core::result::Result::Ok(#buf)
+                        #root::encode_response(#codec, &#out)
                     }))
                 }
             }

@@ -130,6 +130,7 @@ pub use service::{Service, ServiceClient};
 /// What `#[cluster_service]`'s generated code uses. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::peer::encode_response;
     pub use crate::{Caller, Codec, CodecKind, RpcError, RpcErrorKind, Service, ServiceClient};
     pub use ::futures_util::future::BoxFuture;
     pub use ::serde;

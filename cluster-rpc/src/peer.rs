@@ -51,6 +51,27 @@ pub(crate) fn with_frame<R>(
     result
 }
 
+/// A handler's return value encoded with `codec`, in a buffer of exactly its size: what a
+/// generated server answers. Encoded in the thread's scratch buffer and copied once, where a
+/// fresh `Vec` grew from a marker byte to the whole value (an allocation and a reallocation
+/// or more per call).
+///
+/// # Errors
+/// [`Encode`](RpcErrorKind::Encode) when the codec cannot represent the value.
+pub fn encode_response<T: Serialize + ?Sized>(
+    codec: CodecKind,
+    value: &T,
+) -> Result<Vec<u8>, RpcError> {
+    with_frame(
+        |buf| {
+            codec
+                .encode(value, buf)
+                .map_err(|e| RpcError::new(RpcErrorKind::Encode, e.to_string()))
+        },
+        <[u8]>::to_vec,
+    )
+}
+
 /// Limits and defaults of one node's calls.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallLimits {
