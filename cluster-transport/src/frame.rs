@@ -214,7 +214,8 @@ pub(crate) fn encode_header(opcode: OpCode, payload_len: usize, out: &mut Vec<u8
 }
 
 /// Appends a frame header with every field chosen by the caller; `rsv1` marks the first
-/// frame of a compressed message.
+/// frame of a compressed message. Inline: every queued frame goes through it.
+#[inline(always)]
 pub(crate) fn encode_header_with(
     fin: bool,
     rsv1: bool,
@@ -246,6 +247,7 @@ pub(crate) fn frame_len(payload_len: usize) -> usize {
 }
 
 /// The bytes of a frame header for this payload length.
+#[inline]
 pub(crate) fn header_len(payload_len: usize, masked: bool) -> usize {
     let len = match payload_len {
         0..=125 => 2,

@@ -522,6 +522,10 @@ impl<'a> Fanout<'a> {
         match target {
             Target::Member { conn, sid } => {
                 if self.frame.is_empty() {
+                    // One allocation: version, kind, sid and the subject's length take 12
+                    // bytes before the subject and the payload.
+                    self.frame
+                        .reserve_exact(12 + self.subject.len() + self.payload.len());
                     let message = Envelope::Message {
                         sid: *sid,
                         subject: self.subject,

@@ -26,8 +26,11 @@ pub(crate) enum Overflow {
     Refuse,
 }
 
-/// Room a building batch grows by at least (see [`Outbox::reserve`]).
+/// Room a building batch grows by at least (see [`Outbox::grow`]).
 const BATCH: usize = 4096;
+
+/// The most a building batch reserves at once for the size of the one before it.
+const MAX_HINT: usize = 64 * 1024;
 
 thread_local! {
     /// Where a message is compressed before its frame is queued.
@@ -44,6 +47,9 @@ pub(crate) struct Outbox {
     buf: Vec<u8>,
     /// Bytes the owner task took but the kernel has not accepted yet.
     in_flight: usize,
+    /// The size of the last batch the owner task took (at most [`MAX_HINT`]): a building
+    /// batch reserves that much at once, instead of reallocating up to it by doublings.
+    last_batch: u32,
     /// The payload of the pong owed for the latest ping, not yet taken for writing.
     pong: Option<Box<[u8]>>,
     /// The owner task, parked until there is something to write.
@@ -70,6 +76,7 @@ impl Outbox {
             max_backpressure,
             buf: Vec::new(),
             in_flight: 0,
+            last_batch: 0,
             pong: None,
             waker: None,
             close: None,
@@ -114,7 +121,9 @@ impl Outbox {
     }
 
     /// As [`push_message`](Self::push_message); returns the payload's size on the wire
-    /// (after compressing, when it was compressed).
+    /// (after compressing, when it was compressed). Inline, with the compressing path out
+    /// of line: every message a connection sends comes through here.
+    #[inline]
     pub(crate) fn push_message_sized(
         &mut self,
         message: MessageRef<'_>,
@@ -128,6 +137,12 @@ impl Outbox {
                 .push_frame(opcode, false, payload)
                 .map(|()| payload.len());
         }
+        self.push_compressed(opcode, payload)
+    }
+
+    /// [`push_message_sized`](Self::push_message_sized) with permessage-deflate on.
+    #[inline(never)]
+    fn push_compressed(&mut self, opcode: OpCode, payload: &[u8]) -> Result<usize, SendError> {
         // Compressed under the outbox's lock: with context takeover, the order messages
         // are compressed in must be the order they go out in.
         SCRATCH.with(|cell| {
@@ -151,6 +166,7 @@ impl Outbox {
         })
     }
 
+    #[inline(always)]
     fn push_frame(&mut self, opcode: OpCode, rsv1: bool, payload: &[u8]) -> Result<(), SendError> {
         let masks = self.masks();
         let len = frame::header_len(payload.len(), masks) + payload.len();
@@ -169,6 +185,7 @@ impl Outbox {
     }
 
     /// Makes room for `len` more bytes within `max_backpressure`, or says why not.
+    #[inline(always)]
     fn reserve(&mut self, len: usize) -> Result<(), SendError> {
         if len > self.max_backpressure {
             return Err(SendError::new(SendErrorKind::PayloadTooLarge));
@@ -180,19 +197,26 @@ impl Outbox {
             self.overflowed();
             return Err(SendError::new(SendErrorKind::Backpressure));
         }
-        // Exactly what this frame needs when the queue starts empty (a 6-byte heartbeat
-        // `PING` takes 8 bytes, not a page). A second frame means a batch is building:
-        // room for many frames at once, instead of doubling up from one frame's size
-        // (each doubling a realloc and a copy).
         if self.buf.capacity() - self.buf.len() < len {
-            let batch = if self.buf.is_empty() {
-                len
-            } else {
-                len.max(BATCH)
-            };
-            self.buf.reserve(batch);
+            self.grow(len);
         }
         Ok(())
+    }
+
+    /// Room for `len` more bytes. Exactly what this frame needs when the queue starts
+    /// empty (a 6-byte heartbeat `PING` takes 8 bytes, not a page). A second frame means a
+    /// batch is building: room for as much as the last batch took (at most
+    /// [`MAX_HINT`]), and at least a page, instead of doubling up from one frame's size
+    /// (each doubling a realloc and a copy). The buffer is freed when the connection idles
+    /// either way.
+    #[inline(never)]
+    fn grow(&mut self, len: usize) {
+        let batch = if self.buf.is_empty() {
+            len
+        } else {
+            len.max(BATCH).max(self.last_batch as usize)
+        };
+        self.buf.reserve(batch);
     }
 
     fn overflowed(&mut self) {
@@ -285,6 +309,10 @@ impl Outbox {
                 encode(&mut self.buf, false, OpCode::Pong, &pong, mask);
             }
             std::mem::swap(writing, &mut self.buf);
+            if !writing.is_empty() {
+                // At most MAX_HINT, so it fits.
+                self.last_batch = writing.len().min(MAX_HINT) as u32;
+            }
         }
         self.in_flight = writing.len().saturating_sub(written);
     }
@@ -344,6 +372,7 @@ pub(crate) fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
 }
 
 /// Appends a final frame: unmasked (server), or masked with `mask` (client).
+#[inline(always)]
 fn encode(out: &mut Vec<u8>, rsv1: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
     frame::encode_header_with(true, rsv1, opcode, payload.len(), mask, out);
     let start = out.len();
@@ -552,5 +581,24 @@ mod tests {
             grown,
             "no reallocation within the batch's room"
         );
+    }
+
+    #[test]
+    fn a_batch_reserves_what_the_last_one_took() {
+        let mut o = server(1 << 20);
+        let frame = &[7u8; 90][..];
+        for _ in 0..200 {
+            o.push_message(frame.into()).unwrap();
+        }
+        let mut writing = Vec::new();
+        o.take(&mut writing, 0);
+        let last = writing.len();
+        assert!(last > 2 * BATCH, "{last}");
+        o.park(std::task::Waker::noop());
+        assert_eq!(o.buf.capacity(), 0, "idle: no buffer");
+        o.push_message(frame.into()).unwrap();
+        assert!(o.buf.capacity() < 128, "a lone frame takes its size");
+        o.push_message(frame.into()).unwrap();
+        assert!(o.buf.capacity() >= last, "{}", o.buf.capacity());
     }
 }
