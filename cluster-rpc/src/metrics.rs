@@ -54,7 +54,7 @@ fn describe() {
         describe_histogram!(
             names::CALL_DURATION,
             Unit::Seconds,
-            "Time to serve a call, by service and method."
+            "Time to serve a call, from the read that brought it, by service and method."
         );
         describe_counter!(names::PUBLICATIONS, "Messages published through the hub.");
         describe_counter!(

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 type Reply = Result<Vec<u8>, RpcError>;
@@ -377,7 +377,9 @@ impl PeerCore {
             );
             return self.answer_error(id, &error);
         }
-        let started = Instant::now();
+        // The start of the read that brought the call: one clock read per read, not per
+        // call (a call's time then includes the calls read before it in the same read).
+        let started = cluster_transport::__clock::read_started();
         let future = match served {
             Some(served) => served.service.call(method, payload, self.codec),
             None => self

@@ -9,13 +9,13 @@
 
 use crate::message::{CloseInfo, MessageRef};
 use crate::protocol::{self, CloseMode, Closing, Decoded, Frame, Outbox, Reader, Violation};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -24,6 +24,36 @@ const READ_BUF_SIZE: usize = 64 * 1024;
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF_SIZE]);
+    /// When this thread began handling the messages of its current read.
+    static READ_STARTED: Cell<ReadClock> = const { Cell::new(ReadClock::Outside) };
+}
+
+/// Where this thread is, for [`read_started`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadClock {
+    /// Not handling a read.
+    Outside,
+    /// Handling a read; nobody asked the time yet.
+    Unread,
+    /// Handling a read whose first ask took this instant.
+    At(Instant),
+}
+
+/// When this thread began handling the messages of the read it is handling: the first
+/// call during a read takes the clock, and every later one in the same read gets the same
+/// instant (the messages of one read are handled one after another, so a later message's
+/// time from then includes the earlier ones'). Outside a read: now. One clock read per
+/// read instead of one per message, for cluster-rpc's call durations.
+pub fn read_started() -> Instant {
+    READ_STARTED.with(|cell| match cell.get() {
+        ReadClock::At(instant) => instant,
+        ReadClock::Unread => {
+            let now = Instant::now();
+            cell.set(ReadClock::At(now));
+            now
+        }
+        ReadClock::Outside => Instant::now(),
+    })
 }
 
 /// What a role does with a connection's messages.
@@ -290,6 +320,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
         let Self {
             reader, handler, ..
         } = self;
+        READ_STARTED.set(ReadClock::Unread);
         let result = reader.read(data, &mut |frame| match frame {
             Frame::Message(message) if open => handler.message(message),
             Frame::Ping(payload) if open => {
@@ -297,6 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
             }
             Frame::Message(_) | Frame::Ping(_) => {}
         });
+        READ_STARTED.set(ReadClock::Outside);
         self.handler.read_done();
         match result {
             Ok(Decoded::Consumed(n)) => n,
@@ -332,5 +364,101 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
             },
         );
         self.half_close = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{self, OpCode};
+    use crate::protocol::{Overflow, Role};
+    use tokio::io::AsyncWriteExt;
+
+    /// Notes what `read_started` says for each message.
+    struct Stamps {
+        outbox: Mutex<Outbox>,
+        seen: Vec<Instant>,
+    }
+
+    impl Handler for Stamps {
+        fn outbox(&self) -> &Mutex<Outbox> {
+            &self.outbox
+        }
+
+        fn close_timeout(&self) -> Duration {
+            Duration::from_secs(5)
+        }
+
+        fn message(&mut self, _: MessageRef<'_>) {
+            self.seen.push(read_started());
+        }
+    }
+
+    /// A client's (masked) binary frame.
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = Vec::new();
+        frame::encode_header_with(
+            true,
+            false,
+            OpCode::Binary,
+            payload.len(),
+            Some(mask),
+            &mut out,
+        );
+        let start = out.len();
+        out.extend_from_slice(payload);
+        frame::apply_mask(&mut out[start..], mask, 0);
+        out
+    }
+
+    async fn drive_until<S: AsyncRead + AsyncWrite + Unpin>(
+        driver: &mut Driver<S, Stamps>,
+        messages: usize,
+    ) {
+        std::future::poll_fn(|cx| {
+            let _ = driver.poll_drive(cx);
+            if driver.handler.seen.len() >= messages {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_messages_of_one_read_share_the_instant_it_began() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let handler = Stamps {
+            outbox: Mutex::new(Outbox::new(Role::Server, Overflow::Close, 4096, None)),
+            seen: Vec::new(),
+        };
+        let reader = Reader::new(Role::Server, 4096, None);
+        let mut driver = Driver::new(server, handler, reader, Vec::new());
+        client
+            .write_all(&[frame(b"a"), frame(b"b")].concat())
+            .await
+            .unwrap();
+        drive_until(&mut driver, 2).await;
+        assert_eq!(
+            READ_STARTED.get(),
+            ReadClock::Outside,
+            "once the read is handled"
+        );
+        let between = read_started();
+        assert_eq!(
+            READ_STARTED.get(),
+            ReadClock::Outside,
+            "outside a read: now, kept nowhere"
+        );
+        client.write_all(&frame(b"c")).await.unwrap();
+        drive_until(&mut driver, 3).await;
+        let seen = &driver.handler.seen;
+        assert_eq!(seen[0], seen[1], "one read, one instant");
+        assert!(
+            seen[0] <= between && between <= seen[2],
+            "{seen:?} {between:?}"
+        );
     }
 }

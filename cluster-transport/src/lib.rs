@@ -223,6 +223,13 @@ pub mod __shards {
     pub use crate::stats::{add, current, SHARDS};
 }
 
+/// When the connection's task began handling the read it is handling, for cluster-rpc's
+/// call durations. **Not a public API**: hidden, and may change in any release.
+#[doc(hidden)]
+pub mod __clock {
+    pub use crate::driver::read_started;
+}
+
 pub use auth::{Refusal, UpgradeRequest};
 pub use compressor::{Compressor, UnknownCompressor};
 pub use connection::Connection;
