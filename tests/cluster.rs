@@ -588,12 +588,13 @@ async fn a_call_reaching_a_hub_whose_last_server_left_goes_to_another_that_serve
             }
         })
         .await;
-        leaving.unsubscribe().await.unwrap();
-        // The server must have the unsubscribe before the next call, or it may still give
-        // that call to this subscription, which the client library no longer knows and
-        // drops. `flush` only writes; a request nobody holds is answered by the server
-        // itself ("no responders") after everything this client sent before it.
-        let _ = client.request("barrier.nobody", Vec::new().into()).await;
+        // Drained as a hub drains it: the subscription ends once the server has the
+        // UNSUB, and a call the server gave it before that still arrives (with the
+        // client's plain `unsubscribe`, the next call could go to a subscription the
+        // client no longer knew, and wait for its deadline).
+        leaving.drain().await.unwrap();
+        let late = within("the drain", leaving.next()).await;
+        assert!(late.is_none(), "no call was on its way");
         let Some(message) = hit else {
             continue;
         };
@@ -613,4 +614,34 @@ async fn a_call_reaching_a_hub_whose_last_server_left_goes_to_another_that_serve
         break;
     }
     assert!(refused > 0, "the leaving hub was never picked");
+}
+
+/// What a hub's leaving service relies on (the vendored async-nats' fix): a drained
+/// subscription still gets what the server sent it before it had the UNSUB, however
+/// busy the client's connection is meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_subscription_gets_what_the_server_sent_it_before_the_unsubscribe() {
+    use futures_util::StreamExt;
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    for round in 0..20 {
+        let mut sub = client.subscribe("drain.late").await.unwrap();
+        // The server delivers this before it reads the UNSUB sent after it.
+        client.publish("drain.late", "late".into()).await.unwrap();
+        sub.drain().await.unwrap();
+        // The client's connection task runs again before the message is back.
+        tokio::task::yield_now().await;
+        client.publish("drain.other", "".into()).await.unwrap();
+        let late = within("the late message", sub.next()).await;
+        assert_eq!(
+            late.map(|m| m.payload),
+            Some("late".into()),
+            "round {round}"
+        );
+        assert!(within("the drain's end", sub.next()).await.is_none());
+    }
 }

@@ -186,7 +186,8 @@ pub(super) async fn round_trip(client: &async_nats::Client, subjects: &Subjects)
 }
 
 /// Hands what one subscription receives to the hub (publications) or its calls, until
-/// `stop` (or the interest task's end): then unsubscribes, and says so if asked.
+/// `stop` (or the interest task's end): then drains it (what the server sent before it
+/// had the UNSUB is still handed on), and says so if asked.
 async fn read(
     mut subscriber: Subscriber,
     key: Key,
@@ -199,12 +200,16 @@ async fn read(
         tokio::select! {
             biased;
             asked = &mut stop => {
-                let _ = subscriber.unsubscribe().await;
+                // Drained, not unsubscribed: the client keeps handing this subscription
+                // what the server sent it until a PING after the UNSUB comes back (the
+                // vendored async-nats' fix; its `unsubscribe` forgets the subscription at
+                // once and drops what is still on the way). So a call the server gave
+                // this hub just as the service's last member here left is answered
+                // `NoPeer` and sent elsewhere, not lost until its deadline.
+                let _ = subscriber.drain().await;
                 if let Ok(done) = asked {
                     let _ = done.send(());
                 }
-                // What arrived before the unsubscribe is still handled (a call to a
-                // service whose last member just left is answered `NoPeer`).
                 while let Some(message) = subscriber.next().await {
                     dispatch(&key, message, &subjects, &hub, &calls);
                 }
