@@ -2,7 +2,8 @@
 //! (started per test on a free loopback port, JetStream in a temp dir): jobs run on
 //! another hub and answer on the submitter's, each hub pulls at most its workers' free
 //! credits, priority levels in order, retries then the dead-letter stream, progress
-//! keeping a long job's claim, cancellation across hubs, delays, NATS going away and
+//! keeping a long job's claim, dead letters listed, requeued and deleted through any hub,
+//! cancellation across hubs, delays, NATS going away and
 //! coming back, and 3 hub processes with 8 workers and 50,000 jobs with one hub killed -9.
 
 mod common;
@@ -12,8 +13,12 @@ use common::*;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use network_cluster::prelude::*;
 use network_cluster::rpc::cluster::ClusterOptions;
-use network_cluster::rpc::jobs::{JetStreamOptions, JetStreamStore, StoreError};
-use network_cluster::rpc::{ByteBuf, Job, JobContext, JobError, JobOptions, QueueOptions};
+use network_cluster::rpc::jobs::{
+    JetStreamOptions, JetStreamStore, StoreError, JOBS_ADMIN_PARAMETER,
+};
+use network_cluster::rpc::{
+    ByteBuf, Job, JobContext, JobError, JobOptions, JobState, QueueOptions,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,6 +71,20 @@ impl Job for Doomed {
     type Output = ();
 }
 
+/// Fails until the test mends its worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Flaky {
+    tag: String,
+}
+
+impl Job for Flaky {
+    const NAME: &'static str = "flaky";
+    type Output = String;
+}
+
+/// The hubs' jobs admin token (operator calls).
+const ADMIN: &str = "admin-token";
+
 /// Every test has a server of its own: one prefix does.
 const PREFIX: &str = "t";
 
@@ -92,6 +111,7 @@ async fn hub_on(
     let cluster = ClusterOptions::new(server.url()).prefix(PREFIX).jobs(jobs);
     let hub = Hub::builder(local())
         .job_queue(queue)
+        .jobs_admin_token(ADMIN)
         .cluster(cluster)
         .start()
         .await
@@ -357,6 +377,113 @@ async fn a_failing_job_is_retried_with_backoff_then_moved_to_the_dead_letter_str
         messages_in(&js, job_stream, 0)
     })
     .await;
+    shutdown([a, b]).await;
+}
+
+/// A member of `hub` holding the jobs admin token.
+async fn operator(hub: &Hub) -> Member {
+    Member::builder(consumer_of(hub).parameter(JOBS_ADMIN_PARAMETER, ADMIN))
+        .connect()
+        .await
+        .expect("connect the operator")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_requeued_once_and_deleted_through_any_hub() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let queue = QueueOptions::default().backoff(Duration::from_millis(10));
+    let [(a, _), (b, _)] = hubs(&server, options(), queue).await;
+    let mended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (is_mended, runs) = (Arc::clone(&mended), Arc::clone(&ran));
+    let _worker = Member::builder(consumer_of(&a))
+        .worker(move |job: Flaky, _ctx: JobContext| {
+            let mended = is_mended.load(Ordering::SeqCst);
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match mended {
+                    true => Ok(job.tag),
+                    false => Err(format!("{} broke", job.tag)),
+                }
+            }
+        })
+        .connect()
+        .await
+        .unwrap();
+    // Two jobs of a member of hub A die there.
+    let submitter = Member::builder(consumer_of(&a)).connect().await.unwrap();
+    let mut ids = Vec::new();
+    for tag in ["kept", "dropped"] {
+        let options = JobOptions::default().max_attempts(2);
+        let flaky = Flaky { tag: tag.into() };
+        let handle = submitter.jobs().submit_with(&flaky, options).await.unwrap();
+        ids.push(handle.id());
+        let died = within("the job to die", handle).await;
+        let last_error = format!("{tag} broke");
+        assert_eq!(
+            died,
+            Err(JobError::Dead {
+                attempts: 2,
+                last_error
+            })
+        );
+    }
+    let (kept, dropped) = (ids[0], ids[1]);
+    // Hub B lists them, oldest first, from the dead-letter stream.
+    let op_b = operator(&b).await;
+    let listed = op_b.jobs().list(JobState::Dead, 10).await.unwrap();
+    let rows: Vec<_> = listed
+        .iter()
+        .map(|j| (j.id, j.name.as_str(), j.attempts, j.last_error.as_deref()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (kept, "flaky", 2, Some("kept broke")),
+            (dropped, "flaky", 2, Some("dropped broke"))
+        ]
+    );
+    assert_eq!(op_b.jobs().list(JobState::Dead, 1).await.unwrap().len(), 1);
+    // Deleted through hub B: gone for every hub.
+    assert_eq!(op_b.jobs().delete_dead(dropped).await, Ok(true));
+    assert_eq!(op_b.jobs().delete_dead(dropped).await, Ok(false));
+    let op_a = operator(&a).await;
+    let listed = op_a.jobs().list(JobState::Dead, 10).await.unwrap();
+    assert_eq!(listed.iter().map(|j| j.id).collect::<Vec<_>>(), [kept]);
+    // Requeued through both hubs at once: it runs once more, with fresh attempts, and
+    // its outcome reaches its submitter.
+    mended.store(true, Ordering::SeqCst);
+    let (jobs_a, jobs_b) = (op_a.jobs(), op_b.jobs());
+    let (from_a, from_b) = tokio::join!(jobs_a.requeue_dead(kept), jobs_b.requeue_dead(kept));
+    let mut answers = [from_a, from_b];
+    answers.sort_by_key(Result::is_err);
+    assert_eq!(answers, [Ok(()), Err(JobError::NotFound)]);
+    let result = submitter.jobs().result::<Flaky>(kept).await.unwrap();
+    assert_eq!(
+        within("the requeued job's result", result).await,
+        Ok("kept".to_owned())
+    );
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        5,
+        "2 + 2 attempts, then one run"
+    );
+    // It is no dead letter any more: a second requeue finds nothing.
+    assert_eq!(
+        op_b.jobs().requeue_dead(kept).await,
+        Err(JobError::NotFound)
+    );
+    assert!(op_b
+        .jobs()
+        .list(JobState::Dead, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    for member in [op_a, op_b, submitter] {
+        member.shutdown().await;
+    }
     shutdown([a, b]).await;
 }
 

@@ -301,7 +301,9 @@ impl Jobs {
         self.queue.store_stats()
     }
 
-    /// Jobs that failed every attempt, oldest first.
+    /// Jobs that failed every attempt, oldest first. With jobs on JetStream (cluster
+    /// mode) the dead letters are the cluster's, in its dead-letter stream: none here;
+    /// the operator calls of [`MemberJobs`] on any hub list, requeue and delete them.
     pub fn dead_letters(&self) -> Vec<DeadJob> {
         self.queue.dead_letters()
     }
@@ -430,7 +432,8 @@ impl MemberJobs {
     }
 
     /// Up to `limit` jobs in `state` on the hub ([`Jobs::list`]; at most 10,000). An
-    /// operator's call, as [`job`](Self::job).
+    /// operator's call, as [`job`](Self::job). With jobs on JetStream (cluster mode), the
+    /// dead ones are the cluster's, read from its dead-letter stream (without history).
     ///
     /// # Errors
     /// As [`job`](Self::job).
@@ -439,7 +442,8 @@ impl MemberJobs {
     }
 
     /// Puts dead job `id` back in the hub's queue ([`Jobs::requeue_dead_any`]). An
-    /// operator's call, as [`job`](Self::job).
+    /// operator's call, as [`job`](Self::job). With jobs on JetStream (cluster mode), any
+    /// hub requeues any of the cluster's dead letters, once however many ask at once.
     ///
     /// # Errors
     /// As [`job`](Self::job), [`JobError::NotFound`], [`JobError::QueueFull`].
@@ -456,8 +460,9 @@ impl MemberJobs {
         remote::admin(self.member.core_handle()?, "cancel", id, None, 0).await
     }
 
-    /// Forgets dead job `id` ([`Jobs::delete_dead`]). An operator's call, as
-    /// [`job`](Self::job).
+    /// Forgets dead job `id` ([`Jobs::delete_dead`]); false when there is none. An
+    /// operator's call, as [`job`](Self::job). With jobs on JetStream (cluster mode), any
+    /// hub deletes any of the cluster's dead letters.
     ///
     /// # Errors
     /// As [`job`](Self::job).

@@ -1,5 +1,5 @@
 //! `cluster jobs`: the job queue of a running hub: counts, lists by state, dead letters,
-//! one job's history, requeueing and cancelling. All but `stats` are operator calls: they
+//! one job's history, requeueing, deleting and cancelling. All but `stats` are operator calls: they
 //! need the hub's jobs admin token (`cluster provider --jobs-admin-token`).
 
 use super::print_line;
@@ -86,6 +86,13 @@ enum JobsCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Forgets a dead job.
+    Delete {
+        /// The job's id (a UUID).
+        id: Uuid,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Cancels a waiting, delayed or running job.
     Cancel {
         /// The job's id (a UUID).
@@ -133,6 +140,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             member.shutdown().await;
             requeued?;
             print_line(&format!("requeued {id}"));
+            Ok(())
+        }
+        JobsCommand::Delete { id, common } => {
+            let (member, _) = common.member().await?;
+            let deleted = member.jobs().delete_dead(id.as_u128()).await;
+            member.shutdown().await;
+            anyhow::ensure!(deleted?, "no dead job {id}");
+            print_line(&format!("deleted {id}"));
             Ok(())
         }
         JobsCommand::Cancel { id, common } => {

@@ -17,9 +17,9 @@
 
 use super::handle::{Canceller, Delivery, Outcome, Progress};
 use super::queue::{Queue, Submitter};
-use super::store::Owner;
+use super::store::{Owner, StoreFuture};
 use super::wire::{self, Batch, Malformed, CANCEL_SUBJECT};
-use super::{JobError, JobHandle, JobId, JobOptions, JobState, JobStats};
+use super::{JobError, JobHandle, JobId, JobInfo, JobOptions, JobState, JobStats};
 use crate::codec::{Codec, CodecKind};
 use crate::error::{RpcError, RpcErrorKind};
 use crate::link::Link;
@@ -100,9 +100,9 @@ pub(crate) fn serve(
     respond: impl FnOnce(Result<Vec<u8>, RpcError>) + Send + 'static,
 ) {
     let codec = queue.codec();
-    if let Some(answer) = serve_admin(queue, admin, method, request) {
-        return respond(answer);
-    }
+    let Some(respond) = serve_admin(queue, admin, method, request, respond) else {
+        return;
+    };
     match method {
         "stats" => respond(encode(codec, &queue.stats())),
         "submit" => {
@@ -170,39 +170,84 @@ pub(crate) fn serve(
     }
 }
 
-/// The operator calls: `None` for any other method.
-fn serve_admin(
-    queue: &Queue,
+/// Answers the operator calls; gives `respond` back for any other method.
+///
+/// On a store several hubs share, the dead letters are the store's (any hub's): listing,
+/// requeueing and deleting them are answered from a task once the store has.
+fn serve_admin<R>(
+    queue: &Arc<Queue>,
     admin: bool,
     method: &str,
     request: &[u8],
-) -> Option<Result<Vec<u8>, RpcError>> {
+    respond: R,
+) -> Option<R>
+where
+    R: FnOnce(Result<Vec<u8>, RpcError>) + Send + 'static,
+{
     if !matches!(method, "job" | "list" | "requeue" | "cancel" | "delete") {
-        return None;
+        return Some(respond);
     }
     let codec = queue.codec();
     if !admin {
         let refused: Result<(), JobError> = Err(JobError::Forbidden(format!(
             "{method} needs the hub's jobs admin token in the `{JOBS_ADMIN_PARAMETER}` connect parameter"
         )));
-        return Some(encode(codec, &refused));
+        respond(encode(codec, &refused));
+        return None;
     }
     let req = match codec.decode::<AdminRequest>(request) {
         Ok(req) => req,
-        Err(e) => return Some(Err(RpcError::new(RpcErrorKind::Decode, e.to_string()))),
+        Err(e) => {
+            respond(Err(RpcError::new(RpcErrorKind::Decode, e.to_string())));
+            return None;
+        }
     };
-    Some(match method {
+    let limit = req.limit.min(MAX_LISTED);
+    let later = match method {
+        "list" if req.state == Some(JobState::Dead) => queue
+            .shared_dead(|store| store.dead_letters(limit))
+            .map(|listed| {
+                later(codec, listed, |dead| {
+                    dead.iter().map(JobInfo::dead).collect::<Vec<_>>()
+                })
+            }),
+        "requeue" => queue
+            .shared_dead(|store| store.requeue_dead(req.id))
+            .map(|requeued| later(codec, requeued, drop)),
+        "delete" => queue
+            .shared_dead(|store| store.delete_dead(req.id))
+            .map(|deleted| later(codec, deleted, std::convert::identity)),
+        _ => None,
+    };
+    if let Some(answer) = later {
+        queue.answer_later(answer, respond);
+        return None;
+    }
+    respond(match method {
         "job" => encode(codec, &Ok::<_, JobError>(queue.find(req.id))),
         "list" => {
             let state = req.state.unwrap_or(JobState::Waiting);
-            let listed = queue.list(state, req.limit.min(MAX_LISTED));
-            encode(codec, &Ok::<_, JobError>(listed))
+            encode(codec, &Ok::<_, JobError>(queue.list(state, limit)))
         }
         "requeue" => encode(codec, &queue.requeue_dead_any(req.id)),
         "cancel" => encode(codec, &Ok::<_, JobError>(queue.cancel_by_id(req.id))),
         _ => encode(codec, &Ok::<_, JobError>(queue.delete_dead(req.id))),
-    })
+    });
+    None
 }
+
+/// A shared store's answer, once it comes, encoded as the operator call's answer
+/// (`Result<U, JobError>`, `U` made from the store's value by `map`).
+fn later<T: 'static, U: Serialize>(
+    codec: CodecKind,
+    answer: StoreFuture<T>,
+    map: impl FnOnce(T) -> U + Send + 'static,
+) -> Later {
+    Box::pin(async move { encode(codec, &answer.await.map(map)) })
+}
+
+/// An operator call's answer to come.
+type Later = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, RpcError>> + Send>>;
 
 /// An operator's call to the hub's queue, from a member that holds the admin token.
 pub(crate) async fn admin<T: serde::de::DeserializeOwned>(

@@ -76,7 +76,7 @@ pub use self::jetstream::{JetStreamOptions, JetStreamStats, JetStreamStore};
 pub use self::log::{FsyncPolicy, LogOptions, LogStore};
 pub use memory::MemoryStore;
 
-use super::{JobId, JobOptions};
+use super::{DeadJob, JobError, JobId, JobOptions};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -457,7 +457,33 @@ pub trait Shared: Send + Sync {
     /// [`Feed::resolved`], or [`Feed::missing`] when the engine has no such job. Never
     /// blocks.
     fn watch(&self, id: JobId);
+
+    /// Up to `limit` dead letters, oldest first, as the engine keeps them for every hub.
+    /// The default: none (a store that keeps no dead letters).
+    fn dead_letters(&self, limit: usize) -> StoreFuture<Vec<DeadJob>> {
+        let _ = limit;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Runs dead letter `id` again, with fresh attempts and the default options, and
+    /// forgets the dead letter: once, however many hubs ask at the same time (the others
+    /// get [`JobError::NotFound`]). The default: [`JobError::NotFound`].
+    fn requeue_dead(&self, id: JobId) -> StoreFuture<()> {
+        let _ = id;
+        Box::pin(async { Err(JobError::NotFound) })
+    }
+
+    /// Forgets dead letter `id`; false when there is none. The default: false.
+    fn delete_dead(&self, id: JobId) -> StoreFuture<bool> {
+        let _ = id;
+        Box::pin(async { Ok(false) })
+    }
 }
+
+/// The answer of a shared store to an operator's call ([`Shared::dead_letters`], ...):
+/// awaited by the hub off its queue's lock.
+pub type StoreFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, JobError>> + Send>>;
 
 /// A job a shared store pulled for this hub.
 #[derive(Debug, Clone)]

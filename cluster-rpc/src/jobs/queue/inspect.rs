@@ -5,10 +5,13 @@
 
 use super::ready::Waiting;
 use super::state::{Entry, Status};
+use super::DeadJob;
 use super::Queue;
-use crate::jobs::store::{Attempt, Change, UnixMillis};
+use crate::jobs::store::{Attempt, Change, Shared, StoreFuture, UnixMillis};
 use crate::jobs::{JobError, JobId};
 use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Where a job is: [`Jobs::job`](crate::Jobs::job).
@@ -55,6 +58,22 @@ pub struct JobInfo {
 }
 
 impl JobInfo {
+    /// A dead letter.
+    pub(crate) fn dead(dead: &DeadJob) -> Self {
+        Self {
+            id: dead.id,
+            name: dead.name.clone(),
+            state: JobState::Dead,
+            attempts: dead.attempts,
+            worker: None,
+            progress: 0.0,
+            last_error: Some(dead.last_error.clone()),
+            submitted_at: dead.history.first().map_or(0, |a| a.started_at),
+            completed_at: None,
+            history: dead.history.clone(),
+        }
+    }
+
     /// A waiting job named `name`.
     fn waiting(id: JobId, job: &Waiting, name: &str) -> Self {
         match job {
@@ -124,18 +143,7 @@ impl Queue {
                 history,
             });
         }
-        st.dead.find(id).map(|dead| JobInfo {
-            id,
-            name: dead.name.clone(),
-            state: JobState::Dead,
-            attempts: dead.attempts,
-            worker: None,
-            progress: 0.0,
-            last_error: Some(dead.last_error.clone()),
-            submitted_at: dead.history.first().map_or(0, |a| a.started_at),
-            completed_at: None,
-            history: dead.history.clone(),
-        })
+        st.dead.find(id).map(JobInfo::dead)
     }
 
     /// Up to `limit` jobs in `state`: waiting ones in the order they will run (per name),
@@ -204,6 +212,32 @@ impl Queue {
             .map(|dead| dead.name.clone())
             .ok_or(JobError::NotFound)?;
         self.requeue_dead(id, &name).map(drop)
+    }
+
+    /// On a store several hubs share (which keeps the dead letters): its answer to an
+    /// operator's call on them, `op`. `None` when this hub keeps its dead letters itself.
+    pub(crate) fn shared_dead<T>(
+        &self,
+        op: impl FnOnce(&dyn Shared) -> StoreFuture<T>,
+    ) -> Option<StoreFuture<T>> {
+        let store = Arc::clone(&self.state().store.0);
+        store.shared().map(op)
+    }
+
+    /// Awaits `answer` in a task of its own, which ends with the queue (the hub), and
+    /// hands its value to `respond`.
+    pub(crate) fn answer_later<T: Send + 'static>(
+        &self,
+        answer: impl Future<Output = T> + Send + 'static,
+        respond: impl FnOnce(T) + Send + 'static,
+    ) {
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                value = answer => respond(value),
+            }
+        });
     }
 
     /// Forgets dead job `id`; false when the dead letters hold none with it.

@@ -91,18 +91,37 @@
 //!
 //! Unique keys ([`JobOptions::key`](crate::JobOptions::key)) hold per hub, not across the
 //! cluster: the duplicate window dedups message ids, and a key-to-job lookup in NATS on
-//! every keyed submission would cost a round trip each. Dead letters are in the
-//! dead-letter stream, not in the hubs' own dead letters (read them with NATS tools; a hub
-//! does not list or requeue them).
+//! every keyed submission would cost a round trip each.
+//!
+//! **Dead letters** are in the dead-letter stream, not in the hubs' own dead letters, and
+//! any hub lists, requeues and deletes them (the operator calls of
+//! [`MemberJobs`](crate::MemberJobs) and `cluster jobs dead|requeue|delete`;
+//! [`Shared::dead_letters`], [`requeue_dead`](Shared::requeue_dead),
+//! [`delete_dead`](Shared::delete_dead)). A list reads the stream message by message from
+//! its start (gets by sequence, up to the limit asked), each letter with its id, attempts
+//! and last error from its headers, its name and payload from its record. A requeue
+//! deletes the letter by its sequence first, and only the hub whose delete succeeded
+//! publishes the job again, so two hubs requeueing it at once run it once: on its name's
+//! subject, with the default options (as on one hub), under a new message id
+//! (`<id>.<random>`: the duplicate window would drop the job's own), so its first
+//! delivery and fresh attempts. Its outcome goes to its submitting hub and the results
+//! stream as the first time, so the submitter finds it by id
+//! ([`MemberJobs::result`](crate::MemberJobs::result)): a lookup takes the last outcome
+//! stored, and a stored death is not final while the job is back in the job stream. A
+//! publish that fails puts the letter back. A hub's own
+//! [`Jobs::dead_letters`](crate::Jobs::dead_letters) (and the admin page) still lists
+//! only its local dead letters: none in cluster mode.
 
 use super::{
-    Change, Commit, Feed, JobStore, Owner, PulledJob, Recovery, Shared, StoreError, StoreStats,
+    Change, Commit, Feed, JobStore, Owner, PulledJob, Recovery, Shared, StoreError, StoreFuture,
+    StoreStats,
 };
-use crate::jobs::{JobError, JobId, JobOptions};
+use crate::jobs::{DeadJob, JobError, JobId, JobOptions};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{
-    DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType,
+    DeleteMessageErrorKind, DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType,
 };
 use async_nats::jetstream::{self, AckKind, Context};
 use async_nats::{Client, StatusCode, Subject};
@@ -677,12 +696,31 @@ fn delivery_count(reply: &str) -> Option<u64> {
     tokens.split('.').nth(at)?.parse().ok()
 }
 
-/// The job id a job message carries as its message id (`<uuid>`, or `<uuid>.due` once
-/// moved from the delayed subject).
+/// The job id a job message carries as its message id (`<uuid>`, `<uuid>.due` once
+/// moved from the delayed subject, `<uuid>.<requeue>` once requeued from the dead
+/// letters).
 fn message_id(headers: &async_nats::HeaderMap) -> Option<JobId> {
     let value = headers.get(async_nats::header::NATS_MESSAGE_ID)?;
-    let id = Uuid::try_parse(value.as_str().trim_end_matches(".due")).ok()?;
-    Some(id.as_u128())
+    let id = value.as_str().split('.').next()?;
+    Some(Uuid::try_parse(id).ok()?.as_u128())
+}
+
+/// A message of the dead-letter stream as the hubs list it: the job's id, attempts and
+/// last error from its headers, its name and payload from its record. `None` for a
+/// message a hub did not write.
+fn dead_job(message: &StreamMessage) -> Option<DeadJob> {
+    let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+    let id = Uuid::try_parse(&header("Cluster-Job")?).ok()?.as_u128();
+    let attempts = header("Cluster-Attempts")?.parse().ok()?;
+    let record = decode_record(&message.payload).ok()?;
+    Some(DeadJob {
+        id,
+        name: record.name.to_owned(),
+        attempts,
+        last_error: header("Cluster-Error").unwrap_or_default(),
+        payload: record.payload.to_vec(),
+        history: Vec::new(),
+    })
 }
 
 fn decode_id(bytes: &[u8]) -> Option<JobId> {
@@ -1281,9 +1319,13 @@ impl Inner {
                 .subscribe(self.subjects.results_all.clone())
                 .await
                 .map_err(|e| store_error("subscribe", e))?;
-            // Stored before the subscription: in the stream; after: live.
-            if let Some(outcome) = self.stored_outcome(id).await? {
-                return Ok(Some(outcome));
+            // Stored before the subscription: in the stream; after: live. A death is
+            // not the last word: the job may have been requeued since (it is in the job
+            // stream then).
+            let stored = self.stored_outcome(id).await?;
+            let dead = |o: &Outcome| matches!(o.2, Err(JobError::Dead { .. }));
+            if stored.as_ref().is_some_and(|o| !dead(o)) {
+                return Ok(stored);
             }
             let pending = self.find_job(id).await?;
             loop {
@@ -1296,7 +1338,7 @@ impl Inner {
                 } else {
                     match live.next().now_or_never() {
                         Some(next) => next,
-                        None => return Ok(None),
+                        None => return Ok(stored),
                     }
                 };
                 let Some(message) = next else {
@@ -1406,8 +1448,8 @@ impl Inner {
         }
     }
 
-    /// Job `id`'s outcome in the results stream, read from the start to the last message
-    /// stored when the read began.
+    /// Job `id`'s last outcome in the results stream (a requeued job has more than one),
+    /// read from the start to the last message stored when the read began.
     async fn stored_outcome(&self, id: JobId) -> Result<Option<Outcome>, StoreError> {
         let error = |e| store_error("results lookup", e);
         let stream = self
@@ -1430,22 +1472,138 @@ impl Inner {
             .messages()
             .await
             .map_err(|e| error(e.to_string()))?;
+        let mut found = None;
         loop {
             let next = tokio::time::timeout(self.options.request_timeout, messages.next());
             let message = match next.await {
                 Ok(Some(Ok(message))) => message,
                 Ok(Some(Err(e))) => return Err(error(e.to_string())),
-                Ok(None) => return Ok(None),
+                Ok(None) => return Ok(found),
                 Err(_) => return Err(error("no answer in time".to_owned())),
             };
-            if let Some(outcome) = outcomes(&message.payload).find(|o| o.0 == id) {
-                return Ok(Some(outcome));
+            if let Some(outcome) = outcomes(&message.payload).filter(|o| o.0 == id).last() {
+                found = Some(outcome);
             }
             let pending = message.info().map_or(0, |info| info.pending);
             if pending == 0 {
-                return Ok(None);
+                return Ok(found);
             }
         }
+    }
+
+    /// The dead letters from the start of the dead-letter stream, oldest first: at most
+    /// `limit`, or (`want`) only job `want`'s. Read message by message (the stream
+    /// API's get by sequence, which any hub may use on a limits stream).
+    async fn dead_from(
+        &self,
+        limit: usize,
+        want: Option<JobId>,
+    ) -> Result<Vec<(StreamMessage, DeadJob)>, StoreError> {
+        let error = |e: String| store_error("dead letters", e);
+        let stream = self
+            .js
+            .get_stream_no_info(&self.subjects.dead_stream)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let every_letter = format!("{}.__dead.>", self.subjects.prefix);
+        let mut found = Vec::new();
+        let mut seq = 1;
+        while found.len() < limit {
+            let get = stream
+                .raw_message_builder()
+                .sequence(seq)
+                .next_by_subject(every_letter.clone());
+            let message: StreamMessage = match get.send().await {
+                Ok(message) => message,
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(error(e.to_string())),
+            };
+            seq = message.sequence.saturating_add(1);
+            let Some(dead) = dead_job(&message) else {
+                tracing::warn!(seq = message.sequence, "unreadable dead letter: skipped");
+                continue;
+            };
+            match want {
+                Some(id) if dead.id != id => {}
+                Some(_) => return Ok(vec![(message, dead)]),
+                None => found.push((message, dead)),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes job `id`'s dead letter: the message it was read as, or none if another
+    /// hub deleted it first (JetStream deletes a sequence once).
+    async fn delete_letter(&self, id: JobId) -> Result<Option<StreamMessage>, StoreError> {
+        let Some((message, _)) = self.dead_from(1, Some(id)).await?.pop() else {
+            return Ok(None);
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(&self.subjects.dead_stream)
+            .await
+            .map_err(|e| store_error("dead letters", e))?;
+        match stream.delete_message(message.sequence).await {
+            Ok(true) => Ok(Some(message)),
+            Ok(false) => Ok(None),
+            Err(e) => match e.kind() {
+                // The server's answer for a sequence deleted already ("no message
+                // found", code 10057).
+                DeleteMessageErrorKind::JetStream(e)
+                    if matches!(
+                        e.error_code(),
+                        jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                            | jetstream::ErrorCode::NO_MESSAGE_FOUND
+                    ) =>
+                {
+                    Ok(None)
+                }
+                _ => Err(store_error("dead letter delete", e)),
+            },
+        }
+    }
+
+    /// Runs dead job `id` again: its dead letter is deleted first, and only the hub whose
+    /// delete took it publishes the job (so two hubs requeueing it at once run it once),
+    /// with the default options and a new message id (the duplicate window would drop its
+    /// id), for its first delivery: fresh attempts. Its outcome goes to its submitting
+    /// hub, as the first time. A publish that fails puts the dead letter back.
+    async fn requeue_dead(&self, id: JobId) -> Result<(), JobError> {
+        let message = self.delete_letter(id).await?.ok_or(JobError::NotFound)?;
+        let record = decode_record(&message.payload)
+            .map_err(|why| JobError::Store(StoreError::Io(format!("dead letter {id}: {why}"))))?;
+        let options = JobOptions::default();
+        let whose = (record.origin, record.owner);
+        let times = (record.submitted_at, 0);
+        let job = encode_record(whose, times, record.name, &options, record.payload);
+        let subject = self
+            .subjects
+            .ready(record.name, Level::of(options.priority));
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(job)
+            .message_id(format!(
+                "{}.{}",
+                Uuid::from_u128(id).simple(),
+                Uuid::new_v4().simple()
+            ));
+        let published = match self.js.send_publish(subject, publish).await {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = published {
+            let letter = jetstream::message::PublishMessage::build()
+                .payload(message.payload)
+                .headers(message.headers);
+            if let Err(lost) = self.js.send_publish(message.subject, letter).await {
+                tracing::error!(job.id = %Uuid::from_u128(id), %lost, "requeue failed and the dead letter could not be put back");
+            }
+            return Err(JobError::Store(store_error("requeue", error)));
+        }
+        let _ = self
+            .client
+            .publish(self.subjects.kick.clone(), Bytes::new())
+            .await;
+        Ok(())
     }
 
     /// Outcomes, progress and cancels for this hub, kicks, and finds.
@@ -2008,6 +2166,24 @@ impl Shared for JetStreamStore {
         if let Some(feed) = feed {
             tokio::spawn(Arc::clone(&self.inner).watch(id, feed));
         }
+    }
+
+    fn dead_letters(&self, limit: usize) -> StoreFuture<Vec<DeadJob>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let found = inner.dead_from(limit, None).await?;
+            Ok(found.into_iter().map(|(_, dead)| dead).collect())
+        })
+    }
+
+    fn requeue_dead(&self, id: JobId) -> StoreFuture<()> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { inner.requeue_dead(id).await })
+    }
+
+    fn delete_dead(&self, id: JobId) -> StoreFuture<bool> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { Ok(inner.delete_letter(id).await?.is_some()) })
     }
 }
 
