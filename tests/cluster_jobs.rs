@@ -446,17 +446,25 @@ async fn dead_letters_are_listed_requeued_once_and_deleted_through_any_hub() {
         ]
     );
     assert_eq!(op_b.jobs().list(JobState::Dead, 1).await.unwrap().len(), 1);
+    let on_b = b.jobs().cluster_dead_letters(10).await.unwrap();
+    assert_eq!(
+        on_b.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [kept, dropped]
+    );
+    assert_eq!(b.jobs().cluster_dead_letters(1).await.unwrap().len(), 1);
     // Deleted through hub B: gone for every hub.
     assert_eq!(op_b.jobs().delete_dead(dropped).await, Ok(true));
     assert_eq!(op_b.jobs().delete_dead(dropped).await, Ok(false));
+    assert_eq!(a.jobs().cluster_delete_dead(dropped).await, Ok(false));
     let op_a = operator(&a).await;
     let listed = op_a.jobs().list(JobState::Dead, 10).await.unwrap();
     assert_eq!(listed.iter().map(|j| j.id).collect::<Vec<_>>(), [kept]);
-    // Requeued through both hubs at once: it runs once more, with fresh attempts, and
-    // its outcome reaches its submitter.
+    // Requeued through both hubs at once (hub A's own API, an operator of hub B): it
+    // runs once more, with fresh attempts, and its outcome reaches its submitter.
     mended.store(true, Ordering::SeqCst);
-    let (jobs_a, jobs_b) = (op_a.jobs(), op_b.jobs());
-    let (from_a, from_b) = tokio::join!(jobs_a.requeue_dead(kept), jobs_b.requeue_dead(kept));
+    let (jobs_a, jobs_b) = (a.jobs(), op_b.jobs());
+    let (from_a, from_b) =
+        tokio::join!(jobs_a.cluster_requeue_dead(kept), jobs_b.requeue_dead(kept));
     let mut answers = [from_a, from_b];
     answers.sort_by_key(Result::is_err);
     assert_eq!(answers, [Ok(()), Err(JobError::NotFound)]);

@@ -303,9 +303,51 @@ impl Jobs {
 
     /// Jobs that failed every attempt, oldest first. With jobs on JetStream (cluster
     /// mode) the dead letters are the cluster's, in its dead-letter stream: none here;
-    /// the operator calls of [`MemberJobs`] on any hub list, requeue and delete them.
+    /// [`cluster_dead_letters`](Self::cluster_dead_letters) and the operator calls of
+    /// [`MemberJobs`] on any hub list, requeue and delete them.
     pub fn dead_letters(&self) -> Vec<DeadJob> {
         self.queue.dead_letters()
+    }
+
+    /// Up to `limit` dead letters, oldest first, wherever they are kept: this hub's
+    /// ([`dead_letters`](Self::dead_letters)), or with jobs on JetStream (cluster mode)
+    /// the cluster's, read from its dead-letter stream (without their history) on any
+    /// hub.
+    ///
+    /// # Errors
+    /// [`JobError::Store`] when JetStream cannot be read.
+    pub async fn cluster_dead_letters(&self, limit: usize) -> Result<Vec<DeadJob>, JobError> {
+        match self.queue.shared_dead(|store| store.dead_letters(limit)) {
+            Some(listed) => listed.await,
+            None => Ok(self.queue.dead_letters().into_iter().take(limit).collect()),
+        }
+    }
+
+    /// Puts dead job `id` back to run, wherever it is kept: as
+    /// [`requeue_dead_any`](Self::requeue_dead_any) on this hub, or with jobs on JetStream
+    /// (cluster mode) any of the cluster's dead letters, from any hub, once however many
+    /// hubs ask at the same time. Its outcome goes to its submitter.
+    ///
+    /// # Errors
+    /// [`JobError::NotFound`] if no dead job has this id (another hub requeued it first),
+    /// [`JobError::QueueFull`], [`JobError::Store`].
+    pub async fn cluster_requeue_dead(&self, id: JobId) -> Result<(), JobError> {
+        match self.queue.shared_dead(|store| store.requeue_dead(id)) {
+            Some(requeued) => requeued.await,
+            None => self.queue.requeue_dead_any(id),
+        }
+    }
+
+    /// Forgets dead job `id`, wherever it is kept (as
+    /// [`cluster_dead_letters`](Self::cluster_dead_letters)); false when there is none.
+    ///
+    /// # Errors
+    /// [`JobError::Store`] when JetStream cannot be asked.
+    pub async fn cluster_delete_dead(&self, id: JobId) -> Result<bool, JobError> {
+        match self.queue.shared_dead(|store| store.delete_dead(id)) {
+            Some(deleted) => deleted.await,
+            None => Ok(self.queue.delete_dead(id)),
+        }
     }
 
     /// Where job `id` is now (waiting, delayed, running, dead, or completed within the

@@ -63,7 +63,7 @@
 //! `Released` a negative ack without delay; `Cancelled` stops the job everywhere
 //! ([`Feed::cancel`] on the hub running it). Recovery is empty: the engine keeps the jobs.
 //! A handle attached to a job this hub does not hold (a member that failed over from the
-//! hub that took it, or [`HubJobs::result`](crate::HubJobs::result) for another hub's job)
+//! hub that took it, or [`Jobs::result`](crate::Jobs::result) for another hub's job)
 //! waits while the store looks the job up ([`Shared::watch`]).
 
 #[cfg(feature = "nats")]

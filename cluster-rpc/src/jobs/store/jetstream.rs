@@ -55,7 +55,7 @@
 //!   two store round trips. The submitting hub subscribes to its own subject, so the same
 //!   publish delivers the outcomes live; a second outcome of a job (run twice after a
 //!   stall) finds no handle waiting and is dropped. A handle attached on another hub (a
-//!   member that failed over, or [`HubJobs::result`](crate::HubJobs::result) there)
+//!   member that failed over, or [`Jobs::result`](crate::Jobs::result) there)
 //!   listens to every hub's outcomes and reads the results stream for the outcome (all
 //!   of it, which the retention and [`max_results`](JetStreamOptions::max_results)
 //!   bound). Not there: it finds out whether the job is in the job stream, asking the
@@ -108,8 +108,9 @@
 //! stream as the first time, so the submitter finds it by id
 //! ([`MemberJobs::result`](crate::MemberJobs::result)): a lookup takes the last outcome
 //! stored, and a stored death is not final while the job is back in the job stream. A
-//! publish that fails puts the letter back. A hub's own
-//! [`Jobs::dead_letters`](crate::Jobs::dead_letters) (and the admin page) still lists
+//! publish that fails puts the letter back. On the hub itself:
+//! [`Jobs::cluster_dead_letters`](crate::Jobs::cluster_dead_letters) and its siblings;
+//! the sync [`Jobs::dead_letters`](crate::Jobs::dead_letters) (and the admin page) lists
 //! only its local dead letters: none in cluster mode.
 
 use super::{
@@ -176,7 +177,7 @@ pub struct JetStreamOptions {
     /// priority level (JetStream's `max_ack_pending`). Default 100,000.
     pub max_ack_pending: u32,
     /// How long the results stream keeps each job's outcome (its `max_age`): how long
-    /// [`HubJobs::result`](crate::HubJobs::result) on any hub, or a handle re-attached
+    /// [`Jobs::result`](crate::Jobs::result) on any hub, or a handle re-attached
     /// after a failover, finds it. At least 1 s (the live delivery rides on it). Default
     /// 5 minutes, as [`QueueOptions::result_retention`](crate::QueueOptions); a hub in
     /// cluster mode sets it from its queue's.
