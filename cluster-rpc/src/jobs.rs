@@ -210,7 +210,9 @@ impl Jobs {
     /// round each, so the first jobs run while the rest are queued) and committed once,
     /// which is cheaper than a `submit` each. Handles come back in the order of `jobs`.
     /// The buffer is freed once every job of the batch is done (a dead letter keeps a
-    /// copy of its own payload).
+    /// copy of its own payload). The jobs' progress and outcome slots are one allocation
+    /// for the batch too, freed once every job of the batch is done and every handle of
+    /// the batch dropped.
     ///
     /// ```no_run
     /// # use cluster_rpc::{Hub, Job};

@@ -10,9 +10,10 @@ use serde::de::DeserializeOwned;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use tokio::sync::{oneshot, watch};
 
@@ -182,6 +183,78 @@ impl Progress {
     }
 }
 
+/// A job's [`Progress`], shared by its handle and its entry: the job's own, or its place
+/// in the progress of a batch ([`batch`](Self::batch)), which holds every job of the
+/// batch in one allocation (no allocation and free per job). A batch's allocation lives
+/// while any of its jobs' handles or entries does.
+#[derive(Debug, Clone)]
+pub(crate) struct ProgressRef {
+    all: Arc<[Progress]>,
+    /// Its place in `all`; always in range.
+    at: usize,
+}
+
+impl ProgressRef {
+    /// A job's own progress.
+    pub(crate) fn new() -> Self {
+        Self {
+            all: Arc::new([Progress::default()]),
+            at: 0,
+        }
+    }
+
+    /// The progress of `count` jobs in one allocation, a reference to each in turn.
+    pub(crate) fn batch(count: usize) -> impl Iterator<Item = Self> {
+        let all: Arc<[Progress]> = (0..count).map(|_| Progress::default()).collect();
+        (0..count).map(move |at| Self {
+            all: Arc::clone(&all),
+            at,
+        })
+    }
+
+    /// A reference that does not keep the progress alive.
+    pub(crate) fn downgrade(&self) -> WeakProgress {
+        WeakProgress(Some((Arc::downgrade(&self.all), self.at)))
+    }
+}
+
+impl Default for ProgressRef {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Deref for ProgressRef {
+    type Target = Progress;
+
+    fn deref(&self) -> &Progress {
+        &self.all[self.at]
+    }
+}
+
+/// A [`ProgressRef`] that does not keep the progress alive (kept for single jobs: a
+/// batch's job would stay reachable while any job of its batch is alive).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WeakProgress(Option<(Weak<[Progress]>, usize)>);
+
+impl WeakProgress {
+    /// The progress, if it is still alive.
+    pub(crate) fn upgrade(&self) -> Option<ProgressRef> {
+        let (all, at) = self.0.as_ref()?;
+        Some(ProgressRef {
+            all: all.upgrade()?,
+            at: *at,
+        })
+    }
+
+    /// Whether the progress is gone.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|(all, _)| all.strong_count() == 0)
+    }
+}
+
 /// Where a hub-side handle's outcome arrives.
 #[derive(Debug)]
 pub(crate) enum Delivery {
@@ -212,7 +285,7 @@ impl Delivery {
 pub struct JobHandle<T> {
     id: JobId,
     outcome: Delivery,
-    progress: Arc<Progress>,
+    progress: ProgressRef,
     cancel: Canceller,
     codec: CodecKind,
     _output: PhantomData<fn() -> T>,
@@ -230,7 +303,7 @@ impl<T> JobHandle<T> {
     pub(crate) fn new(
         id: JobId,
         outcome: Delivery,
-        progress: Arc<Progress>,
+        progress: ProgressRef,
         cancel: Canceller,
         codec: CodecKind,
     ) -> Self {
@@ -318,4 +391,41 @@ pub(crate) fn new_job_id() -> JobId {
     uuid::Builder::from_random_bytes(bytes)
         .into_uuid()
         .as_u128()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_shares_one_allocation_and_each_job_has_its_own_progress() {
+        let refs: Vec<ProgressRef> = ProgressRef::batch(3).collect();
+        assert_eq!(refs.len(), 3);
+        assert!(refs.iter().all(|r| Arc::ptr_eq(&r.all, &refs[0].all)));
+        refs[1].set(0.5);
+        refs[2].cancel();
+        assert_eq!(
+            refs.iter().map(|r| r.get()).collect::<Vec<_>>(),
+            [0.0, 0.5, 0.0]
+        );
+        assert_eq!(
+            refs.iter().map(|r| r.is_cancelled()).collect::<Vec<_>>(),
+            [false, false, true]
+        );
+        let outcome = |r: &ProgressRef| r.resolution().outcome.take();
+        refs[0].resolve(Some(Ok(Bytes::from_static(b"first"))));
+        assert!(outcome(&refs[1]).is_none());
+        assert_eq!(outcome(&refs[0]), Some(Ok(Bytes::from_static(b"first"))));
+    }
+
+    #[test]
+    fn a_weak_reference_finds_its_own_job_until_the_progress_is_gone() {
+        let refs: Vec<ProgressRef> = ProgressRef::batch(2).collect();
+        let weak = refs[1].downgrade();
+        let found = weak.upgrade().expect("alive");
+        assert!(std::ptr::eq(&*found, &*refs[1]));
+        drop((refs, found));
+        assert!(weak.is_gone() && weak.upgrade().is_none());
+        assert!(WeakProgress::default().is_gone());
+    }
 }

@@ -28,7 +28,7 @@ use self::dispatch::{after, send_drop};
 use self::ready::{Fresh, NameId, Waiting};
 use self::results::{Keys, Retained};
 use self::state::{wall_now, Entry, State, Status, Store};
-use super::handle::{new_job_id, Delivery, Progress};
+use super::handle::{new_job_id, Delivery, Progress, ProgressRef, WeakProgress};
 use super::options::check_name;
 use super::store::{
     Attempt, Change, Commit, JobStore, Owner, RecoveredState, Recovery, StoreError, StoreStats,
@@ -86,7 +86,7 @@ pub struct WorkerStats {
 
 /// What a hub-side submitter holds: the job's id, where its outcome arrives, and its
 /// progress.
-pub(crate) type Queued = (JobId, Delivery, Arc<Progress>);
+pub(crate) type Queued = (JobId, Delivery, ProgressRef);
 
 /// Jobs of a batch queued under one hold of the queue's lock
 /// ([`Queue::submit_many`]).
@@ -203,7 +203,7 @@ impl Queue {
                 st.member_jobs.insert(job.id, job.owner, &progress);
             }
             if let Some(key) = key {
-                st.keys.insert(key, job.id, Arc::downgrade(&progress));
+                st.keys.insert(key, job.id, progress.downgrade());
             }
         }
         let retention = millis(self.options.result_retention);
@@ -213,7 +213,7 @@ impl Queue {
             let key = result.key.as_deref().map(|k| Keys::full(&result.name, k));
             if let Some(key) = &key {
                 st.keys
-                    .insert(key.clone(), result.id, std::sync::Weak::new());
+                    .insert(key.clone(), result.id, WeakProgress::default());
             }
             let last = result.history.pop().unwrap_or_else(|| {
                 let mut last = Attempt::started(1, Uuid::nil(), result.completed_at);
@@ -269,7 +269,7 @@ impl Queue {
     /// outcome once it is known.
     pub(crate) fn accept_then(
         self: &Arc<Self>,
-        job: (JobId, Arc<Progress>),
+        job: (JobId, ProgressRef),
         respond: impl FnOnce(Result<JobId, JobError>) + Send + 'static,
     ) {
         let queue = Arc::downgrade(self);
@@ -322,7 +322,7 @@ impl Queue {
         options: JobOptions,
         submitter: Submitter,
         owner: Owner,
-    ) -> Result<(JobId, Arc<Progress>), JobError> {
+    ) -> Result<(JobId, ProgressRef), JobError> {
         check_name(name)?;
         options.check(&self.options)?;
         self.store.check().map_err(JobError::Store)?;
@@ -369,7 +369,7 @@ impl Queue {
         options: JobOptions,
         (submitter, owner): (Option<Submitter>, Owner),
         origin: Origin,
-    ) -> Result<(JobId, Arc<Progress>), JobError> {
+    ) -> Result<(JobId, ProgressRef), JobError> {
         let delay = options.delay.filter(|d| !d.is_zero());
         let key = options.key.as_deref().map(|key| Keys::full(name, key));
         // Made before taking the lock; the name is set under it.
@@ -423,7 +423,7 @@ impl Queue {
                 st.member_jobs.insert(id, owner, &progress);
             }
             if let Some(key) = key {
-                st.keys.insert(key, id, Arc::downgrade(&progress));
+                st.keys.insert(key, id, progress.downgrade());
             }
             if !shared {
                 self.after_queueing(&mut st, delay.is_some(), now);
@@ -440,7 +440,7 @@ impl Queue {
         st: &mut State,
         key: &str,
         entry: &mut Entry,
-    ) -> Option<(JobId, Arc<Progress>)> {
+    ) -> Option<(JobId, ProgressRef)> {
         let (id, weak) = st.keys.get(key)?.clone();
         let submitter = entry.submitter.take()?;
         let submitter = match weak.upgrade().filter(|p| !p.is_cancelled()) {
@@ -454,7 +454,7 @@ impl Queue {
             Some(kept) => {
                 submitter.resolve(Ok(&kept.output), self.codec);
                 // The handle's own progress: resolved already.
-                Some((id, Arc::clone(entry.shared_progress())))
+                Some((id, entry.shared_progress().clone()))
             }
             None => {
                 // A stale key (its job is gone): this submission takes it.
@@ -476,7 +476,7 @@ impl Queue {
         id: JobId,
         owner: Owner,
         submitter: Submitter,
-    ) -> Result<Option<Arc<Progress>>, JobError> {
+    ) -> Result<Option<ProgressRef>, JobError> {
         let mut st = self.state();
         if let Submitter::Member { conn, .. } = &submitter {
             st.owners.insert(*conn, owner);
@@ -510,14 +510,14 @@ impl Queue {
     }
 
     /// The progress of live job `id`, wherever it is (waiting ones are found by a scan).
-    fn find_progress(&self, st: &State, id: JobId) -> Option<Arc<Progress>> {
+    fn find_progress(&self, st: &State, id: JobId) -> Option<ProgressRef> {
         let progress = st
             .awaiting
             .get(&id)
             .or_else(|| st.jobs.get(&id))
             .map(|e| e.shared_progress())
             .or_else(|| st.ready.find(id).map(|(job, _)| job.progress()))?;
-        Some(Arc::clone(progress))
+        Some(progress.clone())
     }
 
     /// Keeps a completed job's result for the retention, releasing the keys of results
@@ -584,7 +584,8 @@ impl Queue {
     /// are queued in chunks of [`SUBMIT_CHUNK`], one hold of the lock and one dispatch
     /// round each: the first jobs run while the rest are queued, and answers are taken
     /// between chunks (other submissions may queue jobs between them too). The payloads
-    /// may be slices of one buffer (one allocation for the batch).
+    /// may be slices of one buffer (one allocation for the batch), and the jobs' progress
+    /// is one allocation for the batch ([`ProgressRef::batch`]).
     ///
     /// # Errors
     /// As [`submit`](Self::submit).
@@ -620,24 +621,32 @@ impl Queue {
         };
         let mut queued = Vec::with_capacity(count);
         let mut chunk = Vec::with_capacity(SUBMIT_CHUNK.min(count));
-        let mut payloads = payloads.fuse();
+        let mut payloads = payloads.fuse().zip(ProgressRef::batch(count));
         let mut left = count;
         loop {
             // Built before taking the lock; the name holds its place in the table.
-            chunk.extend(payloads.by_ref().take(SUBMIT_CHUNK).map(|payload| {
-                let (job, progress) = if fresh {
-                    let (job, progress) = Fresh::new(payload, 0);
-                    (Waiting::Fresh(job), progress)
-                } else {
-                    let (mut entry, progress) =
-                        Entry::new(payload, options.clone(), Some(Submitter::Handle));
-                    entry.named((name.0, Arc::clone(&name.1)));
-                    (Waiting::Entry(entry), progress)
-                };
-                let id = new_job_id();
-                queued.push((id, Delivery::Progress, progress));
-                (id, job)
-            }));
+            chunk.extend(
+                payloads
+                    .by_ref()
+                    .take(SUBMIT_CHUNK)
+                    .map(|(payload, progress)| {
+                        let job = if fresh {
+                            Waiting::Fresh(Fresh::new(payload, progress.clone(), 0))
+                        } else {
+                            let mut entry = Entry::with_progress(
+                                payload,
+                                options.clone(),
+                                Some(Submitter::Handle),
+                                progress.clone(),
+                            );
+                            entry.named((name.0, Arc::clone(&name.1)));
+                            Waiting::Entry(entry)
+                        };
+                        let id = new_job_id();
+                        queued.push((id, Delivery::Progress, progress));
+                        (id, job)
+                    }),
+            );
             if chunk.is_empty() {
                 break;
             }

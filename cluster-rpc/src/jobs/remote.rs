@@ -15,7 +15,7 @@
 //! reaches it twice. Handles fail with [`RpcErrorKind::Disconnected`] only when the member
 //! closes for good.
 
-use super::handle::{Canceller, Delivery, Outcome, Progress};
+use super::handle::{Canceller, Delivery, Outcome, Progress, ProgressRef};
 use super::queue::{Queue, Submitter};
 use super::store::{Owner, StoreFuture};
 use super::wire::{self, Batch, Malformed, CANCEL_SUBJECT};
@@ -296,7 +296,7 @@ impl Default for Submissions {
 
 struct Pending {
     outcome: oneshot::Sender<Outcome>,
-    progress: Arc<Progress>,
+    progress: ProgressRef,
     /// The job's id, once the hub accepted it.
     id: Option<JobId>,
 }
@@ -437,7 +437,7 @@ impl Withdraw {
 struct NewTicket<'a> {
     ticket: u64,
     outcome: oneshot::Receiver<Outcome>,
-    progress: Arc<Progress>,
+    progress: ProgressRef,
     guard: TicketGuard<'a>,
     withdraw: Withdraw,
 }
@@ -446,12 +446,12 @@ impl<'a> NewTicket<'a> {
     fn new(core: &Arc<PeerCore>, submissions: &'a Arc<Submissions>, id: Option<JobId>) -> Self {
         let ticket = submissions.next_ticket.fetch_add(1, Ordering::Relaxed);
         let (tx, outcome) = oneshot::channel();
-        let progress = Arc::new(Progress::default());
+        let progress = ProgressRef::new();
         submissions.pending().insert(
             ticket,
             Pending {
                 outcome: tx,
-                progress: Arc::clone(&progress),
+                progress: progress.clone(),
                 id,
             },
         );
@@ -473,10 +473,7 @@ impl<'a> NewTicket<'a> {
     }
 
     /// The hub took it: the handle on job `id`.
-    fn handle(
-        mut self,
-        id: JobId,
-    ) -> (JobId, oneshot::Receiver<Outcome>, Arc<Progress>, Canceller) {
+    fn handle(mut self, id: JobId) -> (JobId, oneshot::Receiver<Outcome>, ProgressRef, Canceller) {
         self.guard.armed = false;
         if let Some(pending) = self.guard.submissions.pending().get_mut(&self.ticket) {
             pending.id = Some(id);
@@ -497,7 +494,7 @@ pub(crate) async fn submit(
     name: &str,
     payload: Vec<u8>,
     options: JobOptions,
-) -> Result<(JobId, oneshot::Receiver<Outcome>, Arc<Progress>, Canceller), JobError> {
+) -> Result<(JobId, oneshot::Receiver<Outcome>, ProgressRef, Canceller), JobError> {
     let new = NewTicket::new(&core, submissions, None);
     let request = SubmitRequest {
         owner: submissions.owner,
@@ -518,7 +515,7 @@ pub(crate) async fn attach(
     core: Arc<PeerCore>,
     submissions: &Arc<Submissions>,
     id: JobId,
-) -> Result<(JobId, oneshot::Receiver<Outcome>, Arc<Progress>, Canceller), JobError> {
+) -> Result<(JobId, oneshot::Receiver<Outcome>, ProgressRef, Canceller), JobError> {
     let new = NewTicket::new(&core, submissions, Some(id));
     let request = AttachRequest {
         owner: submissions.owner,
@@ -535,7 +532,7 @@ pub(crate) async fn attach(
 
 /// A member's handle on an accepted job.
 pub(crate) fn handle<T>(
-    (id, outcome, progress, cancel): (JobId, oneshot::Receiver<Outcome>, Arc<Progress>, Canceller),
+    (id, outcome, progress, cancel): (JobId, oneshot::Receiver<Outcome>, ProgressRef, Canceller),
     codec: CodecKind,
 ) -> JobHandle<T> {
     JobHandle::new(id, Delivery::Channel(outcome), progress, cancel, codec)

@@ -191,7 +191,7 @@ impl Queue {
                 .map(|e| e.shared_progress())
                 .or_else(|| st.ready.find(id).map(|(job, _)| job.progress()));
             match progress {
-                Some(progress) => std::sync::Arc::clone(progress),
+                Some(progress) => progress.clone(),
                 None => return false,
             }
         };

@@ -15,7 +15,7 @@
 
 use super::state::{Entry, ProgressGuard};
 use super::workers::WorkerId;
-use crate::jobs::handle::Progress;
+use crate::jobs::handle::ProgressRef;
 use crate::jobs::store::UnixMillis;
 use crate::jobs::JobId;
 use bytes::Bytes;
@@ -42,15 +42,13 @@ pub(super) struct Fresh {
 }
 
 impl Fresh {
-    /// A fresh job, and the progress it shares with its handle.
-    pub(super) fn new(payload: Bytes, submitted_at: UnixMillis) -> (Self, Arc<Progress>) {
-        let progress = Arc::new(Progress::default());
-        let fresh = Self {
+    /// A fresh job, with the progress it shares with its handle.
+    pub(super) fn new(payload: Bytes, progress: ProgressRef, submitted_at: UnixMillis) -> Self {
+        Self {
             payload,
-            progress: ProgressGuard(Arc::clone(&progress)),
+            progress: ProgressGuard(progress),
             submitted_at,
-        };
-        (fresh, progress)
+        }
     }
 }
 
@@ -63,7 +61,7 @@ pub(super) enum Waiting {
 
 impl Waiting {
     /// The progress it shares with its submitters (and their cancels).
-    pub(super) fn progress(&self) -> &Arc<Progress> {
+    pub(super) fn progress(&self) -> &ProgressRef {
         match self {
             Waiting::Fresh(fresh) => &fresh.progress.0,
             Waiting::Entry(entry) => entry.shared_progress(),

@@ -2,13 +2,13 @@
 //! connection or their hub and attach again by job id, and for unique keys, which hold
 //! while their job's result is kept.
 
-use crate::jobs::handle::Progress;
+use crate::jobs::handle::WeakProgress;
 use crate::jobs::store::{Attempt, Owner, UnixMillis};
 use crate::jobs::JobId;
 use bytes::Bytes;
 use foldhash::fast::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use tokio::time::Instant;
 
 /// A kept result.
@@ -248,7 +248,7 @@ impl Results {
 /// holds each, and its progress while it is alive.
 #[derive(Default)]
 pub(super) struct Keys {
-    map: HashMap<Box<str>, (JobId, Weak<Progress>), RandomState>,
+    map: HashMap<Box<str>, (JobId, WeakProgress), RandomState>,
 }
 
 impl Keys {
@@ -261,11 +261,11 @@ impl Keys {
         full.into_boxed_str()
     }
 
-    pub(super) fn get(&self, full: &str) -> Option<&(JobId, Weak<Progress>)> {
+    pub(super) fn get(&self, full: &str) -> Option<&(JobId, WeakProgress)> {
         self.map.get(full)
     }
 
-    pub(super) fn insert(&mut self, full: Box<str>, id: JobId, progress: Weak<Progress>) {
+    pub(super) fn insert(&mut self, full: Box<str>, id: JobId, progress: WeakProgress) {
         self.map.insert(full, (id, progress));
     }
 

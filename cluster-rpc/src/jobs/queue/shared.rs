@@ -5,7 +5,7 @@
 
 use super::state::{wall_now, Entry, State};
 use super::Queue;
-use super::{Progress, Submitter};
+use super::{ProgressRef, Submitter};
 use crate::jobs::store::{Change, Feed, Owner, PulledJob};
 use crate::jobs::{JobError, JobId, JobOptions};
 use bytes::Bytes;
@@ -148,7 +148,7 @@ impl Feed {
             let progress = st.jobs.get(&id).map(|e| e.shared_progress());
             progress
                 .or_else(|| st.ready.find(id).map(|(job, _)| job.progress()))
-                .map(Arc::clone)
+                .cloned()
         };
         if let Some(progress) = progress {
             queue.cancel(id, &progress);
@@ -169,7 +169,7 @@ impl Queue {
         id: JobId,
         owner: Owner,
         submitter: Submitter,
-    ) -> Result<Option<Arc<Progress>>, JobError> {
+    ) -> Result<Option<ProgressRef>, JobError> {
         if st.queued() >= self.options.capacity {
             return Err(JobError::QueueFull {
                 capacity: self.options.capacity,

@@ -12,7 +12,7 @@ use super::ready::{NameId, Ready};
 use super::results::{Keys, Results};
 use super::workers::{WorkerId, Workers};
 use crate::codec::CodecKind;
-use crate::jobs::handle::{Outcome, Progress};
+use crate::jobs::handle::{Outcome, Progress, ProgressRef, WeakProgress};
 use crate::jobs::store::{
     unix_millis, Attempt, Change, Commit, JobStore, MemoryStore, Owner, UnixMillis,
 };
@@ -23,7 +23,7 @@ use bytes::Bytes;
 use foldhash::fast::RandomState;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -133,10 +133,22 @@ impl Entry {
         payload: Bytes,
         options: JobOptions,
         submitter: Option<Submitter>,
-    ) -> (Box<Self>, Arc<Progress>) {
-        let progress = Arc::new(Progress::default());
+    ) -> (Box<Self>, ProgressRef) {
+        let progress = ProgressRef::new();
+        let entry = Self::with_progress(payload, options, submitter, progress.clone());
+        (entry, progress)
+    }
+
+    /// A new entry sharing `progress` with its submitter (a batch's jobs share one
+    /// allocation of progress).
+    pub(super) fn with_progress(
+        payload: Bytes,
+        options: JobOptions,
+        submitter: Option<Submitter>,
+        progress: ProgressRef,
+    ) -> Box<Self> {
         let custom = (options != JobOptions::default()).then(|| Box::new(options));
-        let entry = Box::new(Entry {
+        Box::new(Entry {
             name: NameId::MAX,
             shared_name: None,
             payload,
@@ -149,9 +161,8 @@ impl Entry {
             worker: Uuid::nil(),
             started_at: 0,
             past: Vec::new(),
-            progress: ProgressGuard(Arc::clone(&progress)),
-        });
-        (entry, progress)
+            progress: ProgressGuard(progress),
+        })
     }
 
     /// The entry of a [fresh](super::ready::Fresh) job named `name`, made when it is
@@ -214,7 +225,7 @@ impl Entry {
 
     /// Whether `progress` is this job's (and not another job's under a reused id).
     pub(super) fn owns(&self, progress: &Progress) -> bool {
-        std::ptr::eq(Arc::as_ptr(&self.progress.0), progress)
+        std::ptr::eq(&*self.progress.0, progress)
     }
 
     /// Records a worker's progress report and forwards it to a member submitter.
@@ -246,7 +257,7 @@ impl Entry {
     }
 
     /// The progress it shares with its submitters (and their cancels).
-    pub(super) fn shared_progress(&self) -> &Arc<Progress> {
+    pub(super) fn shared_progress(&self) -> &ProgressRef {
         &self.progress.0
     }
 
@@ -268,7 +279,7 @@ impl Entry {
 }
 
 /// Closes a job's progress when its entry goes (the job resolved or the hub stopped).
-pub(super) struct ProgressGuard(pub(super) Arc<Progress>);
+pub(super) struct ProgressGuard(pub(super) ProgressRef);
 
 impl Drop for ProgressGuard {
     fn drop(&mut self) {
@@ -281,22 +292,21 @@ impl Drop for ProgressGuard {
 /// resolved jobs (whose progress is gone) are swept as the map grows.
 #[derive(Default)]
 pub(super) struct MemberJobs {
-    by_id: HashMap<JobId, (Owner, Weak<Progress>), RandomState>,
+    by_id: HashMap<JobId, (Owner, WeakProgress), RandomState>,
     sweep_at: usize,
 }
 
 impl MemberJobs {
-    pub(super) fn insert(&mut self, id: JobId, member: Owner, progress: &Arc<Progress>) {
+    pub(super) fn insert(&mut self, id: JobId, member: Owner, progress: &ProgressRef) {
         if self.by_id.len() >= self.sweep_at {
-            self.by_id
-                .retain(|_, (_, progress)| progress.strong_count() > 0);
+            self.by_id.retain(|_, (_, progress)| !progress.is_gone());
             self.sweep_at = (2 * self.by_id.len()).max(1024);
         }
-        self.by_id.insert(id, (member, Arc::downgrade(progress)));
+        self.by_id.insert(id, (member, progress.downgrade()));
     }
 
     /// The progress of `member`'s job `id`, if it is still in the queue.
-    pub(super) fn get(&self, id: JobId, member: Owner) -> Option<Arc<Progress>> {
+    pub(super) fn get(&self, id: JobId, member: Owner) -> Option<ProgressRef> {
         match self.by_id.get(&id) {
             Some((owner, progress)) if *owner == member => progress.upgrade(),
             _ => None,

@@ -353,7 +353,7 @@ async fn the_store_sees_every_change_and_gates_acceptance_and_results() {
     // Not accepted before the store's commit.
     let accepted = {
         let queue = Arc::clone(&queue);
-        let progress = Arc::clone(&progress);
+        let progress = progress.clone();
         tokio::spawn(async move { queue.accepted([(id, &*progress)]).await })
     };
     tokio::task::yield_now().await;
