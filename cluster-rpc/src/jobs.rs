@@ -211,8 +211,7 @@ impl Jobs {
     /// which is cheaper than a `submit` each. Handles come back in the order of `jobs`.
     /// The buffer is freed once every job of the batch is done (a dead letter keeps a
     /// copy of its own payload). The jobs' progress and outcome slots are one allocation
-    /// for the batch too, freed once every job of the batch is done and every handle of
-    /// the batch dropped.
+    /// per 512 jobs, freed once those jobs are done and their handles dropped.
     ///
     /// ```no_run
     /// # use cluster_rpc::{Hub, Job};

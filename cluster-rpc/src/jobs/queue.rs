@@ -584,8 +584,8 @@ impl Queue {
     /// are queued in chunks of [`SUBMIT_CHUNK`], one hold of the lock and one dispatch
     /// round each: the first jobs run while the rest are queued, and answers are taken
     /// between chunks (other submissions may queue jobs between them too). The payloads
-    /// may be slices of one buffer (one allocation for the batch), and the jobs' progress
-    /// is one allocation for the batch ([`ProgressRef::batch`]).
+    /// may be slices of one buffer (one allocation for the batch), and the progress of
+    /// each chunk's jobs is one allocation ([`ProgressRef::batch`]).
     ///
     /// # Errors
     /// As [`submit`](Self::submit).
@@ -621,14 +621,16 @@ impl Queue {
         };
         let mut queued = Vec::with_capacity(count);
         let mut chunk = Vec::with_capacity(SUBMIT_CHUNK.min(count));
-        let mut payloads = payloads.fuse().zip(ProgressRef::batch(count));
+        let mut payloads = payloads.fuse();
         let mut left = count;
         loop {
-            // Built before taking the lock; the name holds its place in the table.
+            // Built before taking the lock; the name holds its place in the table. The
+            // chunk's progress is one allocation, made as the chunk is (so the first jobs
+            // run while the rest are made, and a chunk's is freed once its jobs are done).
             chunk.extend(
                 payloads
                     .by_ref()
-                    .take(SUBMIT_CHUNK)
+                    .zip(ProgressRef::batch(SUBMIT_CHUNK.min(left)))
                     .map(|(payload, progress)| {
                         let job = if fresh {
                             Waiting::Fresh(Fresh::new(payload, progress.clone(), 0))
