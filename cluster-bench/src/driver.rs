@@ -29,10 +29,12 @@ const W5_JOBS: u64 = 200_000;
 const W5_QUICK_JOBS: u64 = 20_000;
 /// W7 messages published in a calibration run (each subscriber gets all of them).
 const W7_PROBE_K: u64 = 5_000;
-/// W8 jobs through JetStream of a full run (2–5 s at the baseline's ~5–10 k jobs/s on
-/// these machines) and of a quick one.
-const W8_JOBS: u64 = 20_000;
+/// W8 jobs through JetStream of a calibration run (a full run is sized from its rate to
+/// last [`TARGET_SECS`], ours and the baseline alike), and of a quick run.
+const W8_PROBE_JOBS: u64 = 20_000;
 const W8_QUICK_JOBS: u64 = 5_000;
+/// Most jobs of one W8 run: a wild calibration must not outlast [`RUN_TIMEOUT`].
+const W8_MAX_JOBS: u64 = 1_000_000;
 
 /// How big one run is.
 #[derive(Debug, Clone, Copy)]
@@ -217,7 +219,14 @@ async fn size_for(plan: &Plan, case: &Case, system: System) -> anyhow::Result<Si
     let fixed = |count, warmup| Ok(Size { count, warmup });
     match (case.part, plan.quick) {
         (Workload::W5, true) if case.nats => fixed(W8_QUICK_JOBS, 0),
-        (Workload::W5, false) if case.nats => fixed(W8_JOBS, 0),
+        (Workload::W5, false) if case.nats => {
+            let probe = Size {
+                count: W8_PROBE_JOBS,
+                warmup: 0,
+            };
+            let f = run_once(case, system, probe).await?;
+            fixed(scaled(f.rate, 1, W8_PROBE_JOBS).min(W8_MAX_JOBS), 0)
+        }
         (Workload::W1, true) => fixed((200_000 / conns).max(100), 0),
         (Workload::W3, true) => fixed(1_000, 0),
         (Workload::W2, true) => fixed(2_000, 200),

@@ -119,7 +119,6 @@ use super::{
 };
 use crate::jobs::{DeadJob, JobError, JobId, JobOptions};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{
     DeleteMessageErrorKind, DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType,
@@ -347,13 +346,10 @@ struct Recent {
 
 /// Cancels remembered.
 const RECENT_CANCELS: usize = 10_000;
-/// Publishes JetStream has not acknowledged yet, at most, per store: the client's bound on
-/// them (`max_ack_inflight`). A publish past it waits until an acknowledgement is awaited.
+/// Publishes JetStream has not acknowledged yet, at most, per store (job publishes, and
+/// the client's own bound, `max_ack_inflight`, on the others). A job publish past it
+/// waits until an acknowledgement came.
 const MAX_ACKS_IN_FLIGHT: usize = 5_000;
-/// Publishes of one batch handed to the confirmer before the batch's commit: its acks
-/// are awaited there, below [`MAX_ACKS_IN_FLIGHT`] (holding more would wait forever for
-/// a permit only their own acknowledgements give back).
-const CONFIRM_EARLY: usize = MAX_ACKS_IN_FLIGHT / 2;
 
 impl Recent {
     fn insert(&mut self, id: JobId) {
@@ -382,6 +378,15 @@ struct Inner {
     /// Subscriptions made at connect, handed to the listener task at start.
     subscriptions: Mutex<Option<Subscriptions>>,
     inflight: Mutex<HashMap<JobId, Inflight, RandomState>>,
+    /// The subject of each job name's level, by the name's hash ([`Subjects::ready`]),
+    /// made once.
+    ready: Mutex<HashMap<(u64, Level), Subject, RandomState>>,
+    /// Where JetStream acknowledges job publishes: `<inbox>.<n>`, the publish's number
+    /// in hex ([`run_confirmer`]).
+    acks_inbox: String,
+    /// Job publishes that may still be sent before an acknowledgement came back
+    /// ([`MAX_ACKS_IN_FLIGHT`]).
+    ack_permits: tokio::sync::Semaphore,
     /// Jobs submitted here and not resolved, with their stream sequence once known (0
     /// before), so a cancel can delete them, and their owner.
     submitted: Mutex<HashMap<JobId, (u64, Owner), RandomState>>,
@@ -408,6 +413,8 @@ struct Subscriptions {
     cancels: async_nats::Subscriber,
     kicks: async_nats::Subscriber,
     finds: async_nats::Subscriber,
+    /// JetStream's acknowledgements of job publishes: taken by the confirmer at start.
+    acks: Option<async_nats::Subscriber>,
 }
 
 /// The subjects and names of one prefix.
@@ -451,8 +458,7 @@ impl Subjects {
         }
     }
 
-    /// The subject of `name`'s jobs at `level`; each job is published to it with its id as
-    /// one more token.
+    /// The subject of `name`'s jobs at `level`.
     fn ready(&self, name: &str, level: Level) -> String {
         format!(
             "{}.__jobs.{:016x}.{}",
@@ -522,7 +528,7 @@ enum Op {
     /// Publish a job to the stream.
     Publish {
         id: JobId,
-        subject: String,
+        subject: Subject,
         record: Bytes,
     },
     /// Finish the commit once the publishes before it are acknowledged.
@@ -634,19 +640,19 @@ fn decode_record(bytes: &[u8]) -> Result<Record<'_>, &'static str> {
 /// A job's outcome in the results stream: u128 id, u128 owner, u8 status (0 output, 1
 /// error), then the output or the MessagePack-encoded [`JobError`].
 fn encode_outcome(id: JobId, owner: Owner, outcome: Result<&[u8], &JobError>) -> Bytes {
-    let mut out = BytesMut::new();
+    let error = outcome
+        .err()
+        .map(|error| rmp_serde::to_vec(error).unwrap_or_default());
+    let body = match (outcome, &error) {
+        (Ok(output), _) => output,
+        (Err(_), error) => error.as_deref().unwrap_or_default(),
+    };
+    // Sized once (grown from empty, it was reallocated on the way).
+    let mut out = BytesMut::with_capacity(33 + body.len());
     out.put_u128_le(id);
     out.put_u128_le(owner.0);
-    match outcome {
-        Ok(output) => {
-            out.put_u8(0);
-            out.put_slice(output);
-        }
-        Err(error) => {
-            out.put_u8(1);
-            out.put_slice(&rmp_serde::to_vec(error).unwrap_or_default());
-        }
-    }
+    out.put_u8(u8::from(outcome.is_err()));
+    out.put_slice(body);
     out.freeze()
 }
 
@@ -692,9 +698,16 @@ fn decode_outcome(bytes: &Bytes) -> Option<Outcome> {
 /// (`$JS.ACK.<stream>.<consumer>.<delivered>.…`, or with a domain and an account hash
 /// before the stream: 9 tokens or more after `$JS.ACK.`).
 fn delivery_count(reply: &str) -> Option<u64> {
-    let tokens = reply.strip_prefix("$JS.ACK.")?;
-    let at = if tokens.split('.').count() >= 9 { 4 } else { 2 };
-    tokens.split('.').nth(at)?.parse().ok()
+    // Bytes, not `str::split`: this runs for every job pulled, and a search per token
+    // cost more than the rest of taking the job.
+    let tokens = reply.strip_prefix("$JS.ACK.")?.as_bytes();
+    let at = if tokens.iter().filter(|&&b| b == b'.').count() >= 8 {
+        4
+    } else {
+        2
+    };
+    let token = tokens.split(|&b| b == b'.').nth(at)?;
+    std::str::from_utf8(token).ok()?.parse().ok()
 }
 
 /// The job id a job message carries as its message id (`<uuid>`, `<uuid>.due` once
@@ -829,12 +842,14 @@ impl JetStreamStore {
                     .map_err(|e| store_error("subscribe", e))
             }
         };
+        let acks_inbox = client.new_inbox();
         let subscriptions = Subscriptions {
             results: subscribe(subjects.results_here.clone()).await?,
             progress: subscribe(subjects.progress_here.clone()).await?,
             cancels: subscribe(subjects.cancel.clone()).await?,
             kicks: subscribe(subjects.kick.clone()).await?,
             finds: subscribe(subjects.find.clone()).await?,
+            acks: Some(subscribe(format!("{acks_inbox}.*")).await?),
         };
         let (ops, op_rx) = mpsc::unbounded_channel();
         let (closed_tx, closed) = std::sync::mpsc::channel();
@@ -849,6 +864,9 @@ impl JetStreamStore {
                 op_rx: Mutex::new(Some(op_rx)),
                 subscriptions: Mutex::new(Some(subscriptions)),
                 inflight: Mutex::default(),
+                ready: Mutex::default(),
+                acks_inbox,
+                ack_permits: tokio::sync::Semaphore::new(MAX_ACKS_IN_FLIGHT),
                 submitted: Mutex::default(),
                 recent: Mutex::new(Recent {
                     order: VecDeque::new(),
@@ -903,6 +921,14 @@ impl JetStreamStore {
 }
 
 impl Inner {
+    /// [`Subjects::ready`], made once per name and level.
+    fn ready_subject(&self, name: &str, level: Level) -> Subject {
+        lock(&self.ready)
+            .entry((name_hash(name), level))
+            .or_insert_with(|| Subject::from(self.subjects.ready(name, level)))
+            .clone()
+    }
+
     fn send(&self, op: Op) {
         let _ = self.ops.send(op);
     }
@@ -1645,9 +1671,16 @@ impl Inner {
 
 /// Runs the ops in order: publishes (their acks awaited by the confirmer, in order),
 /// acks, core messages, dead letters.
+///
+/// A job is published on core NATS with a reply subject of the store's own
+/// (`<acks inbox>.<n>`), where JetStream's acknowledgement comes to one subscription the
+/// confirmer reads: not through the client's JetStream publish, which makes an inbox
+/// subject, a channel and a timer per publish and reads each acknowledgement into a
+/// generic response (about a fifth of the submitting hub's instructions per job, issue 13).
 async fn run_ops(
     inner: Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<Op>,
+    acks: async_nats::Subscriber,
     closed: std::sync::mpsc::Sender<()>,
 ) {
     let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
@@ -1656,9 +1689,10 @@ async fn run_ops(
     tokio::spawn(run_confirmer(
         Arc::clone(&inner),
         confirm_rx,
+        acks,
         store_tx.clone(),
     ));
-    let mut pending: Vec<(JobId, Result<PublishAckFuture, String>)> = Vec::new();
+    let mut sent = 0u64;
     let mut ops = Vec::with_capacity(256);
     loop {
         if rx.recv_many(&mut ops, 256).await == 0 {
@@ -1673,17 +1707,39 @@ async fn run_ops(
                     record,
                 } => {
                     published = true;
-                    let publish = jetstream::message::PublishMessage::build()
-                        .payload(record)
-                        .message_id(Uuid::from_u128(id).simple().to_string());
-                    let sent = inner.js.send_publish(subject, publish).await;
-                    pending.push((id, sent.map_err(|e| e.to_string())));
-                    if pending.len() >= CONFIRM_EARLY {
-                        let _ = confirm_tx.send(Confirm::Acks(std::mem::take(&mut pending)));
+                    // Given back by the confirmer when the acknowledgement came (or did
+                    // not in time); closed only with the store.
+                    if let Ok(permit) = inner.ack_permits.acquire().await {
+                        permit.forget();
                     }
+                    sent = sent.wrapping_add(1);
+                    let mut reply = String::with_capacity(inner.acks_inbox.len() + 17);
+                    reply.push_str(&inner.acks_inbox);
+                    reply.push('.');
+                    push_hex(&mut reply, sent);
+                    let mut headers = async_nats::HeaderMap::new();
+                    let mut buf = [0; uuid::fmt::Simple::LENGTH];
+                    let msg_id: &str = Uuid::from_u128(id).simple().encode_lower(&mut buf);
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+                    // The client's queue to its connection is full only while the
+                    // connection is down: then the submission fails in time.
+                    let publish = inner
+                        .client
+                        .publish_with_reply_and_headers(subject, reply, headers, record);
+                    let failed =
+                        match tokio::time::timeout(inner.options.request_timeout, publish).await {
+                            Ok(Ok(())) => None,
+                            Ok(Err(error)) => Some(error.to_string()),
+                            Err(_) => Some("the NATS connection is not writable".to_owned()),
+                        };
+                    let _ = confirm_tx.send(Confirm::Sent {
+                        n: sent,
+                        id,
+                        failed,
+                    });
                 }
                 Op::Sync(commit) => {
-                    let _ = confirm_tx.send(Confirm::Batch(std::mem::take(&mut pending), commit));
+                    let _ = confirm_tx.send(Confirm::Commit(commit));
                 }
                 Op::Reply(subject, kind) => {
                     let _ = inner.client.publish(subject, kind.into()).await;
@@ -1740,38 +1796,70 @@ async fn run_ops(
     }
 }
 
-/// Awaits each publish's acknowledgement and notes its sequence; the first failure.
-async fn confirm(
-    inner: &Inner,
-    publishes: Vec<(JobId, Result<PublishAckFuture, String>)>,
-) -> Result<(), StoreError> {
-    let mut result = Ok(());
-    for (id, sent) in publishes {
-        let acked = match sent {
-            Ok(ack) => ack.await.map_err(|e| e.to_string()),
-            Err(error) => Err(error),
-        };
-        match acked {
-            Ok(ack) => {
-                if let Some((seq, _)) = lock(&inner.submitted).get_mut(&id) {
-                    *seq = ack.sequence;
-                }
-            }
-            Err(error) => {
-                if result.is_ok() {
-                    result = Err(store_error("publish", error));
-                }
-            }
-        }
+/// `n` in lower-case hex, without leading zeros.
+fn push_hex(out: &mut String, n: u64) {
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for at in (0..digits).rev() {
+        let nibble = (n >> (at * 4)) & 0xf;
+        out.push(char::from(b"0123456789abcdef"[nibble as usize]));
     }
-    result
 }
 
+/// JetStream's answer to a publish: the message's sequence in the stream, or why it was
+/// not stored.
+fn read_ack(message: &async_nats::Message) -> Result<u64, String> {
+    #[derive(serde::Deserialize)]
+    struct Ack {
+        #[serde(default)]
+        seq: u64,
+        #[serde(default)]
+        error: Option<AckError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AckError {
+        #[serde(default)]
+        description: String,
+    }
+    match message.status {
+        None | Some(StatusCode::OK) => {}
+        Some(StatusCode::NO_RESPONDERS) => return Err("no JetStream stream for the job".into()),
+        Some(status) => return Err(format!("JetStream answered {status}")),
+    }
+    match serde_json::from_slice::<Ack>(&message.payload) {
+        Ok(Ack {
+            error: Some(error), ..
+        }) => Err(error.description),
+        Ok(ack) => Ok(ack.seq),
+        Err(error) => Err(format!("unreadable acknowledgement: {error}")),
+    }
+}
+
+/// What the confirmer is told, in the order of the ops.
 enum Confirm {
-    /// Publishes of a batch whose commit comes later, with the rest ([`CONFIRM_EARLY`]).
-    Acks(Vec<(JobId, Result<PublishAckFuture, String>)>),
-    Batch(Vec<(JobId, Result<PublishAckFuture, String>)>, Commit),
+    /// Job publish number `n` went out (or `failed` to).
+    Sent {
+        n: u64,
+        id: JobId,
+        failed: Option<String>,
+    },
+    /// Finish the commit once every publish before it was acknowledged.
+    Commit(Commit),
+    /// Delete a job submitted here, after the publishes before.
     Cancel(JobId),
+}
+
+/// A commit or cancel waiting for the publishes before it.
+enum Mark {
+    Commit(Commit),
+    Cancel(JobId),
+}
+
+/// A job publish waiting for its acknowledgement.
+struct Unconfirmed {
+    id: JobId,
+    sent_at: Instant,
+    /// The sequence in the stream, or why it failed; `None` until known.
+    acked: Option<Result<u64, String>>,
 }
 
 /// What the outcome task does.
@@ -1875,56 +1963,146 @@ async fn run_outcomes(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<ToStore
 }
 
 /// Finishes commits once JetStream acknowledged the publishes before them, in order, runs
-/// cancels after the publishes they follow.
+/// cancels after the publishes they follow. An acknowledgement that does not come within
+/// the request timeout fails its publish (a publish sent just before the server went away
+/// is never answered).
 async fn run_confirmer(
     inner: Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<Confirm>,
+    mut acks: async_nats::Subscriber,
     outcomes: mpsc::UnboundedSender<ToStore>,
 ) {
-    // The first failure among a batch's early publishes, for the batch's commit.
-    let mut early = Ok(());
-    while let Some(item) = rx.recv().await {
-        match item {
-            Confirm::Acks(publishes) => {
-                let failed = confirm(&inner, publishes).await;
-                if early.is_ok() {
-                    early = failed;
-                }
-            }
-            Confirm::Batch(publishes, commit) => {
-                let failed = confirm(&inner, publishes).await;
-                let result = std::mem::replace(&mut early, Ok(())).and(failed);
-                bump(&inner.counters.commits);
-                commit.finish(result);
-            }
-            Confirm::Cancel(id) => {
-                let submitted = lock(&inner.submitted).remove(&id);
-                if let Some((seq, owner)) = submitted {
-                    if seq > 0 {
-                        if let Ok(stream) =
-                            inner.js.get_stream_no_info(&inner.subjects.stream).await
-                        {
-                            // Fails if a hub holds it (it is terminated there) or it is gone.
-                            let _ = stream.delete_message(seq).await;
-                        }
+    // Publishes in the order sent: `waiting[i]` is publish number `first + i`.
+    let mut waiting: VecDeque<Unconfirmed> = VecDeque::new();
+    let mut first = 1u64;
+    // Commits and cancels, each after the publishes numbered below its number.
+    let mut marks: VecDeque<(u64, Mark)> = VecDeque::new();
+    // The first failure among the publishes since the last commit, for the next commit.
+    let mut failed = Ok(());
+    loop {
+        let deadline = waiting
+            .front()
+            .map(|oldest| oldest.sent_at + inner.options.request_timeout);
+        tokio::select! {
+            // Every publish is told here before its acknowledgement can arrive: the
+            // channel is read first.
+            biased;
+            item = rx.recv() => match item {
+                Some(Confirm::Sent { n, id, failed }) => {
+                    if waiting.is_empty() {
+                        first = n;
                     }
-                    // For handles re-attached on other hubs.
-                    let _ = outcomes.send(ToStore::Outcome(Stored {
-                        origin: inner.hub,
-                        payload: encode_outcome(id, owner, Err(&JobError::Cancelled)),
-                        then: None,
-                    }));
+                    let acked = failed.map(Err);
+                    if acked.is_some() {
+                        inner.ack_permits.add_permits(1);
+                    }
+                    waiting.push_back(Unconfirmed { id, sent_at: Instant::now(), acked });
                 }
-                let _ = inner
-                    .client
-                    .publish(
-                        inner.subjects.cancel.clone(),
-                        Bytes::copy_from_slice(&id.to_le_bytes()),
-                    )
-                    .await;
+                Some(Confirm::Commit(commit)) => {
+                    marks.push_back((first.wrapping_add(waiting.len() as u64), Mark::Commit(commit)));
+                }
+                Some(Confirm::Cancel(id)) => {
+                    marks.push_back((first.wrapping_add(waiting.len() as u64), Mark::Cancel(id)));
+                }
+                None => return,
+            },
+            Some(message) = acks.next() => {
+                let n = message
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|token| u64::from_str_radix(token, 16).ok());
+                let slot = n
+                    .and_then(|n| n.checked_sub(first))
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| waiting.get_mut(i));
+                // A late acknowledgement of a publish that timed out is dropped.
+                if let Some(slot) = slot.filter(|slot| slot.acked.is_none()) {
+                    slot.acked = Some(read_ack(&message));
+                    inner.ack_permits.add_permits(1);
+                }
+            }
+            () = sleep_until_some(deadline) => {
+                if let Some(oldest) = waiting.front_mut().filter(|oldest| oldest.acked.is_none()) {
+                    oldest.acked = Some(Err("no acknowledgement in time".into()));
+                    inner.ack_permits.add_permits(1);
+                }
+            }
+        }
+        while waiting.front().is_some_and(|oldest| oldest.acked.is_some()) {
+            let Some(Unconfirmed {
+                id,
+                acked: Some(acked),
+                ..
+            }) = waiting.pop_front()
+            else {
+                break;
+            };
+            first = first.wrapping_add(1);
+            match acked {
+                Ok(seq) => {
+                    if let Some((at, _)) = lock(&inner.submitted).get_mut(&id) {
+                        *at = seq;
+                    }
+                }
+                Err(error) => {
+                    if failed.is_ok() {
+                        failed = Err(store_error("publish", error));
+                    }
+                }
+            }
+        }
+        while marks
+            .front()
+            .is_some_and(|(before, _)| waiting.is_empty() || *before <= first)
+        {
+            let Some((_, mark)) = marks.pop_front() else {
+                break;
+            };
+            match mark {
+                Mark::Commit(commit) => {
+                    bump(&inner.counters.commits);
+                    commit.finish(std::mem::replace(&mut failed, Ok(())));
+                }
+                Mark::Cancel(id) => cancel(&inner, id, &outcomes).await,
             }
         }
     }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Deletes job `id`, submitted here, from the job stream, stores its cancelled outcome and
+/// tells every hub.
+async fn cancel(inner: &Inner, id: JobId, outcomes: &mpsc::UnboundedSender<ToStore>) {
+    let submitted = lock(&inner.submitted).remove(&id);
+    if let Some((seq, owner)) = submitted {
+        if seq > 0 {
+            if let Ok(stream) = inner.js.get_stream_no_info(&inner.subjects.stream).await {
+                // Fails if a hub holds it (it is terminated there) or it is gone.
+                let _ = stream.delete_message(seq).await;
+            }
+        }
+        // For handles re-attached on other hubs.
+        let _ = outcomes.send(ToStore::Outcome(Stored {
+            origin: inner.hub,
+            payload: encode_outcome(id, owner, Err(&JobError::Cancelled)),
+            then: None,
+        }));
+    }
+    let _ = inner
+        .client
+        .publish(
+            inner.subjects.cancel.clone(),
+            Bytes::copy_from_slice(&id.to_le_bytes()),
+        )
+        .await;
 }
 
 impl JobStore for JetStreamStore {
@@ -1951,8 +2129,8 @@ impl JobStore for JetStreamStore {
                     at.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 });
                 let subject = match delay {
-                    Some(_) => inner.subjects.delayed.clone(),
-                    None => inner.subjects.ready(name, Level::of(options.priority)),
+                    Some(_) => Subject::from(inner.subjects.delayed.as_str()),
+                    None => inner.ready_subject(name, Level::of(options.priority)),
                 };
                 let whose = (inner.hub, owner);
                 let record = encode_record(whose, (at, not_before), name, options, payload);
@@ -2143,7 +2321,7 @@ impl JobStore for JetStreamStore {
 impl Shared for JetStreamStore {
     fn start(&self, feed: Feed) {
         let inner = &self.inner;
-        let (Some(op_rx), Some(subs), Some(closed)) = (
+        let (Some(op_rx), Some(mut subs), Some(closed)) = (
             lock(&inner.op_rx).take(),
             lock(&inner.subscriptions).take(),
             lock(&inner.closed_tx).take(),
@@ -2151,8 +2329,11 @@ impl Shared for JetStreamStore {
             tracing::warn!("a JetStream store serves one hub: started twice");
             return;
         };
+        let Some(acks) = subs.acks.take() else {
+            return;
+        };
         *lock(&inner.feed) = Some(feed.clone());
-        tokio::spawn(run_ops(Arc::clone(inner), op_rx, closed));
+        tokio::spawn(run_ops(Arc::clone(inner), op_rx, acks, closed));
         tokio::spawn(Arc::clone(inner).run_listener(subs, feed.clone()));
         tokio::spawn(Arc::clone(inner).run_delays());
         tokio::spawn(Arc::clone(inner).run_puller(feed));
@@ -2210,6 +2391,45 @@ mod tests {
         let mut other = record.to_vec();
         other[0] = 9;
         assert!(decode_record(&other).is_err());
+    }
+
+    #[test]
+    fn publish_numbers_read_back_from_their_hex_token() {
+        for n in [0, 1, 9, 10, 255, 4096, u64::MAX] {
+            let mut subject = String::from("_INBOX.x.");
+            push_hex(&mut subject, n);
+            let token = subject.rsplit('.').next().unwrap();
+            assert_eq!(token, format!("{n:x}"));
+            assert_eq!(u64::from_str_radix(token, 16), Ok(n));
+        }
+    }
+
+    #[test]
+    fn acknowledgements_give_the_sequence_or_why_not() {
+        let answer = |payload: &'static [u8], status| async_nats::Message {
+            subject: Subject::from("_INBOX.x.1"),
+            reply: None,
+            payload: Bytes::from_static(payload),
+            headers: None,
+            status,
+            description: None,
+            length: payload.len(),
+        };
+        let stored = answer(br#"{"stream":"C_JOBS","seq":42}"#, None);
+        assert_eq!(read_ack(&stored), Ok(42));
+        let duplicate = answer(br#"{"stream":"C_JOBS","seq":7,"duplicate":true}"#, None);
+        assert_eq!(read_ack(&duplicate), Ok(7));
+        let refused = answer(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+            None,
+        );
+        assert_eq!(
+            read_ack(&refused),
+            Err("maximum messages exceeded".to_owned())
+        );
+        let nobody = answer(b"", Some(StatusCode::NO_RESPONDERS));
+        assert!(read_ack(&nobody).is_err());
+        assert!(read_ack(&answer(b"not json", None)).is_err());
     }
 
     #[test]
