@@ -170,8 +170,11 @@ impl Progress {
     }
 
     /// The job resolved: no more reports, receivers see the channel closed.
+    /// Closing again does nothing.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
         if self.watched.load(Ordering::SeqCst) {
             self.updates().take();
         }

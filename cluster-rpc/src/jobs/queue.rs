@@ -841,7 +841,7 @@ impl Queue {
     ///
     /// # Errors
     /// A malformed frame (the answers before the bad record count).
-    pub(crate) fn answers(&self, conn: Uuid, payload: &[u8]) -> Result<(), Malformed> {
+    pub(crate) fn answers(self: &Arc<Self>, conn: Uuid, payload: &[u8]) -> Result<(), Malformed> {
         // Outputs outlive the frame (they are delivered once durable, and retained): one
         // copy of the frame, which each output is a slice of.
         let frame = Bytes::copy_from_slice(payload);
@@ -923,10 +923,18 @@ impl Queue {
             // Delivered once the completions are durable, so a re-run after a crash cannot
             // answer a handle twice. If they cannot be made durable, they are delivered
             // all the same: the jobs did run.
+            // Their boxes go back to the queue, emptied, for the next jobs' entries.
             let codec = self.codec;
+            let queue = Arc::downgrade(self);
             self.store.sync(Commit::new(move |_| {
-                for (mut entry, output) in finished {
-                    entry.resolve(Ok(&output), codec);
+                for (entry, output) in &mut finished {
+                    entry.resolve(Ok(output), codec);
+                    entry.vacate();
+                    *output = Bytes::new();
+                }
+                if let Some(queue) = queue.upgrade() {
+                    let mut st = queue.state();
+                    st.spare.give(finished.into_iter().map(|(entry, _)| entry));
                 }
             }));
         }

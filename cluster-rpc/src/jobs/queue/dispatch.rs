@@ -65,7 +65,7 @@ impl Queue {
                 st.ready.pass_over(name);
                 continue;
             };
-            let Some((id, entry)) = st.ready.take(name) else {
+            let Some((id, entry)) = st.ready.take(name, &mut st.spare) else {
                 continue;
             };
             let own = entry

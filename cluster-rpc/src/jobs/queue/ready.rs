@@ -13,7 +13,7 @@
 //! have an entry, not every waiting one, so the entries' memory is reused as jobs come
 //! and go instead of growing with the batch.
 
-use super::state::{Entry, ProgressGuard};
+use super::state::{Entry, ProgressGuard, Spare};
 use super::workers::WorkerId;
 use crate::jobs::handle::ProgressRef;
 use crate::jobs::store::UnixMillis;
@@ -72,12 +72,17 @@ impl Waiting {
         self.progress().is_cancelled()
     }
 
-    /// Its entry, made now for a fresh job named `name`.
-    pub(super) fn into_entry(self, name: (NameId, Arc<str>)) -> Box<Entry> {
+    /// Its entry, made now for a fresh job named `name` (in a box of `spare` if there is
+    /// one).
+    pub(super) fn into_entry(self, name: (NameId, Arc<str>), spare: &mut Spare) -> Box<Entry> {
         match self {
-            Waiting::Fresh(fresh) => {
-                Entry::fresh(fresh.payload, fresh.progress, fresh.submitted_at, name)
-            }
+            Waiting::Fresh(fresh) => Entry::fresh(
+                spare.take(),
+                fresh.payload,
+                fresh.progress,
+                fresh.submitted_at,
+                name,
+            ),
             Waiting::Entry(entry) => entry,
         }
     }
@@ -309,8 +314,9 @@ impl Ready {
     }
 
     /// Takes the best job of `name`, whose turn it is ([`next_turn`](Self::next_turn)
-    /// returned it); the name goes to the back of the rotation if it has more.
-    pub(super) fn take(&mut self, name: NameId) -> Option<(JobId, Box<Entry>)> {
+    /// returned it); the name goes to the back of the rotation if it has more. A fresh
+    /// job's entry is made in a box of `spare` if there is one.
+    pub(super) fn take(&mut self, name: NameId, spare: &mut Spare) -> Option<(JobId, Box<Entry>)> {
         let queue = self.names.get_mut(name)?;
         let mut first = queue.jobs.first_entry()?;
         let job = first.get_mut().pop_front();
@@ -325,7 +331,7 @@ impl Ready {
         let (id, job) = job?;
         job.progress().set_queued(false);
         self.waiting -= 1;
-        Some((id, job.into_entry((name, Arc::clone(&queue.name)))))
+        Some((id, job.into_entry((name, Arc::clone(&queue.name)), spare)))
     }
 
     /// `name` has a job but no free worker this round: it goes first in the next.
@@ -364,11 +370,13 @@ impl Ready {
         self.cancelled = 0;
         self.rotation.clear();
         let mut entries = Vec::new();
+        let mut spare = Spare::default();
         for (id, queue) in &mut self.names {
             queue.in_rotation = false;
             for (_, jobs) in std::mem::take(&mut queue.jobs) {
-                let named =
-                    |(_, job): (JobId, Waiting)| *job.into_entry((id, Arc::clone(&queue.name)));
+                let named = |(_, job): (JobId, Waiting)| {
+                    *job.into_entry((id, Arc::clone(&queue.name)), &mut spare)
+                };
                 entries.extend(jobs.into_iter().map(named));
             }
         }

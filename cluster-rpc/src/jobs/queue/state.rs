@@ -167,13 +167,15 @@ impl Entry {
 
     /// The entry of a [fresh](super::ready::Fresh) job named `name`, made when it is
     /// dispatched: the default options, the hub's handle its submitter.
+    /// It goes into `spare` if given (a box of a finished entry, [`vacate`](Self::vacate)d).
     pub(super) fn fresh(
+        spare: Option<Box<Self>>,
         payload: Bytes,
         progress: ProgressGuard,
         submitted_at: UnixMillis,
         (name, shared_name): (NameId, Arc<str>),
     ) -> Box<Self> {
-        Box::new(Entry {
+        let entry = Entry {
             name,
             shared_name: Some(shared_name),
             payload,
@@ -187,7 +189,26 @@ impl Entry {
             started_at: 0,
             past: Vec::new(),
             progress,
-        })
+        };
+        match spare {
+            Some(mut boxed) => {
+                *boxed = entry;
+                boxed
+            }
+            None => Box::new(entry),
+        }
+    }
+
+    /// Empties a resolved entry so that its box can hold another job
+    /// ([`fresh`](Self::fresh)): its payload, name and history go now and its progress is
+    /// closed, as if it were dropped. The closed progress is let go when the box is reused.
+    pub(super) fn vacate(&mut self) {
+        self.progress.0.close();
+        self.payload = Bytes::new();
+        self.shared_name = None;
+        self.custom = None;
+        self.submitter = None;
+        self.past = Vec::new();
     }
 
     /// Its options.
@@ -378,6 +399,39 @@ pub(super) struct State {
     pub(super) timer: Option<Instant>,
     /// The wall clock when the current dispatch round began: its attempts' start.
     pub(super) round_wall: UnixMillis,
+    /// Boxes of finished entries, for the next fresh jobs' entries.
+    pub(super) spare: Spare,
+}
+
+/// Boxes of finished entries kept for reuse, at most.
+const SPARE_ENTRIES: usize = 1024;
+
+/// Boxes of finished entries, emptied ([`Entry::vacate`]), for the next fresh jobs'
+/// entries ([`Entry::fresh`]): no malloc and free per job.
+#[derive(Default)]
+#[expect(
+    clippy::vec_box,
+    reason = "the boxes are what is reused: entries moved in and out by value cost more"
+)]
+pub(super) struct Spare(Vec<Box<Entry>>);
+
+impl Spare {
+    /// A box to reuse, if there is one.
+    pub(super) fn take(&mut self) -> Option<Box<Entry>> {
+        self.0.pop()
+    }
+
+    /// Keeps `boxes` (emptied) for reuse, up to [`SPARE_ENTRIES`]; the rest are freed.
+    pub(super) fn give(&mut self, boxes: impl IntoIterator<Item = Box<Entry>>) {
+        let room = SPARE_ENTRIES.saturating_sub(self.0.len());
+        self.0.extend(boxes.into_iter().take(room));
+    }
+
+    /// Boxes kept.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 impl State {

@@ -103,7 +103,7 @@ fn submit(queue: &Queue, name: &str, options: JobOptions) -> Queued {
 }
 
 /// A worker's answer frame's payload for these attempts, each a success.
-fn answer(queue: &Queue, conn: Uuid, done: &[Sent]) {
+fn answer(queue: &Arc<Queue>, conn: Uuid, done: &[Sent]) {
     let mut batch = Batch::new(DONE_SUBJECT);
     for (id, attempt, _) in done {
         batch.push_done(*id, *attempt, Ok(&[0xc0]));
@@ -594,4 +594,42 @@ async fn a_batch_waiting_without_entries_is_found_listed_cancelled_and_run() {
     drop(queue);
     let outcome = outcome_now(&mut delivery, &progress).expect("resolved once the entry is gone");
     assert!(outcome.is_err());
+}
+
+#[tokio::test]
+async fn finished_entries_are_closed_at_once_and_their_boxes_reused() {
+    let queue = queue(QueueOptions::default());
+    let payloads = || [Bytes::from_static(b"a"), Bytes::from_static(b"b")].into_iter();
+    let mut queued = queue
+        .submit_many("x", payloads(), &JobOptions::default())
+        .unwrap();
+    let (conn, recorder) = worker(&queue, &["x"], 2);
+    let mut runs = Vec::new();
+    while runs.len() < 2 {
+        runs.extend(recorder.next_runs().await);
+    }
+    answer(&queue, conn, &runs);
+    for (_, delivery, progress) in &mut queued {
+        assert_eq!(
+            outcome_now(delivery, progress),
+            Some(Ok(Bytes::from_static(&[0xc0])))
+        );
+        // Closed when the job resolved, not when its box is reused.
+        assert!(progress.subscribe().has_changed().is_err());
+    }
+    assert_eq!(queue.state().spare.len(), 2);
+    // The next fresh jobs' entries are made in those boxes.
+    let next = queue
+        .submit_many("x", payloads(), &JobOptions::default())
+        .unwrap();
+    assert_eq!(queue.stats().active, 2);
+    assert_eq!(queue.state().spare.len(), 0);
+    let mut runs = Vec::new();
+    while runs.len() < 2 {
+        runs.extend(recorder.next_runs().await);
+    }
+    answer(&queue, conn, &runs);
+    for (_, mut delivery, progress) in next {
+        assert!(outcome_now(&mut delivery, &progress).is_some_and(|o| o.is_ok()));
+    }
 }
