@@ -64,6 +64,50 @@ async fn consumer_that_stops_answering_is_killed_after_max_strikes() {
     provider.shutdown().await;
 }
 
+/// A consumer that stopped reading altogether: the kernel's buffers are full and bytes
+/// wait in its queue, so the heartbeat's close frame can never be written. The kill still
+/// ends the connection within the close timeout (it used to wait for the socket forever,
+/// and the heartbeat killed and logged it again every cycle).
+#[tokio::test(start_paused = true)]
+async fn killed_consumer_that_stopped_reading_ends_within_the_close_timeout() {
+    let interval = Duration::from_secs(1);
+    let close_timeout = Duration::from_secs(1);
+    let provider = local()
+        .heartbeat_interval(interval)
+        .max_strikes(1)
+        .close_timeout(close_timeout)
+        .max_backpressure(64 << 20)
+        .bind()
+        .await
+        .unwrap();
+    let mut events = provider.events();
+    let _socket = raw_connect(&format!("ws://{}/connect", provider.local_addr())).await;
+    let conn = next_event(&mut events, |e| match e {
+        ProviderEvent::Open(c) => Some(c),
+        _ => None,
+    })
+    .await;
+    // Never read: send until the kernel takes no more and bytes stay queued.
+    let chunk = vec![7u8; 256 * 1024];
+    while conn.backpressure() < 1 << 20 {
+        conn.send(chunk.as_slice()).unwrap();
+        tokio::task::yield_now().await;
+    }
+    let stuck_since = Instant::now();
+    let info = next_event(&mut events, |e| match e {
+        ProviderEvent::Close(c, info) if c.id() == conn.id() => Some(info),
+        _ => None,
+    })
+    .await;
+    let took = stuck_since.elapsed();
+    // Ping, strike, kill at the third cycle; then the close timeout.
+    let bound = interval * 3 + close_timeout + SLACK;
+    assert!(took <= bound, "ended after {took:?}, bound {bound:?}");
+    assert_eq!(info.code, 1008);
+    assert_eq!(provider.connection_count(), 0);
+    provider.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn our_consumer_answers_pings_and_stays() {
     let interval = Duration::from_secs(1);

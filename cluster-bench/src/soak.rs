@@ -44,6 +44,8 @@ const KEY: &str = "SOAK";
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How often settling looks at the provider's usage.
 const SETTLE_POLL: Duration = Duration::from_millis(200);
+/// How long the warm-up's ping flood and broadcast last.
+const WARM_UP_BURST: Duration = Duration::from_secs(1);
 
 /// The phases, in the order they run by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -280,14 +282,19 @@ async fn soak(args: &Args) -> anyhow::Result<Vec<PhaseReport>> {
     Ok(reports)
 }
 
-/// Runs every path a phase takes once (an upgrade, an echo, a refused key), so that
-/// what the provider allocates once for good is in the baseline.
-/// A hub that has run for a while has seen a crowd before: its one-time high-water
-/// structures (tokio's I/O registration slab, the connection registry's table, the
-/// allocator's metadata for that many connections) are already grown. So the warm-up opens
-/// as many connections at once as the largest phase holds, echoes once on each and closes
-/// them, and the baseline is taken after it: a phase then passes only if it leaves nothing
-/// more behind.
+/// Runs every path a phase takes once, so that what the provider allocates once for good
+/// is in the baseline: the code of each path (the executable's pages are part of RSS, and
+/// a path first taken in a phase would count against it) and its one-time high-water
+/// structures. A hub that has run for a while has seen a crowd before: its connection
+/// registry's table, tokio's I/O registrations and the allocator's metadata for that many
+/// connections are already grown. So the warm-up opens as many connections at once as
+/// the largest phase holds, echoes once on each and closes them; refuses upgrades from as
+/// many concurrent clients as the handshake flood has (a tenth of its count); sends each
+/// kind of garbage twice; floods pings for a moment; and has two slow readers cut for
+/// backpressure during a short broadcast (the typed layer's subscribe and publish paths).
+/// The baseline is taken after it: a phase then passes only if it leaves more behind than
+/// its own kind of traffic does the first time, which repeating a phase shows it does not
+/// (BENCHMARKS.md, "Soak").
 async fn warm_up(port: u16, plan: &Plan) -> anyhow::Result<()> {
     let crowd = plan.idle.conns;
     crowd::Churn {
@@ -299,6 +306,30 @@ async fn warm_up(port: u16, plan: &Plan) -> anyhow::Result<()> {
     let mut refused = wire::connect(port).await?;
     let (head, _) = wire::exchange(&mut refused, &wire::upgrade_request("WARM-UP")).await?;
     anyhow::ensure!(head.starts_with("HTTP/1.1 403"), "warm-up: {head}");
+    let clients = plan.flood.clients;
+    flood::Flood {
+        upgrades: (plan.flood.upgrades / 10).max(clients),
+        clients,
+    }
+    .run(port)
+    .await?;
+    garbage::GarbageAfterUpgrade {
+        conns: 2 * garbage::KINDS,
+    }
+    .run(port, KEY)
+    .await?;
+    ping_flood::PingFlood {
+        duration: WARM_UP_BURST,
+    }
+    .run(port, KEY)
+    .await?;
+    slow_readers::SlowReaders {
+        readers: 2,
+        duration: WARM_UP_BURST,
+        ..plan.slow_readers
+    }
+    .run(port, KEY)
+    .await?;
     Ok(())
 }
 

@@ -8,7 +8,9 @@
 //! the write buffers are freed once they drain.
 
 use crate::message::{CloseInfo, MessageRef};
-use crate::protocol::{self, CloseMode, Closing, Decoded, Frame, Outbox, Reader, Violation};
+use crate::protocol::{
+    self, CloseMode, Closing, Decoded, Frame, Outbox, Reader, Violation, MAX_HINT,
+};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -210,11 +212,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
     }
 
     fn start_close(&mut self, info: CloseInfo, mode: CloseMode) {
-        if mode == CloseMode::Graceful {
+        self.arm_close_deadline();
+        self.closing.start(info, mode);
+    }
+
+    /// Bounds the rest of a close, whichever side started it and in any mode: the peer's
+    /// close frame and the flush of what is still queued get the close timeout together,
+    /// then the socket is dropped. A peer that stopped reading cannot hold a closing
+    /// connection (and its queued bytes) open.
+    fn arm_close_deadline(&mut self) {
+        if self.close_deadline.is_none() {
             let timeout = self.handler.close_timeout();
             self.close_deadline = Some(Box::pin(tokio::time::sleep(timeout)));
         }
-        self.closing.start(info, mode);
     }
 
     /// Writes what is taken. `Ready(Ok(true))` when everything was written.
@@ -230,7 +240,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
             self.written += n;
         }
         ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
-        self.writing.clear();
+        if self.writing.capacity() > MAX_HINT {
+            // A backlog's buffer (a slow reader's): not kept while the next one builds.
+            self.writing = Vec::new();
+        } else {
+            self.writing.clear();
+        }
         self.written = 0;
         Poll::Ready(Ok(true))
     }
@@ -337,7 +352,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
                     // An echo that does not fit is not sent; the connection ends anyway.
                     protocol::lock(self.handler.outbox()).push_close(echo, "");
                 }
-                self.close_deadline = None;
+                self.arm_close_deadline();
                 data.len()
             }
             Err(violation) => {
@@ -351,6 +366,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, H: Handler> Driver<S, H> {
     fn fail(&mut self, violation: Violation) {
         if !self.closing.is_open() {
             self.closing.give_up();
+            self.arm_close_deadline();
             return;
         }
         let fits = protocol::lock(self.handler.outbox())

@@ -28,6 +28,9 @@ pub(crate) async fn run(shared: Arc<ProviderShared>) {
                     let _ = conn.send_frame(MessageRef::Text(PING));
                 }
                 HeartbeatStep::Strike => {}
+                // Killed in an earlier cycle: its close is under way, bounded by the close
+                // timeout; kill and log once.
+                HeartbeatStep::Kill if !conn.is_open() => {}
                 HeartbeatStep::Kill => {
                     tracing::warn!(conn.id = %conn.id(), "heartbeat missed; closing");
                     conn.request_close(CloseRequest::new(

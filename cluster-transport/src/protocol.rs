@@ -17,7 +17,7 @@ mod outbox;
 pub(crate) use closing::{CloseMode, CloseRequest, Closing};
 #[cfg(test)]
 pub(crate) use outbox::decode_client_frames;
-pub(crate) use outbox::{lock, update, Outbox, Overflow};
+pub(crate) use outbox::{lock, update, Outbox, Overflow, MAX_HINT};
 
 use crate::deflate::MessageInflater;
 use crate::frame::{self, FrameHeader, OpCode, Rules};

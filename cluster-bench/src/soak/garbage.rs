@@ -27,6 +27,9 @@ enum Garbage {
     InvalidUtf8,
 }
 
+/// How many kinds of garbage there are.
+pub(crate) const KINDS: usize = ALL.len();
+
 const ALL: [Garbage; 6] = [
     Garbage::Unmasked,
     Garbage::BadOpcode,

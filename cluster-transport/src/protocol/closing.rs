@@ -27,7 +27,8 @@ impl CloseRequest {
 pub(crate) enum CloseMode {
     /// Wait (up to the close timeout) for the peer's close frame, then FIN.
     Graceful,
-    /// FIN as soon as the close frame is written: the peer is not answering.
+    /// FIN as soon as the close frame is written (within the close timeout, else the
+    /// socket is dropped): the peer is not answering.
     Immediate,
     /// Drop the socket now, without writing anything more.
     Abort,

@@ -29,8 +29,9 @@ pub(crate) enum Overflow {
 /// Room a building batch grows by at least (see [`Outbox::grow`]).
 const BATCH: usize = 4096;
 
-/// The most a building batch reserves at once for the size of the one before it.
-const MAX_HINT: usize = 64 * 1024;
+/// The most a building batch reserves at once for the size of the one before it, and
+/// the largest written batch whose buffer is kept for the next one.
+pub(crate) const MAX_HINT: usize = 64 * 1024;
 
 thread_local! {
     /// Where a message is compressed before its frame is queued.
@@ -207,16 +208,21 @@ impl Outbox {
     /// empty (a 6-byte heartbeat `PING` takes 8 bytes, not a page). A second frame means a
     /// batch is building: room for as much as the last batch took (at most
     /// [`MAX_HINT`]), and at least a page, instead of doubling up from one frame's size
-    /// (each doubling a realloc and a copy). The buffer is freed when the connection idles
-    /// either way.
+    /// (each doubling a realloc and a copy); past that it doubles. Never more room than
+    /// `max_backpressure` lets fill, so a peer that reads slowly costs the provider its
+    /// limit, not up to twice that in doubling slack. The buffer is freed when the
+    /// connection idles either way.
     #[inline(never)]
     fn grow(&mut self, len: usize) {
-        let batch = if self.buf.is_empty() {
+        let queued = self.buf.len();
+        let wanted = if queued == 0 {
             len
         } else {
-            len.max(BATCH).max(self.last_batch as usize)
+            len.max(BATCH).max(self.last_batch as usize).max(queued)
         };
-        self.buf.reserve(batch);
+        // `reserve` checked that `len` fits under the limit, so the room is at least `len`.
+        let room = self.max_backpressure.saturating_sub(self.queued()).max(len);
+        self.buf.reserve_exact(wanted.min(room));
     }
 
     fn overflowed(&mut self) {
