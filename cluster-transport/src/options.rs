@@ -67,7 +67,8 @@ pub struct ProviderOptions {
     /// oldest (see [`EventStream`](crate::EventStream)); a slow receiver never holds up a
     /// connection. Default: 1024.
     pub event_capacity: usize,
-    /// How long a graceful close waits for the peer's close frame, in ms. Default: 5000.
+    /// How long a graceful close waits for the peer's close frame, and the longest any
+    /// close may take to flush before the socket is dropped, in ms. Default: 5000.
     #[serde(with = "millis")]
     pub close_timeout: Duration,
     /// TLS (`wss://`): the certificate and key to serve with. Default: none, plain `ws://`.

@@ -232,7 +232,9 @@ impl ProviderBuilder {
         self
     }
 
-    /// How long a graceful close waits for the consumer's close frame. Default: 5 s.
+    /// How long a graceful close waits for the consumer's close frame, and the longest any
+    /// close (a heartbeat kill, a protocol error, the consumer's own close) may take to
+    /// flush before the socket is dropped. Default: 5 s.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.options.close_timeout = timeout;
         self
