@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use network_cluster::transport::{ConnectErrorKind, ProviderEvent};
+use network_cluster::transport::ConnectErrorKind;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,11 +21,7 @@ async fn matching_parameters_are_accepted_and_extras_kept() {
         .connect()
         .await
         .unwrap();
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     assert_eq!(conn.parameters()["something1"], "Some Value 1");
     assert_eq!(conn.parameters()["key"], "SECRET");
     consumer.shutdown().await;
@@ -45,11 +41,7 @@ async fn parameters_are_decoded_before_auth() {
         provider.local_addr()
     );
     let mut socket = raw_connect(&url).await;
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     assert_eq!(conn.parameters()["key"], "a b&c/é");
     assert_eq!(next_text(&mut socket).await, "PROVIDER_HEARTBEAT|30000");
     provider.shutdown().await;

@@ -8,7 +8,7 @@ mod common;
 use common::pki::Pki;
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use network_cluster::transport::{Compressor, ConsumerEvent, ProviderEvent};
+use network_cluster::transport::{Compressor, ConsumerEvent};
 use network_cluster::Message;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
@@ -328,17 +328,9 @@ async fn our_consumer_and_provider_compress_both_ways() {
         let mut compressed_events = compressed.events();
         let mut plain_events = plain.events();
         compressed.connect().await.unwrap();
-        let first = next_event(&mut events, |e| match e {
-            ProviderEvent::Open(c) => Some(c),
-            _ => None,
-        })
-        .await;
+        let first = next_open(&mut events).await;
         plain.connect().await.unwrap();
-        let second = next_event(&mut events, |e| match e {
-            ProviderEvent::Open(c) => Some(c),
-            _ => None,
-        })
-        .await;
+        let second = next_open(&mut events).await;
         assert!(first.is_compressed(), "{compressor} tls={tls}");
         assert!(!second.is_compressed(), "a consumer that offers nothing");
 
@@ -420,11 +412,7 @@ async fn an_incompressible_message_at_the_limit_goes_through_both_ways() {
             .build();
         let mut consumer_events = consumer.events();
         consumer.connect().await.unwrap();
-        let conn = next_event(&mut events, |e| match e {
-            ProviderEvent::Open(c) => Some(c),
-            _ => None,
-        })
-        .await;
+        let conn = next_open(&mut events).await;
         assert!(conn.is_compressed(), "{compressor}");
         let noise = incompressible(1024);
         for _ in 0..3 {

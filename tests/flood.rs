@@ -81,11 +81,7 @@ async fn ping_floods_neither_grow_the_provider_nor_the_consumer() {
         .write_all(b"GET /connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         .await
         .unwrap();
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     let before = rss();
     flood(&mut client, true).await;
     // Either the flood was absorbed (the marker after it arrives) or the client was

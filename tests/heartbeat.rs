@@ -27,11 +27,7 @@ async fn consumer_that_stops_answering_is_killed_after_max_strikes() {
         .unwrap();
     let mut events = provider.events();
     let mut socket = raw_connect(&format!("ws://{}/connect", provider.local_addr())).await;
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     assert_eq!(next_text(&mut socket).await, "PROVIDER_HEARTBEAT|1000");
     // Answer five PINGs, one per interval: the connection stays, strikes stay at 0.
     let mut last = Instant::now();
@@ -53,11 +49,7 @@ async fn consumer_that_stops_answering_is_killed_after_max_strikes() {
         took >= interval * 3 && took <= interval * 3 + SLACK,
         "killed after {took:?}, not 3 intervals"
     );
-    let info = next_event(&mut events, |e| match e {
-        ProviderEvent::Close(c, info) if c.id() == conn.id() => Some(info),
-        _ => None,
-    })
-    .await;
+    let info = next_close(&mut events, &conn).await;
     assert_eq!(info.code, 1008);
     assert_eq!(conn.strikes(), 2);
     // PONGs were never surfaced as messages.
@@ -82,11 +74,7 @@ async fn killed_consumer_that_stopped_reading_ends_within_the_close_timeout() {
         .unwrap();
     let mut events = provider.events();
     let _socket = raw_connect(&format!("ws://{}/connect", provider.local_addr())).await;
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     // Never read: send until the kernel takes no more and bytes stay queued.
     let chunk = vec![7u8; 256 * 1024];
     while conn.backpressure() < 1 << 20 {
@@ -94,11 +82,7 @@ async fn killed_consumer_that_stopped_reading_ends_within_the_close_timeout() {
         tokio::task::yield_now().await;
     }
     let stuck_since = Instant::now();
-    let info = next_event(&mut events, |e| match e {
-        ProviderEvent::Close(c, info) if c.id() == conn.id() => Some(info),
-        _ => None,
-    })
-    .await;
+    let info = next_close(&mut events, &conn).await;
     let took = stuck_since.elapsed();
     // Ping, strike, kill at the third cycle; then the close timeout.
     let bound = interval * 3 + close_timeout + SLACK;
@@ -119,11 +103,7 @@ async fn our_consumer_answers_pings_and_stays() {
         .unwrap();
     let mut events = provider.events();
     let consumer = consumer_for(&provider).connect().await.unwrap();
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     // Ten cycles: a consumer that did not answer would be closed after three.
     tokio::time::sleep(interval * 10 + SLACK).await;
     assert!(consumer.last_heartbeat() > 0);

@@ -85,11 +85,7 @@ async fn node_consumer_joins_our_provider() {
     // Node's ws offered permessage-deflate; with compression off nothing was negotiated.
     assert_eq!(node.expect("extensions").await["value"], "");
     assert_eq!(node.expect("heartbeat").await["interval"], 100);
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     assert_eq!(conn.parameters()["name"], "a b&c/é");
 
     // PING answered with PONG, several cycles, and the connection stays.
@@ -120,11 +116,7 @@ async fn node_consumer_joins_our_provider() {
 
     // The original consumer's destroy: a close frame without a code.
     node.command(json!({"close": true})).await;
-    let info = next_event(&mut events, |e| match e {
-        ProviderEvent::Close(c, info) if c.id() == conn.id() => Some(info),
-        _ => None,
-    })
-    .await;
+    let info = next_close(&mut events, &conn).await;
     assert_eq!(info.code, 1005);
     node.expect("close").await;
 
@@ -289,11 +281,7 @@ async fn node_consumer_negotiates_deflate_and_messages_round_trip() {
             "permessage-deflate",
             "{compressor}"
         );
-        let conn = next_event(&mut events, |e| match e {
-            ProviderEvent::Open(c) => Some(c),
-            _ => None,
-        })
-        .await;
+        let conn = next_open(&mut events).await;
         assert!(conn.is_compressed());
         // Ours compresses everything from 16 bytes; Node's ws from 1024 bytes.
         for (i, len) in [20, 700, 5000, 30_000].into_iter().enumerate() {

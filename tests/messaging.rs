@@ -24,11 +24,7 @@ async fn text_and_binary_round_trip_with_parameters() {
         .build();
     let mut events = consumer.events();
     within("connect", consumer.connect()).await.unwrap();
-    let conn = next_event(&mut provider_events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut provider_events).await;
     assert_eq!(conn.parameters()["role"], "worker");
     assert_eq!(conn.parameters()["name"], "a b&c/é");
     assert_eq!(conn.ip().to_string(), "127.0.0.1");
@@ -86,11 +82,7 @@ async fn reserved_messages_are_refused_by_send() {
         SendErrorKind::NotConnected
     );
     consumer.connect().await.unwrap();
-    let conn = next_event(&mut provider_events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut provider_events).await;
     for reserved in ["PING", "PONG", "PROVIDER_HEARTBEAT|5"] {
         let err = conn.send(reserved).unwrap_err();
         assert_eq!(err.kind(), SendErrorKind::Reserved);

@@ -82,11 +82,7 @@ async fn a_dropped_member_frees_its_connection_and_takes_no_more_jobs() {
         .connect()
         .await
         .unwrap();
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     let running = hub.jobs().submit(&Stuck).await.unwrap();
     within("the job to start", started.notified()).await;
     // A clone of the handle keeps it alive; dropping the last one ends it.

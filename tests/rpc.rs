@@ -767,11 +767,7 @@ async fn a_subscriber_that_stops_reading_never_stalls_the_others() {
     // A raw member that subscribes to `load.>`, reads the hub's answer, and then never
     // reads again.
     let mut stalled = raw_member(&hub).await;
-    let stalled_conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let stalled_conn = next_open(&mut events).await;
     stalled.send(subscribe_frame(1, "load.>")).await.unwrap();
     next_binary(&mut stalled).await;
     let healthy = Member::builder(consumer_of(&hub)).connect().await.unwrap();
@@ -794,11 +790,7 @@ async fn a_subscriber_that_stops_reading_never_stalls_the_others() {
         }
     }
     assert_eq!(received, 2000);
-    let info = next_event(&mut events, |e| match e {
-        ProviderEvent::Close(c, info) if c.id() == stalled_conn.id() => Some(info),
-        _ => None,
-    })
-    .await;
+    let info = next_close(&mut events, &stalled_conn).await;
     assert_eq!(info.code, 1008);
     assert_eq!(sub.dropped(), 0);
     drop(stalled);

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use network_cluster::transport::ProviderEvent;
 use network_cluster::ConsumerEvent;
 
 #[tokio::test]
@@ -64,17 +63,9 @@ async fn consumer_destroy_is_seen_as_a_normal_close() {
     let provider = local().bind().await.unwrap();
     let mut events = provider.events();
     let consumer = consumer_for(&provider).connect().await.unwrap();
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     consumer.shutdown().await;
-    let info = next_event(&mut events, |e| match e {
-        ProviderEvent::Close(c, info) if c.id() == conn.id() => Some(info),
-        _ => None,
-    })
-    .await;
+    let info = next_close(&mut events, &conn).await;
     assert_eq!(info.code, 1000);
     assert_eq!(provider.connection_count(), 0);
     provider.shutdown().await;
@@ -85,17 +76,9 @@ async fn tcp_drop_is_1006() {
     let provider = local().bind().await.unwrap();
     let mut events = provider.events();
     let socket = raw_connect(&format!("ws://{}/connect", provider.local_addr())).await;
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     drop(socket);
-    let info = next_event(&mut events, |e| match e {
-        ProviderEvent::Close(c, info) if c.id() == conn.id() => Some(info),
-        _ => None,
-    })
-    .await;
+    let info = next_close(&mut events, &conn).await;
     assert_eq!(info.code, 1006);
     provider.shutdown().await;
 }

@@ -59,11 +59,7 @@ async fn round_trip_with_a_plain_key() {
         .connect()
         .await
         .unwrap();
-    let conn = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let conn = next_open(&mut events).await;
     assert_eq!(conn.parameters()["role"], "worker");
     round_trip(&consumer, "over TLS").await;
     // Large messages cross several TLS records.
@@ -248,11 +244,7 @@ async fn consumer_refuses_a_certificate_it_cannot_verify() {
         .connect()
         .await
         .unwrap();
-    let opened = next_event(&mut events, |e| match e {
-        ProviderEvent::Open(c) => Some(c),
-        _ => None,
-    })
-    .await;
+    let opened = next_open(&mut events).await;
     assert_eq!(provider.connection_count(), 1);
     assert_eq!(provider.connections().keys().next(), Some(&opened.id()));
     round_trip(&good, "still fine").await;

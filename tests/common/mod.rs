@@ -100,6 +100,29 @@ pub async fn next_event<T>(
     .await
 }
 
+/// Waits for the next connection to open.
+pub async fn next_open(
+    events: &mut network_cluster::transport::EventStream<ProviderEvent>,
+) -> network_cluster::transport::Connection {
+    next_event(events, |e| match e {
+        ProviderEvent::Open(c) => Some(c),
+        _ => None,
+    })
+    .await
+}
+
+/// Waits for `conn` to close; how it closed.
+pub async fn next_close(
+    events: &mut network_cluster::transport::EventStream<ProviderEvent>,
+    conn: &network_cluster::transport::Connection,
+) -> network_cluster::transport::CloseInfo {
+    next_event(events, |e| match e {
+        ProviderEvent::Close(c, info) if c.id() == conn.id() => Some(info),
+        _ => None,
+    })
+    .await
+}
+
 /// Starts the `test_peer` example (built with the tests) as a process in `role`,
 /// connected to the hub on `port`, and waits until it says it is connected. The process
 /// is killed when the handle is dropped.
@@ -147,7 +170,10 @@ pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
 
 /// The provider's connection whose `name` parameter is `name`, once it is registered (a
 /// consumer's connect resolves at the 101, a moment before the provider registers it).
-pub async fn connection_named(provider: &Provider, name: &str) -> network_cluster::Connection {
+pub async fn connection_named(
+    provider: &Provider,
+    name: &str,
+) -> network_cluster::transport::Connection {
     within("the connection to register", async {
         loop {
             let found = provider
