@@ -1,14 +1,18 @@
 //! The hub's admin API over real HTTP on loopback: tokens and roles, the snapshot and its
-//! bounds at a thousand connections, redaction, the feed, and every action (the page that
+//! bounds at a thousand connections, redaction, the feed, every action, and in cluster
+//! mode (a real nats-server) the cluster's dead letters on every hub (the page that
 //! drives them is tested in a real browser in `admin_browser.rs`).
 
 mod common;
 
 use common::gate::{gated_worker, Gate};
 use common::http::{get, post, Captured, Events};
+use common::nats::NatsServer;
 use common::*;
 use network_cluster::prelude::*;
 use network_cluster::rpc::admin::view::Snapshot;
+use network_cluster::rpc::cluster::ClusterOptions;
+use network_cluster::rpc::jobs::JetStreamOptions;
 use network_cluster::rpc::{AdminOptions, JobError, JobOptions};
 use network_cluster::ConsumerEvent;
 use std::net::SocketAddr;
@@ -345,6 +349,111 @@ async fn dead_letters_requeue_and_delete_jobs_look_up_and_cancel() {
     );
     worker.shutdown().await;
     hub.shutdown().await;
+}
+
+/// A hub of the cluster on `server` with the admin page, its jobs on JetStream.
+async fn clustered_hub_with_admin(server: &NatsServer) -> Hub {
+    let jobs = JetStreamOptions::default().poll(Duration::from_millis(20));
+    Hub::builder(local())
+        .admin(AdminOptions::new(ADMIN))
+        .cluster(ClusterOptions::new(server.url()).prefix("t").jobs(jobs))
+        .start()
+        .await
+        .expect("hub in the cluster")
+}
+
+/// Polls hub `addr`'s snapshot until its dead letters are `ids` (in any order); the page
+/// reads the cluster's at most every 5 s.
+async fn until_dead_letters(addr: SocketAddr, ids: &[&str]) -> Snapshot {
+    let mut want: Vec<&str> = ids.to_vec();
+    want.sort_unstable();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let s = snapshot(addr, "", ADMIN).await;
+            let mut shown: Vec<&str> = s.jobs.dead_letters.iter().map(|d| d.id.as_str()).collect();
+            shown.sort_unstable();
+            if shown == want {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("hub {addr} never showed dead letters {ids:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_every_hub_shows_and_acts_on_the_clusters_dead_letters() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (
+        clustered_hub_with_admin(&server).await,
+        clustered_hub_with_admin(&server).await,
+    );
+    let (addr_a, addr_b) = (a.provider().local_addr(), b.provider().local_addr());
+    let (worker, open, mut ran) = gated_worker(&a, consumer(&a)).await;
+    let once = JobOptions::default().max_attempts(1);
+    let mut dead_ids = Vec::new();
+    for n in [1, 2] {
+        let handle = a
+            .jobs()
+            .submit_with(&Gate { n }, once.clone())
+            .await
+            .unwrap();
+        dead_ids.push(uuid::Uuid::from_u128(handle.id()).to_string());
+        assert!(matches!(
+            within("dead", handle).await,
+            Err(JobError::Dead { .. })
+        ));
+    }
+    let (first, second) = (dead_ids[0].as_str(), dead_ids[1].as_str());
+    // Both hubs' pages show the cluster's dead letters, hub B's though they died on A.
+    let on_b = until_dead_letters(addr_b, &[first, second]).await;
+    assert_eq!((on_b.jobs.dead, on_b.jobs.dead_more), (2, false));
+    let row = on_b
+        .jobs
+        .dead_letters
+        .iter()
+        .find(|d| d.id == first)
+        .unwrap();
+    assert_eq!(
+        (row.name.as_str(), row.attempts, row.last_error.as_str()),
+        ("gate", 1, "gate 1 is closed")
+    );
+    until_dead_letters(addr_a, &[first, second]).await;
+    // Requeued from hub B's page: it runs on A's worker; deleted from A's page: gone.
+    open.store(true, Ordering::SeqCst);
+    let requeued = post(
+        addr_b,
+        &format!("/admin/api/dead/{first}/requeue"),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(requeued.status, 200, "{}", requeued.body);
+    assert_eq!(within("the requeued job runs", ran.recv()).await, Some(1));
+    let deleted = post(
+        addr_a,
+        &format!("/admin/api/dead/{second}/delete"),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    for (addr, action) in [(addr_b, "delete"), (addr_a, "requeue")] {
+        let again = post(
+            addr,
+            &format!("/admin/api/dead/{second}/{action}"),
+            Some(ADMIN),
+        )
+        .await;
+        assert_eq!(again.status, 404, "{action} again: {}", again.body);
+    }
+    for addr in [addr_a, addr_b] {
+        assert_eq!(until_dead_letters(addr, &[]).await.jobs.dead, 0);
+    }
+    worker.shutdown().await;
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 #[cluster_service]

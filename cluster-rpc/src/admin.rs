@@ -32,7 +32,10 @@
 //! a disconnect button; services and the members serving them; subjects with subscriber
 //! counts; the job queue (counts by state, a throughput chart over the last five
 //! minutes, each worker's credits and load, dead letters with requeue and delete, a job
-//! looked up by id with cancel); the hub's message rates.
+//! looked up by id with cancel); the hub's message rates. In cluster mode the dead
+//! letters are the cluster's (its JetStream dead-letter stream, the oldest 100, read at
+//! most every 5 s while the page is open), and requeue and delete act on them from any
+//! hub; the counts, workers and job lookup are this hub's.
 //!
 //! Connections are paged and filtered on the server: at 10,000 connections a viewer gets
 //! the page it looks at, never every row each second. Other lists that grow with the hub
@@ -56,6 +59,7 @@
 
 mod actions;
 mod auth;
+mod dead;
 mod feed;
 mod history;
 mod page;
@@ -65,6 +69,7 @@ pub mod view;
 use crate::hub::{Hub, WeakHub};
 use auth::{Role, Tokens};
 use cluster_transport::{HttpRequest, HttpResponse, ProviderBuilder};
+use dead::DeadLetters;
 use history::{Reading, Sampler};
 use snapshot::{ConnectionQuery, Redactor};
 use std::fmt;
@@ -113,6 +118,7 @@ pub(crate) struct Admin {
     redactor: Redactor,
     hub: OnceLock<WeakHub>,
     sampler: Mutex<Sampler>,
+    dead: Arc<DeadLetters>,
 }
 
 impl fmt::Debug for Admin {
@@ -133,6 +139,7 @@ pub(crate) fn install(
         redactor: Redactor::new(provider.options().auth.parameters.keys().cloned()),
         hub: OnceLock::new(),
         sampler: Mutex::new(Sampler::new()),
+        dead: Arc::default(),
     });
     let route = Arc::clone(&admin);
     let provider = provider.http_route("/admin", move |request| Arc::clone(&route).handle(request));
@@ -170,8 +177,9 @@ impl Admin {
     }
 
     fn snapshot(&self, hub: &Hub, query: &ConnectionQuery, role: Role) -> view::Snapshot {
+        let dead = self.dead.shown(hub);
         let sampler = self.sampler();
-        snapshot::take(hub, &sampler, &self.redactor, query, role.name())
+        snapshot::take(hub, dead, &sampler, &self.redactor, query, role.name())
     }
 
     async fn handle(self: Arc<Self>, request: HttpRequest) -> HttpResponse {
@@ -194,7 +202,9 @@ impl Admin {
             ("GET", ["api", "snapshot"]) => json(200, &self.snapshot(&hub, &query, role)),
             ("GET", ["api", "feed"]) => feed::stream(Arc::clone(&self), query, role),
             ("GET", ["api", "jobs", id]) => actions::job(&hub, id),
-            ("POST", ["api", ..]) => actions::act(&hub, &request, role, &segments[1..]),
+            ("POST", ["api", ..]) => {
+                actions::act(&hub, &self.dead, &request, role, &segments[1..]).await
+            }
             (_, [] | ["api", "snapshot" | "feed"] | ["api", "jobs", _]) => {
                 json_error(405, "method not allowed")
             }

@@ -2,6 +2,7 @@
 //! read-only role and logged with who did it.
 
 use super::auth::Role;
+use super::dead::DeadLetters;
 use super::{json, json_body, json_error};
 use crate::hub::Hub;
 use crate::jobs::{JobError, JobId};
@@ -34,7 +35,13 @@ pub(super) fn job(hub: &Hub, id: &str) -> HttpResponse {
 }
 
 /// `POST /admin/api/{what}/{id}/{action}`.
-pub(super) fn act(hub: &Hub, request: &HttpRequest, role: Role, path: &[&str]) -> HttpResponse {
+pub(super) async fn act(
+    hub: &Hub,
+    dead: &DeadLetters,
+    request: &HttpRequest,
+    role: Role,
+    path: &[&str],
+) -> HttpResponse {
     let [what, id, action] = path else {
         return json_error(404, "no such action");
     };
@@ -49,19 +56,11 @@ pub(super) fn act(hub: &Hub, request: &HttpRequest, role: Role, path: &[&str]) -
     }
     let outcome = match (*what, *action) {
         ("connections", "disconnect") => disconnect(hub, id),
-        ("dead", "requeue") => with_job_id(id, |id| {
-            hub.jobs().requeue_dead_any(id).map_err(|e| match e {
-                JobError::NotFound => (404, "no dead job has this id".to_owned()),
-                other => (409, other.to_string()),
-            })
-        }),
-        ("dead", "delete") => with_job_id(id, |id| {
-            hub.jobs()
-                .delete_dead(id)
-                .then_some(())
-                .ok_or((404, "no dead job has this id".to_owned()))
-        }),
-        ("jobs", "cancel") => with_job_id(id, |id| {
+        ("dead", "requeue" | "delete") => match parse_job_id(id) {
+            Some(job) => on_dead_letter(hub, dead, job, action).await,
+            None => Err(not_a_job_id()),
+        },
+        ("jobs", "cancel") => parse_job_id(id).ok_or_else(not_a_job_id).and_then(|id| {
             hub.jobs().cancel(id).then_some(()).ok_or((
                 404,
                 "no waiting, delayed or running job has this id".to_owned(),
@@ -84,6 +83,36 @@ pub(super) fn act(hub: &Hub, request: &HttpRequest, role: Role, path: &[&str]) -
     }
 }
 
+/// Requeues or deletes dead job `id` wherever it is kept: this hub's dead letters, or in
+/// cluster mode the cluster's (from any hub, once however many ask).
+async fn on_dead_letter(
+    hub: &Hub,
+    dead: &DeadLetters,
+    id: JobId,
+    action: &str,
+) -> Result<(), (u16, String)> {
+    let not_found = || (404, "no dead job has this id".to_owned());
+    let done = match action {
+        "requeue" => hub
+            .jobs()
+            .cluster_requeue_dead(id)
+            .await
+            .map_err(|e| match e {
+                JobError::NotFound => not_found(),
+                other => (409, other.to_string()),
+            }),
+        _ => match hub.jobs().cluster_delete_dead(id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(not_found()),
+            Err(e) => Err((409, e.to_string())),
+        },
+    };
+    if done.is_ok() {
+        dead.forget(id);
+    }
+    done
+}
+
 fn disconnect(hub: &Hub, id: &str) -> Result<(), (u16, String)> {
     let id = Uuid::parse_str(id).map_err(|_| (400, "not a connection id".to_owned()))?;
     let conn = hub
@@ -94,11 +123,8 @@ fn disconnect(hub: &Hub, id: &str) -> Result<(), (u16, String)> {
     Ok(())
 }
 
-fn with_job_id(
-    id: &str,
-    action: impl FnOnce(JobId) -> Result<(), (u16, String)>,
-) -> Result<(), (u16, String)> {
-    action(parse_job_id(id).ok_or((400, "not a job id".to_owned()))?)
+fn not_a_job_id() -> (u16, String) {
+    (400, "not a job id".to_owned())
 }
 
 /// A job id as the page writes it (a UUID), or as a decimal number.

@@ -1,6 +1,7 @@
 //! Building a [`Snapshot`] of a hub for one viewer: their page of connections, filtered
 //! on the server, and the capped lists of everything else.
 
+use super::dead::Shown;
 use super::history::Sampler;
 use super::view::{
     ConnectionPage, ConnectionRow, DeadRow, HubSummary, JobsView, MemberRef, ServiceRow, Snapshot,
@@ -105,6 +106,7 @@ impl Redactor {
 /// A hub's snapshot as one viewer asked for it.
 pub(crate) fn take(
     hub: &Hub,
+    dead: Shown,
     sampler: &Sampler,
     redactor: &Redactor,
     query: &ConnectionQuery,
@@ -131,7 +133,7 @@ pub(crate) fn take(
         connections: connection_page(connections, &member_ids, redactor, query),
         services: services(hub, &members),
         subjects: subject_list(subjects),
-        jobs: jobs_view(hub.jobs().stats(), hub),
+        jobs: jobs_view(hub.jobs().stats(), dead),
     }
 }
 
@@ -215,17 +217,17 @@ fn subject_list(mut subjects: Vec<(String, usize)>) -> SubjectList {
     }
 }
 
-fn jobs_view(stats: JobStats, hub: &Hub) -> JobsView {
+fn jobs_view(stats: JobStats, dead: Shown) -> JobsView {
     let mut workers = stats.workers;
     workers.sort_by(|a, b| b.active.cmp(&a.active).then_with(|| a.id.cmp(&b.id)));
-    let dead_letters = hub.jobs().dead_letters();
     JobsView {
         waiting: stats.waiting,
         delayed: stats.delayed,
         active: stats.active,
         completed: stats.completed,
         failed: stats.failed,
-        dead: stats.dead,
+        dead: dead.count,
+        dead_more: dead.more,
         workers_total: workers.len(),
         workers: workers
             .into_iter()
@@ -239,10 +241,10 @@ fn jobs_view(stats: JobStats, hub: &Hub) -> JobsView {
                 per_second: w.per_second,
             })
             .collect(),
-        dead_letters: dead_letters
+        dead_letters: dead
+            .letters
             .into_iter()
             .rev()
-            .take(MAX_ROWS)
             .map(|d| DeadRow {
                 id: Uuid::from_u128(d.id).to_string(),
                 name: d.name,

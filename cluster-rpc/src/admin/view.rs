@@ -188,13 +188,18 @@ pub struct JobsView {
     pub completed: u64,
     /// Attempts failed since the start.
     pub failed: u64,
-    /// In the dead letters.
+    /// In the dead letters (in cluster mode: of those read, see `dead_more`).
     pub dead: usize,
+    /// More dead letters than `dead`: in cluster mode the page reads only the oldest
+    /// [`MAX_ROWS`] of the cluster's dead-letter stream.
+    #[serde(default)]
+    pub dead_more: bool,
     /// Workers connected.
     pub workers_total: usize,
     /// The busiest workers (at most [`MAX_ROWS`]).
     pub workers: Vec<WorkerRow>,
-    /// The newest dead letters (at most [`MAX_ROWS`]).
+    /// Dead letters, newest first, at most [`MAX_ROWS`]: the hub's newest, or in cluster
+    /// mode the oldest in the cluster's dead-letter stream (read at most every 5 s).
     pub dead_letters: Vec<DeadRow>,
 }
 

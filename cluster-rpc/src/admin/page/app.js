@@ -158,7 +158,8 @@ function render(s) {
   syncRows($("subjects"), s.subjects.rows, (r) => r.pattern, (r) => [r.pattern, num(r.subscribers)], "no subscriptions");
 
   const j = s.jobs;
-  for (const k of ["waiting", "delayed", "active", "completed", "failed", "dead"]) setText("j-" + k, num(j[k]));
+  for (const k of ["waiting", "delayed", "active", "completed", "failed"]) setText("j-" + k, num(j[k]));
+  setText("j-dead", num(j.dead) + (j.dead_more ? "+" : ""));
   chart("chart-jobs", "chart-jobs-max", [
     { values: s.history.jobs_completed, color: "--s1" },
     { values: s.history.jobs_failed, color: "--s3" },
