@@ -37,12 +37,23 @@ struct Common {
 }
 
 impl Common {
-    async fn member(self) -> anyhow::Result<(Member, bool)> {
+    /// Joins the hub (as its jobs admin with `--token`), makes `call`, and leaves before
+    /// its answer is looked at; with whether `--json` was asked.
+    async fn call<T, E>(
+        self,
+        call: impl AsyncFnOnce(&Member) -> Result<T, E>,
+    ) -> anyhow::Result<(T, bool)>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let mut target = self.target;
         if let Some(token) = self.token {
             target.push_param(JOBS_ADMIN_PARAMETER, token.expose());
         }
-        Ok((target.member().await?, self.json))
+        let member = target.member().await?;
+        let answer = call(&member).await;
+        member.shutdown().await;
+        Ok((answer?, self.json))
     }
 }
 
@@ -135,26 +146,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         JobsCommand::Dead { limit, common } => list(common, JobState::Dead, limit).await,
         JobsCommand::Show { id, common } => show(common, id.as_u128()).await,
         JobsCommand::Requeue { id, common } => {
-            let (member, _) = common.member().await?;
-            let requeued = member.jobs().requeue_dead(id.as_u128()).await;
-            member.shutdown().await;
-            requeued?;
+            common
+                .call(async |m| m.jobs().requeue_dead(id.as_u128()).await)
+                .await?;
             print_line(&format!("requeued {id}"));
             Ok(())
         }
         JobsCommand::Delete { id, common } => {
-            let (member, _) = common.member().await?;
-            let deleted = member.jobs().delete_dead(id.as_u128()).await;
-            member.shutdown().await;
-            anyhow::ensure!(deleted?, "no dead job {id}");
+            let (deleted, _) = common
+                .call(async |m| m.jobs().delete_dead(id.as_u128()).await)
+                .await?;
+            anyhow::ensure!(deleted, "no dead job {id}");
             print_line(&format!("deleted {id}"));
             Ok(())
         }
         JobsCommand::Cancel { id, common } => {
-            let (member, _) = common.member().await?;
-            let cancelled = member.jobs().cancel(id.as_u128()).await;
-            member.shutdown().await;
-            anyhow::ensure!(cancelled?, "no waiting, delayed or running job {id}");
+            let (cancelled, _) = common
+                .call(async |m| m.jobs().cancel(id.as_u128()).await)
+                .await?;
+            anyhow::ensure!(cancelled, "no waiting, delayed or running job {id}");
             print_line(&format!("cancelled {id}"));
             Ok(())
         }
@@ -162,10 +172,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn stats(common: Common) -> anyhow::Result<()> {
-    let (member, json) = common.member().await?;
-    let stats = member.jobs().stats().await;
-    member.shutdown().await;
-    let stats = stats?;
+    let (stats, json) = common.call(async |m| m.jobs().stats().await).await?;
     if json {
         print_line(&serde_json::to_string(&stats)?);
         return Ok(());
@@ -193,10 +200,9 @@ async fn stats(common: Common) -> anyhow::Result<()> {
 }
 
 async fn list(common: Common, state: JobState, limit: usize) -> anyhow::Result<()> {
-    let (member, json) = common.member().await?;
-    let jobs = member.jobs().list(state, limit).await;
-    member.shutdown().await;
-    let jobs = jobs?;
+    let (jobs, json) = common
+        .call(async |m| m.jobs().list(state, limit).await)
+        .await?;
     if json {
         for job in &jobs {
             print_line(&serde_json::to_string(&job_json(job))?);
@@ -221,10 +227,8 @@ async fn list(common: Common, state: JobState, limit: usize) -> anyhow::Result<(
 }
 
 async fn show(common: Common, id: JobId) -> anyhow::Result<()> {
-    let (member, json) = common.member().await?;
-    let job = member.jobs().job(id).await;
-    member.shutdown().await;
-    let job = job?.ok_or_else(|| anyhow::anyhow!("no job {} on the hub", Uuid::from_u128(id)))?;
+    let (job, json) = common.call(async |m| m.jobs().job(id).await).await?;
+    let job = job.ok_or_else(|| anyhow::anyhow!("no job {} on the hub", Uuid::from_u128(id)))?;
     if json {
         print_line(&serde_json::to_string(&job_json(&job))?);
         return Ok(());
