@@ -187,6 +187,28 @@ pub(crate) fn parse_header(buf: &[u8], rules: Rules) -> Result<Option<FrameHeade
     }))
 }
 
+/// The whole frame at the start of `buf`, its payload unmasked in place: its header and
+/// its length (header and payload). `Ok(None)` when more bytes are needed.
+#[inline]
+pub(crate) fn unmask_next(
+    buf: &mut [u8],
+    rules: Rules,
+) -> Result<Option<(FrameHeader, usize)>, FrameError> {
+    let Some(header) = parse_header(buf, rules)? else {
+        return Ok(None);
+    };
+    // Both terms are bounded: the header by 14, the payload by the rules' limit (< 2^63).
+    let total = usize::try_from(header.header_len as u64 + header.payload_len)
+        .map_err(|_| FrameError::TooBig)?;
+    let Some(payload) = buf.get_mut(header.header_len..total) else {
+        return Ok(None);
+    };
+    if let Some(mask) = header.mask {
+        apply_mask(payload, mask, 0);
+    }
+    Ok(Some((header, total)))
+}
+
 /// XORs `buf` with `mask`, starting at mask byte `offset % 4`.
 pub(crate) fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     let mut rotated = [0u8; 4];

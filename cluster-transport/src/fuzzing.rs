@@ -63,20 +63,11 @@ pub fn upgrade_request(data: &[u8]) {
 pub fn frames(data: &[u8]) {
     let mut buf = data.to_vec();
     let mut pos = 0;
-    while let Ok(Some(header)) =
-        frame::parse_header(&buf[pos..], frame::Rules::from_client(1 << 20))
-    {
-        let end = (pos as u64)
-            .saturating_add(header.header_len as u64)
-            .saturating_add(header.payload_len);
-        let Ok(end) = usize::try_from(end) else { break };
-        if end > buf.len() {
-            break;
+    while let Some(rest) = buf.get_mut(pos..) {
+        match frame::unmask_next(rest, frame::Rules::from_client(1 << 20)) {
+            Ok(Some((_, total))) => pos += total,
+            _ => break,
         }
-        if let Some(mask) = header.mask {
-            frame::apply_mask(&mut buf[pos + header.header_len..end], mask, 0);
-        }
-        pos = end;
     }
     let (role, chunk, stream) = match data.split_first() {
         Some((first, rest)) => {

@@ -161,20 +161,10 @@ impl Reader {
         let rules = self.rules();
         let mut pos = 0;
         while let Some(rest) = data.get_mut(pos..) {
-            let Some(header) = frame::parse_header(rest, rules)? else {
+            let Some((header, total)) = frame::unmask_next(rest, rules)? else {
                 break;
             };
-            // Both terms are bounded: the header by 14, the payload by the rules' limit.
-            let total = header.header_len as u64 + header.payload_len;
-            let Ok(total) = usize::try_from(total) else {
-                return Err(frame::FrameError::TooBig.into());
-            };
-            let Some(payload) = rest.get_mut(header.header_len..total) else {
-                break;
-            };
-            if let Some(mask) = header.mask {
-                frame::apply_mask(payload, mask, 0);
-            }
+            let payload = &rest[header.header_len..total];
             pos += total;
             if header.opcode == OpCode::Close {
                 self.fragment = None;

@@ -390,20 +390,23 @@ fn encode(out: &mut Vec<u8>, rsv1: bool, opcode: OpCode, payload: &[u8], mask: O
 
 /// Decodes what a client wrote, as a server would: (opcode, rsv1, payload) per frame.
 #[cfg(test)]
-pub(crate) fn decode_client_frames(mut bytes: &[u8]) -> Vec<(OpCode, bool, Vec<u8>)> {
+pub(crate) fn decode_client_frames(bytes: &[u8]) -> Vec<(OpCode, bool, Vec<u8>)> {
     let mut out = Vec::new();
     let rules = frame::Rules {
         rsv1: true,
         ..frame::Rules::from_client(u64::MAX)
     };
-    while let Ok(Some(h)) = frame::parse_header(bytes, rules) {
-        let end = h.header_len + h.payload_len as usize;
-        let mut payload = bytes[h.header_len..end].to_vec();
-        frame::apply_mask(&mut payload, h.mask.unwrap(), 0);
-        out.push((h.opcode, h.rsv1, payload));
-        bytes = &bytes[end..];
+    let mut bytes = bytes.to_vec();
+    let mut pos = 0;
+    while let Ok(Some((h, total))) = frame::unmask_next(&mut bytes[pos..], rules) {
+        out.push((
+            h.opcode,
+            h.rsv1,
+            bytes[pos + h.header_len..pos + total].to_vec(),
+        ));
+        pos += total;
     }
-    assert!(bytes.is_empty());
+    assert_eq!(pos, bytes.len());
     out
 }
 
