@@ -5,13 +5,12 @@
 
 mod common;
 
+use common::fnv::{fnv, numbered as job, work, Fnv};
 use common::*;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use network_cluster::prelude::*;
 use network_cluster::rpc::jobs::{LogOptions, StoreError};
-use network_cluster::rpc::{
-    ByteBuf, Job, JobContext, JobError, JobHandle, JobOptions, QueueOptions, StartError,
-};
+use network_cluster::rpc::{Job, JobError, JobHandle, JobOptions, QueueOptions, StartError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,36 +18,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
-
-/// Hash `data`, after sleeping `sleep_ms` (`test_peer` workers run it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Fnv {
-    data: ByteBuf,
-    sleep_ms: u64,
-}
-
-impl Job for Fnv {
-    const NAME: &'static str = "fnv";
-    type Output = u64;
-}
-
-fn job(i: u64, sleep_ms: u64) -> Fnv {
-    Fnv {
-        data: ByteBuf::from(i.to_le_bytes().to_vec()),
-        sleep_ms,
-    }
-}
-
-fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-async fn work(job: Fnv, _ctx: JobContext) -> Result<u64, String> {
-    tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
-    Ok(fnv(&job.data))
-}
 
 /// Always fails.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,10 +4,11 @@
 
 mod common;
 
+use common::fnv::{fnv, job, work, Fnv};
 use common::*;
 use network_cluster::prelude::*;
 use network_cluster::rpc::{
-    ByteBuf, CodecKind, InvalidJob, Job, JobContext, JobError, JobOptions, QueueOptions,
+    CodecKind, InvalidJob, Job, JobContext, JobError, JobOptions, QueueOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -15,36 +16,6 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Hash `data`, after sleeping `sleep_ms` (the `test_peer` worker runs it too).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Fnv {
-    data: ByteBuf,
-    sleep_ms: u64,
-}
-
-fn job(data: impl Into<Vec<u8>>, sleep_ms: u64) -> Fnv {
-    Fnv {
-        data: ByteBuf::from(data.into()),
-        sleep_ms,
-    }
-}
-
-impl Job for Fnv {
-    const NAME: &'static str = "fnv";
-    type Output = u64;
-}
-
-fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-async fn work(job: Fnv, _ctx: JobContext) -> Result<u64, String> {
-    tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
-    Ok(fnv(&job.data))
-}
 
 /// Fails until its attempt number reaches `succeed_on` (0: always fails).
 #[derive(Debug, Clone, Serialize, Deserialize)]

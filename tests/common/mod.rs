@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod fnv;
 pub mod gate;
 pub mod http;
 pub mod nats;
