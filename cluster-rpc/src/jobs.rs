@@ -249,26 +249,34 @@ impl Jobs {
         // allocation for the batch, not one (and its regrowths) per job.
         let codec = self.queue.codec();
         let jobs = jobs.into_iter();
-        let mut spans = Vec::with_capacity(jobs.size_hint().0);
+        // Where each payload ends in the buffer (it starts where the one before ended).
+        let mut ends = Vec::with_capacity(jobs.size_hint().0);
         let mut buffer = Vec::new();
         for job in jobs {
-            let start = buffer.len();
             codec
                 .encode(job, &mut buffer)
                 .map_err(|e| JobError::Encode(e.to_string()))?;
-            if spans.is_empty() {
+            if ends.is_empty() {
                 // Room for the rest, if they encode to about the first one's size.
-                let rest = spans.capacity().saturating_sub(1);
+                let rest = ends.capacity().saturating_sub(1);
                 buffer.reserve(buffer.len().saturating_mul(rest));
             }
-            spans.push(start..buffer.len());
+            ends.push(buffer.len());
         }
         let buffer = Bytes::from(buffer);
-        let payloads = spans.into_iter().map(|span| buffer.slice(span));
-        let queued = self.queue.submit_many(J::NAME, payloads, &options)?;
-        let ids = queued.iter().map(|(id, _, progress)| (*id, &**progress));
+        let mut start = 0;
+        let payloads = ends.iter().map(|&end| {
+            let payload = buffer.slice(start..end);
+            start = end;
+            payload
+        });
+        // The handles are made as the jobs are queued: one vector for the batch.
+        let handles = self
+            .queue
+            .submit_many(J::NAME, payloads, &options, |q| self.handle(q))?;
+        let ids = handles.iter().map(|h| (h.id(), h.shared_progress()));
         self.queue.accepted(ids).await?;
-        Ok(queued.into_iter().map(|q| self.handle(q)).collect())
+        Ok(handles)
     }
 
     /// A new handle on job `id`, a job of kind `J`: it resolves with the job's outcome once

@@ -22,12 +22,12 @@ pub(crate) type Outcome = Result<Bytes, JobError>;
 
 /// A job's progress, shared by whoever reports it and the job's handle: the last value,
 /// and a watch channel made only when someone asks for updates (most never do, and a
-/// channel per job is not free).
+/// channel per job is not free). A batch holds one per job, so it is kept small (what is
+/// rarely used is out of line, and one lock guards all that needs one).
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     bits: AtomicU64,
-    updates: Mutex<Option<watch::Sender<f64>>>,
-    /// Someone asked for updates: reports and the close go through the channel too.
+    /// Someone asked for updates: reports go through the channel too.
     watched: AtomicBool,
     closed: AtomicBool,
     /// The job waits in a ready queue (changed under the queue's lock).
@@ -35,7 +35,7 @@ pub(crate) struct Progress {
     /// The job was cancelled: its handle resolves at once, and a queued entry is dropped
     /// when the dispatcher reaches it.
     cancelled: AtomicBool,
-    /// What the job's resolution hands over.
+    /// What the job's resolution hands over, and the updates channel.
     resolution: Mutex<Resolution>,
     /// Someone attached: the job's resolution must look at the waiters.
     attached: AtomicBool,
@@ -43,29 +43,33 @@ pub(crate) struct Progress {
     resolved: AtomicBool,
 }
 
-/// What a job's resolution hands over, besides its first submitter.
+/// What a job's resolution hands over, besides its first submitter, and the channel of
+/// its progress reports.
 #[derive(Debug, Default)]
 struct Resolution {
+    /// The reports' channel, once someone asked for updates.
+    updates: Option<watch::Sender<f64>>,
     /// Submitters attached after the first (a unique key submitted again, a re-attach, a
-    /// lookup by id): resolved with the same outcome.
-    waiters: Vec<Submitter>,
+    /// lookup by id): resolved with the same outcome. Rare: out of line.
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer in every job's progress instead of a vector's three words"
+    )]
+    waiters: Option<Box<Vec<Submitter>>>,
     /// The outcome, for the hub-side handle that reads it here ([`Delivery::Progress`]):
-    /// one slot in the job's progress instead of a channel per job.
-    outcome: Option<Outcome>,
+    /// one slot in the job's progress instead of a channel per job (the rare error out
+    /// of line).
+    outcome: Option<Result<Bytes, Box<JobError>>>,
     /// That handle's task, woken when the outcome arrives or the job is gone.
     waker: Option<Waker>,
 }
 
 impl Progress {
-    fn updates(&self) -> MutexGuard<'_, Option<watch::Sender<f64>>> {
-        self.updates.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records a report.
     pub(crate) fn set(&self, value: f64) {
         self.bits.store(value.to_bits(), Ordering::Relaxed);
         if self.watched.load(Ordering::SeqCst) {
-            if let Some(tx) = &*self.updates() {
+            if let Some(tx) = &self.resolution().updates {
                 tx.send_replace(value);
             }
         }
@@ -78,14 +82,15 @@ impl Progress {
 
     /// A receiver of the reports; it sees the channel closed once the job resolved.
     pub(crate) fn subscribe(&self) -> watch::Receiver<f64> {
-        let mut updates = self.updates();
+        let mut resolution = self.resolution();
         self.watched.store(true, Ordering::SeqCst);
-        match &*updates {
+        match &resolution.updates {
             Some(tx) => tx.subscribe(),
             None => {
                 let (tx, rx) = watch::channel(self.get());
+                // Closed under this lock: a channel stored now is taken by the close.
                 if !self.closed.load(Ordering::SeqCst) {
-                    *updates = Some(tx);
+                    resolution.updates = Some(tx);
                 }
                 rx
             }
@@ -124,7 +129,10 @@ impl Progress {
         if self.resolved.load(Ordering::SeqCst) {
             return Err(submitter);
         }
-        resolution.waiters.push(submitter);
+        resolution
+            .waiters
+            .get_or_insert_with(Box::default)
+            .push(submitter);
         Ok(())
     }
 
@@ -137,10 +145,10 @@ impl Progress {
             return Vec::new();
         }
         let mut resolution = self.resolution();
-        let waiters = std::mem::take(&mut resolution.waiters);
+        let waiters = resolution.waiters.take().map(|w| *w).unwrap_or_default();
         let waker = match outcome {
             Some(outcome) => {
-                resolution.outcome = Some(outcome);
+                resolution.outcome = Some(outcome.map_err(Box::new));
                 resolution.waker.take()
             }
             None => None,
@@ -157,7 +165,7 @@ impl Progress {
     fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut resolution = self.resolution();
         if let Some(outcome) = resolution.outcome.take() {
-            return Poll::Ready(outcome);
+            return Poll::Ready(outcome.map_err(|error| *error));
         }
         if self.closed.load(Ordering::SeqCst) {
             return Poll::Ready(Err(JobError::Cancelled));
@@ -175,11 +183,13 @@ impl Progress {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        if self.watched.load(Ordering::SeqCst) {
-            self.updates().take();
-        }
-        // A handle waiting here for a job that is gone unresolved learns it.
-        let waker = self.resolution().waker.take();
+        // Receivers see the channel closed once it is dropped; a handle waiting here for
+        // a job that is gone unresolved learns it.
+        let (updates, waker) = {
+            let mut resolution = self.resolution();
+            (resolution.updates.take(), resolution.waker.take())
+        };
+        drop(updates);
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -334,6 +344,11 @@ impl<T> JobHandle<T> {
         }
     }
 
+    /// The progress it shares with the queue.
+    pub(crate) fn shared_progress(&self) -> &Progress {
+        &self.progress
+    }
+
     /// The last progress the worker reported (0.0 until it reports).
     pub fn progress(&self) -> f64 {
         self.progress.get()
@@ -415,10 +430,20 @@ mod tests {
             refs.iter().map(|r| r.is_cancelled()).collect::<Vec<_>>(),
             [false, false, true]
         );
-        let outcome = |r: &ProgressRef| r.resolution().outcome.take();
+        let outcome = |r: &ProgressRef| {
+            let outcome = r.resolution().outcome.take();
+            outcome.map(|o| o.map_err(|error| *error))
+        };
         refs[0].resolve(Some(Ok(Bytes::from_static(b"first"))));
         assert!(outcome(&refs[1]).is_none());
         assert_eq!(outcome(&refs[0]), Some(Ok(Bytes::from_static(b"first"))));
+    }
+
+    #[test]
+    fn a_jobs_progress_stays_small() {
+        // A batch holds one per job (W5: 200,000 at once): 136 bytes before the rarely
+        // used parts went out of line.
+        assert!(std::mem::size_of::<Progress>() <= 96);
     }
 
     #[test]

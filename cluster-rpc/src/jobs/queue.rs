@@ -585,16 +585,20 @@ impl Queue {
     /// round each: the first jobs run while the rest are queued, and answers are taken
     /// between chunks (other submissions may queue jobs between them too). The payloads
     /// may be slices of one buffer (one allocation for the batch), and the progress of
-    /// each chunk's jobs is one allocation ([`ProgressRef::batch`]).
+    /// each chunk's jobs is one allocation ([`ProgressRef::batch`]). Each job's
+    /// [`Queued`] goes through `make` (the submitter's handle, say) into the returned
+    /// vector, in order: one vector for the batch, not one of `Queued` and another of
+    /// what is made of them.
     ///
     /// # Errors
     /// As [`submit`](Self::submit).
-    pub(crate) fn submit_many(
+    pub(crate) fn submit_many<T>(
         &self,
         name: &str,
         payloads: impl ExactSizeIterator<Item = Bytes>,
         options: &JobOptions,
-    ) -> Result<Vec<Queued>, JobError> {
+        mut make: impl FnMut(Queued) -> T,
+    ) -> Result<Vec<T>, JobError> {
         check_name(name)?;
         options.check(&self.options)?;
         if options.key.is_some() {
@@ -645,7 +649,7 @@ impl Queue {
                             Waiting::Entry(entry)
                         };
                         let id = new_job_id();
-                        queued.push((id, Delivery::Progress, progress));
+                        queued.push(make((id, Delivery::Progress, progress)));
                         (id, job)
                     }),
             );

@@ -449,6 +449,7 @@ async fn a_handle_waiting_in_the_progress_is_woken_by_its_outcome() {
             "x",
             [Bytes::from_static(b"a"), Bytes::from_static(b"b")].into_iter(),
             &JobOptions::default(),
+            |q| q,
         )
         .unwrap();
     let Some((_, mut delivery, progress)) = queued.pop() else {
@@ -503,15 +504,15 @@ async fn a_batch_of_several_chunks_holds_its_room_and_keeps_its_order() {
     let queue = queue(QueueOptions::default().capacity(capacity));
     let n = 2 * SUBMIT_CHUNK + 1;
     let queued = queue
-        .submit_many("x", payloads(n), &JobOptions::default())
+        .submit_many("x", payloads(n), &JobOptions::default(), |q| q)
         .unwrap();
     assert_eq!(queue.stats().waiting, n);
     // What is left of the capacity takes one batch of the rest, not one more job.
     let rest = capacity - n;
-    let over = queue.submit_many("x", payloads(rest + 1), &JobOptions::default());
+    let over = queue.submit_many("x", payloads(rest + 1), &JobOptions::default(), |q| q);
     assert!(matches!(over, Err(JobError::QueueFull { .. })));
     queue
-        .submit_many("x", payloads(rest), &JobOptions::default())
+        .submit_many("x", payloads(rest), &JobOptions::default(), |q| q)
         .unwrap();
     assert_eq!(queue.stats().waiting, capacity);
     assert!(queue
@@ -546,12 +547,12 @@ async fn a_batch_shorter_than_announced_gives_its_room_back() {
     let queue = queue(QueueOptions::default().capacity(4));
     let short = Short(vec![Bytes::new(); 2].into_iter());
     queue
-        .submit_many("x", short, &JobOptions::default())
+        .submit_many("x", short, &JobOptions::default(), |q| q)
         .unwrap();
     assert_eq!(queue.stats().waiting, 2);
     // The third place was held for the missing payload, and is free again.
     queue
-        .submit_many("x", payloads(2), &JobOptions::default())
+        .submit_many("x", payloads(2), &JobOptions::default(), |q| q)
         .unwrap();
 }
 
@@ -559,7 +560,7 @@ async fn a_batch_shorter_than_announced_gives_its_room_back() {
 async fn a_batch_waiting_without_entries_is_found_listed_cancelled_and_run() {
     let queue = queue(QueueOptions::default());
     let mut queued = queue
-        .submit_many("x", payloads(3), &JobOptions::default())
+        .submit_many("x", payloads(3), &JobOptions::default(), |q| q)
         .unwrap();
     let ids: Vec<JobId> = queued.iter().map(|(id, _, _)| *id).collect();
     let info = queue.find(ids[0]).expect("a waiting job is found");
@@ -601,7 +602,7 @@ async fn finished_entries_are_closed_at_once_and_their_boxes_reused() {
     let queue = queue(QueueOptions::default());
     let payloads = || [Bytes::from_static(b"a"), Bytes::from_static(b"b")].into_iter();
     let mut queued = queue
-        .submit_many("x", payloads(), &JobOptions::default())
+        .submit_many("x", payloads(), &JobOptions::default(), |q| q)
         .unwrap();
     let (conn, recorder) = worker(&queue, &["x"], 2);
     let mut runs = Vec::new();
@@ -620,7 +621,7 @@ async fn finished_entries_are_closed_at_once_and_their_boxes_reused() {
     assert_eq!(queue.state().spare.len(), 2);
     // The next fresh jobs' entries are made in those boxes.
     let next = queue
-        .submit_many("x", payloads(), &JobOptions::default())
+        .submit_many("x", payloads(), &JobOptions::default(), |q| q)
         .unwrap();
     assert_eq!(queue.stats().active, 2);
     assert_eq!(queue.state().spare.len(), 0);
