@@ -41,6 +41,9 @@ pub(crate) struct Progress {
     attached: AtomicBool,
     /// The job resolved: no one can attach any more.
     resolved: AtomicBool,
+    /// Its outcome was stored for the handle that reads it here, and that handle's waker
+    /// taken: closing has no one to wake then.
+    delivered: AtomicBool,
 }
 
 /// What a job's resolution hands over, besides its first submitter, and the channel of
@@ -149,6 +152,7 @@ impl Progress {
         let waker = match outcome {
             Some(outcome) => {
                 resolution.outcome = Some(outcome.map_err(Box::new));
+                self.delivered.store(true, Ordering::SeqCst);
                 resolution.waker.take()
             }
             None => None,
@@ -181,6 +185,11 @@ impl Progress {
     /// Closing again does nothing.
     pub(crate) fn close(&self) {
         if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // A delivered outcome left no waker, and with no channel (a subscriber from now
+        // on sees `closed`) there is nothing to do: no lock at most jobs' end.
+        if self.delivered.load(Ordering::SeqCst) && !self.watched.load(Ordering::SeqCst) {
             return;
         }
         // Receivers see the channel closed once it is dropped; a handle waiting here for

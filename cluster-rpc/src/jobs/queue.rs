@@ -40,7 +40,7 @@ use crate::link::Link;
 use crate::metrics::{AttemptOutcome, AttemptTally, Durations, JobMetrics};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -303,6 +303,15 @@ impl Queue {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state if its lock is free now.
+    fn try_state(&self) -> Option<MutexGuard<'_, State>> {
+        match self.state.try_lock() {
+            Ok(st) => Some(st),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     pub(crate) fn codec(&self) -> CodecKind {
@@ -927,7 +936,9 @@ impl Queue {
             // Delivered once the completions are durable, so a re-run after a crash cannot
             // answer a handle twice. If they cannot be made durable, they are delivered
             // all the same: the jobs did run.
-            // Their boxes go back to the queue, emptied, for the next jobs' entries.
+            // Their boxes go back to the queue, emptied, for the next jobs' entries, if
+            // its lock is free: waiting for it (another connection's answers or round)
+            // would cost more than the allocations the boxes save.
             let codec = self.codec;
             let queue = Arc::downgrade(self);
             self.store.sync(Commit::new(move |_| {
@@ -937,8 +948,9 @@ impl Queue {
                     *output = Bytes::new();
                 }
                 if let Some(queue) = queue.upgrade() {
-                    let mut st = queue.state();
-                    st.spare.give(finished.into_iter().map(|(entry, _)| entry));
+                    if let Some(mut st) = queue.try_state() {
+                        st.spare.give(finished.into_iter().map(|(entry, _)| entry));
+                    }
                 }
             }));
         }

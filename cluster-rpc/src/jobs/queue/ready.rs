@@ -74,7 +74,7 @@ impl Waiting {
 
     /// Its entry, made now for a fresh job named `name` (in a box of `spare` if there is
     /// one).
-    pub(super) fn into_entry(self, name: (NameId, Arc<str>), spare: &mut Spare) -> Box<Entry> {
+    pub(super) fn into_entry(self, name: (NameId, &Arc<str>), spare: &mut Spare) -> Box<Entry> {
         match self {
             Waiting::Fresh(fresh) => Entry::fresh(
                 spare.take(),
@@ -331,7 +331,7 @@ impl Ready {
         let (id, job) = job?;
         job.progress().set_queued(false);
         self.waiting -= 1;
-        Some((id, job.into_entry((name, Arc::clone(&queue.name)), spare)))
+        Some((id, job.into_entry((name, &queue.name), spare)))
     }
 
     /// `name` has a job but no free worker this round: it goes first in the next.
@@ -374,9 +374,8 @@ impl Ready {
         for (id, queue) in &mut self.names {
             queue.in_rotation = false;
             for (_, jobs) in std::mem::take(&mut queue.jobs) {
-                let named = |(_, job): (JobId, Waiting)| {
-                    *job.into_entry((id, Arc::clone(&queue.name)), &mut spare)
-                };
+                let named =
+                    |(_, job): (JobId, Waiting)| *job.into_entry((id, &queue.name), &mut spare);
                 entries.extend(jobs.into_iter().map(named));
             }
         }

@@ -167,14 +167,21 @@ impl Entry {
 
     /// The entry of a [fresh](super::ready::Fresh) job named `name`, made when it is
     /// dispatched: the default options, the hub's handle its submitter.
-    /// It goes into `spare` if given (a box of a finished entry, [`vacate`](Self::vacate)d).
+    /// It goes into `spare` if given (a box of a finished entry, [`vacate`](Self::vacate)d);
+    /// a box whose last job had the same name keeps its copy of the name, so the name's
+    /// count (which every job of the name shares, across the runtime's threads) is not
+    /// touched.
     pub(super) fn fresh(
-        spare: Option<Box<Self>>,
+        mut spare: Option<Box<Self>>,
         payload: Bytes,
         progress: ProgressGuard,
         submitted_at: UnixMillis,
-        (name, shared_name): (NameId, Arc<str>),
+        (name, shared_name): (NameId, &Arc<str>),
     ) -> Box<Self> {
+        let shared_name = match spare.as_mut().and_then(|boxed| boxed.shared_name.take()) {
+            Some(kept) if Arc::ptr_eq(&kept, shared_name) => kept,
+            _ => Arc::clone(shared_name),
+        };
         let entry = Entry {
             name,
             shared_name: Some(shared_name),
@@ -200,12 +207,13 @@ impl Entry {
     }
 
     /// Empties a resolved entry so that its box can hold another job
-    /// ([`fresh`](Self::fresh)): its payload, name and history go now and its progress is
-    /// closed, as if it were dropped. The closed progress is let go when the box is reused.
+    /// ([`fresh`](Self::fresh)): its payload and history go now and its progress is
+    /// closed, as if it were dropped. The closed progress and the name are let go when the
+    /// box is reused (the name is kept if the next job has it too); a kept box holds its
+    /// name's place in the table until then (at most [`SPARE_ENTRIES`] boxes are kept).
     pub(super) fn vacate(&mut self) {
         self.progress.0.close();
         self.payload = Bytes::new();
-        self.shared_name = None;
         self.custom = None;
         self.submitter = None;
         self.past = Vec::new();
