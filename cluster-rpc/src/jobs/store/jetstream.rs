@@ -9,7 +9,8 @@
 //!
 //! - **Submission.** A job is published to the work-queue stream `<PREFIX>_JOBS`, on its
 //!   name's and level's subject (`<prefix>.__jobs.<name>.<level>`), with its id as the
-//!   message id (`Nats-Msg-Id`). Not on a subject of its own: the server's file store
+//!   message id (`Nats-Msg-Id`: the 128 bits in 22 base64url characters; the UUIDs of
+//!   older hubs are read too). Not on a subject of its own: the server's file store
 //!   keeps an index entry per subject, and a level's consumer filtering on
 //!   `….<level>.*` walked it for every job (about a third of the server's CPU per job,
 //!   issue 13). Within the stream's duplicate window
@@ -710,13 +711,50 @@ fn delivery_count(reply: &str) -> Option<u64> {
     std::str::from_utf8(token).ok()?.parse().ok()
 }
 
-/// The job id a job message carries as its message id (`<uuid>`, `<uuid>.due` once
-/// moved from the delayed subject, `<uuid>.<requeue>` once requeued from the dead
-/// letters).
+/// The job id a job message carries as its message id (`<id>`, `<id>.due` once moved
+/// from the delayed subject, `<id>.<requeue>` once requeued from the dead letters).
 fn message_id(headers: &async_nats::HeaderMap) -> Option<JobId> {
     let value = headers.get(async_nats::header::NATS_MESSAGE_ID)?;
-    let id = value.as_str().split('.').next()?;
-    Some(Uuid::try_parse(id).ok()?.as_u128())
+    decode_msg_id(value.as_str().split('.').next()?)
+}
+
+/// The digits of a job's message id: base64url's.
+const MSG_ID_DIGITS: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+/// The length of a job's message id: 128 bits in 6-bit digits.
+const MSG_ID_LEN: usize = 22;
+
+/// A job's id as its message id: 22 base64url digits, most significant first (the server
+/// keeps every message id of the duplicate window, and the 32 hex digits of before cost
+/// it and every delivery 10 bytes more).
+fn encode_msg_id(id: JobId, out: &mut [u8; MSG_ID_LEN]) -> &str {
+    for (at, digit) in out.iter_mut().enumerate() {
+        let shift = 6 * (MSG_ID_LEN - 1 - at);
+        *digit = MSG_ID_DIGITS[usize::try_from((id >> shift) & 63).unwrap_or(0)];
+    }
+    // Every digit is ASCII.
+    std::str::from_utf8(out).unwrap_or_default()
+}
+
+/// A job id from its message id ([`encode_msg_id`]), or from a UUID (messages stored by
+/// hubs before the short ids); `None` for anything else: the stream is shared
+/// infrastructure.
+fn decode_msg_id(text: &str) -> Option<JobId> {
+    if text.len() != MSG_ID_LEN {
+        return Some(Uuid::try_parse(text).ok()?.as_u128());
+    }
+    text.bytes().try_fold(0u128, |id, digit| {
+        let value = match digit {
+            b'A'..=b'Z' => digit - b'A',
+            b'a'..=b'z' => digit - b'a' + 26,
+            b'0'..=b'9' => digit - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        // The first digit holds the top 2 bits only: one text per id.
+        (id >> 122 == 0).then(|| (id << 6) | u128::from(value))
+    })
 }
 
 /// A message of the dead-letter stream as the hubs list it: the job's id, attempts and
@@ -1304,13 +1342,7 @@ impl Inner {
             let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
             return;
         }
-        let Some(id) = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .and_then(|v| Uuid::try_parse(v.as_str()).ok())
-            .map(|id| id.simple().to_string())
-        else {
+        let Some(id) = message.headers.as_ref().and_then(message_id) else {
             let _ = message.ack_with(AckKind::Term).await;
             return;
         };
@@ -1320,7 +1352,7 @@ impl Inner {
         let subject = ready;
         let publish = jetstream::message::PublishMessage::build()
             .payload(message.payload.clone())
-            .message_id(format!("{id}.due"));
+            .message_id(format!("{}.due", encode_msg_id(id, &mut [0; MSG_ID_LEN])));
         let moved = match self.js.send_publish(subject, publish).await {
             Ok(ack) => ack.await.is_ok(),
             Err(_) => false,
@@ -1610,7 +1642,7 @@ impl Inner {
             .payload(job)
             .message_id(format!(
                 "{}.{}",
-                Uuid::from_u128(id).simple(),
+                encode_msg_id(id, &mut [0; MSG_ID_LEN]),
                 Uuid::new_v4().simple()
             ));
         let published = match self.js.send_publish(subject, publish).await {
@@ -1718,8 +1750,8 @@ async fn run_ops(
                     reply.push('.');
                     push_hex(&mut reply, sent);
                     let mut headers = async_nats::HeaderMap::new();
-                    let mut buf = [0; uuid::fmt::Simple::LENGTH];
-                    let msg_id: &str = Uuid::from_u128(id).simple().encode_lower(&mut buf);
+                    let mut msg_id = [0; MSG_ID_LEN];
+                    let msg_id = encode_msg_id(id, &mut msg_id);
                     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
                     // The client's queue to its connection is full only while the
                     // connection is down: then the submission fails in time.
@@ -2485,6 +2517,41 @@ mod tests {
         long[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(outcomes(&Bytes::from(long)).count(), 0);
         assert_eq!(outcomes(&Bytes::from_static(b"\x09abc")).count(), 0);
+    }
+
+    #[test]
+    fn message_ids_read_back_and_bad_ones_are_refused() {
+        for id in [0, 1, 63, 64, u128::MAX, Uuid::new_v4().as_u128()] {
+            let mut buf = [0; MSG_ID_LEN];
+            let text = encode_msg_id(id, &mut buf);
+            assert_eq!(text.len(), MSG_ID_LEN);
+            assert_eq!(decode_msg_id(text), Some(id), "{text}");
+        }
+        assert_eq!(
+            encode_msg_id(u128::MAX, &mut [0; MSG_ID_LEN]),
+            "D_____________________"
+        );
+        assert_eq!(
+            encode_msg_id(1, &mut [0; MSG_ID_LEN]),
+            "AAAAAAAAAAAAAAAAAAAAAB"
+        );
+        // Ids stored by hubs before the short ids.
+        let old = Uuid::new_v4();
+        assert_eq!(
+            decode_msg_id(&old.simple().to_string()),
+            Some(old.as_u128())
+        );
+        // Past 128 bits, a digit outside base64url, the wrong length.
+        assert_eq!(decode_msg_id("E_____________________"), None);
+        assert_eq!(decode_msg_id("AAAAAAAAAAAAAAAAAAAAA+"), None);
+        assert_eq!(decode_msg_id("AAAAAAAAAAAAAAAAAAAAA"), None);
+        assert_eq!(decode_msg_id(""), None);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            "AAAAAAAAAAAAAAAAAAAABA.due",
+        );
+        assert_eq!(message_id(&headers), Some(64));
     }
 
     #[test]
