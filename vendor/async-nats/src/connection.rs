@@ -1144,7 +1144,7 @@ mod read_op {
             b"MSG FOO 7 R 1 0\r\n\r\n",
             b"HMSG FOO 7 5 4\r\n",
             b"HMSG FOO 7 4 4\r\nNATS\r\n",
-            b"HMSG FOO 7 21 21\r\nNATS/1.0\r\nK\xe9y: a\r\n\r\n\r\n",
+            b"HMSG FOO 7 21 21\r\nNATS/1.0\r\nK\xc3\xa9y: a\r\n\r\n\r\n",
         ] {
             let (stream, mut server) = io::duplex(256);
             let mut connection =
