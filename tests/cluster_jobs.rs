@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::fnv::{fnv, numbered as job, Fnv};
 use common::nats::NatsServer;
 use common::*;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -16,40 +17,13 @@ use network_cluster::rpc::cluster::ClusterOptions;
 use network_cluster::rpc::jobs::{
     JetStreamOptions, JetStreamStore, StoreError, JOBS_ADMIN_PARAMETER,
 };
-use network_cluster::rpc::{
-    ByteBuf, Job, JobContext, JobError, JobOptions, JobState, QueueOptions,
-};
+use network_cluster::rpc::{Job, JobContext, JobError, JobOptions, JobState, QueueOptions};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// Hash `data`, after sleeping `sleep_ms` (the `test_peer` workers' job).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Fnv {
-    data: ByteBuf,
-    sleep_ms: u64,
-}
-
-impl Job for Fnv {
-    const NAME: &'static str = "fnv";
-    type Output = u64;
-}
-
-fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-fn job(i: u64, sleep_ms: u64) -> Fnv {
-    Fnv {
-        data: ByteBuf::from(i.to_le_bytes().to_vec()),
-        sleep_ms,
-    }
-}
 
 /// A job that records its tag when it starts, then waits for the test's gate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
