@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::gate::{gated_worker, Gate};
+use common::gate::{dead_job, gated_worker, Gate};
 use common::http::{get, post, Captured, Events};
 use common::nats::NatsServer;
 use common::*;
@@ -262,20 +262,7 @@ async fn dead_letters_requeue_and_delete_jobs_look_up_and_cancel() {
     let addr = hub.provider().local_addr();
     let (worker, open, mut ran) =
         gated_worker(&hub, consumer(&hub).parameter("name", "gatekeeper")).await;
-    let once = JobOptions::default().max_attempts(1);
-    let mut dead_ids = Vec::new();
-    for n in [1, 2] {
-        let handle = hub
-            .jobs()
-            .submit_with(&Gate { n }, once.clone())
-            .await
-            .unwrap();
-        dead_ids.push(uuid::Uuid::from_u128(handle.id()).to_string());
-        assert!(matches!(
-            within("dead", handle).await,
-            Err(JobError::Dead { .. })
-        ));
-    }
+    let dead_ids = [dead_job(&hub, 1).await, dead_job(&hub, 2).await];
     let s = snapshot(addr, "", ADMIN).await;
     assert_eq!(s.jobs.dead, 2);
     assert_eq!(s.jobs.dead_letters.len(), 2);
@@ -393,20 +380,7 @@ async fn in_a_cluster_every_hub_shows_and_acts_on_the_clusters_dead_letters() {
     );
     let (addr_a, addr_b) = (a.provider().local_addr(), b.provider().local_addr());
     let (worker, open, mut ran) = gated_worker(&a, consumer(&a)).await;
-    let once = JobOptions::default().max_attempts(1);
-    let mut dead_ids = Vec::new();
-    for n in [1, 2] {
-        let handle = a
-            .jobs()
-            .submit_with(&Gate { n }, once.clone())
-            .await
-            .unwrap();
-        dead_ids.push(uuid::Uuid::from_u128(handle.id()).to_string());
-        assert!(matches!(
-            within("dead", handle).await,
-            Err(JobError::Dead { .. })
-        ));
-    }
+    let dead_ids = [dead_job(&a, 1).await, dead_job(&a, 2).await];
     let (first, second) = (dead_ids[0].as_str(), dead_ids[1].as_str());
     // Both hubs' pages show the cluster's dead letters, hub B's though they died on A.
     let on_b = until_dead_letters(addr_b, &[first, second]).await;

@@ -7,12 +7,12 @@
 
 mod common;
 
-use common::gate::{gated_worker, Gate};
+use common::gate::{dead_job, gated_worker, Gate};
 use common::http::get;
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use network_cluster::prelude::*;
-use network_cluster::rpc::{AdminOptions, JobError, JobOptions};
+use network_cluster::rpc::AdminOptions;
 use network_cluster::ConsumerEvent;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -185,21 +185,6 @@ fn consumer(hub: &Hub, name: &str) -> network_cluster::transport::ConsumerBuilde
         .parameter("name", name)
         .parameter("token", "consumer-secret")
         .max_attempts(0)
-}
-
-/// A job that goes to the dead letters at its first failure; its id as the page shows it.
-async fn dead_job(hub: &Hub, n: u32) -> String {
-    let handle = hub
-        .jobs()
-        .submit_with(&Gate { n }, JobOptions::default().max_attempts(1))
-        .await
-        .expect("submit");
-    let id = uuid::Uuid::from_u128(handle.id()).to_string();
-    assert!(matches!(
-        within("a dead job", handle).await,
-        Err(JobError::Dead { .. })
-    ));
-    id
 }
 
 fn admin_url(hub: &Hub, token: &str) -> String {

@@ -1,7 +1,7 @@
 //! A job whose worker fails it until the test opens the gate: how the admin tests make
 //! dead letters and then see a requeued one run.
 
-use network_cluster::rpc::{Job, JobContext};
+use network_cluster::rpc::{Job, JobContext, JobError, JobOptions};
 use network_cluster::transport::ConsumerBuilder;
 use network_cluster::{Hub, Member};
 use serde::{Deserialize, Serialize};
@@ -51,4 +51,20 @@ pub async fn gated_worker(
     })
     .await;
     (worker, open, ran)
+}
+
+/// Job `n`, submitted on `hub` with one attempt while the gate is shut: it goes to the dead
+/// letters. Its id as the admin page shows it (a UUID).
+pub async fn dead_job(hub: &Hub, n: u32) -> String {
+    let handle = hub
+        .jobs()
+        .submit_with(&Gate { n }, JobOptions::default().max_attempts(1))
+        .await
+        .expect("submit");
+    let id = uuid::Uuid::from_u128(handle.id()).to_string();
+    assert!(matches!(
+        super::within("a dead job", handle).await,
+        Err(JobError::Dead { .. })
+    ));
+    id
 }
