@@ -192,6 +192,9 @@ fn decrypt_pkcs8(block: &str, passphrase: &str) -> Result<PrivateKeyDer<'static>
         pkcs8::Error::EncryptedPrivateKey(
             pkcs8::pkcs5::Error::DecryptFailed | pkcs8::pkcs5::Error::EncryptFailed,
         ) => wrong_passphrase(),
+        // The container parsed above, so a DER error here is the decrypted bytes: a
+        // wrong passphrase that passed the padding check (about once in 256 tries).
+        pkcs8::Error::Asn1(_) => wrong_passphrase(),
         other => (
             format!(
                 "cannot decrypt the key ({other}); supported: PBES2 with PBKDF2 or scrypt \
@@ -200,8 +203,7 @@ fn decrypt_pkcs8(block: &str, passphrase: &str) -> Result<PrivateKeyDer<'static>
             Some(Box::new(other) as BoxError),
         ),
     })?;
-    // A wrong passphrase passes the padding check about once in 256 tries and yields
-    // garbage: only a key that parses counts as decrypted.
+    // Garbage that happens to be valid DER: only a key that parses counts as decrypted.
     if PrivateKeyInfo::try_from(secret.as_bytes()).is_err() {
         return Err(wrong_passphrase());
     }
