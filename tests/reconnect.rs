@@ -203,11 +203,17 @@ async fn jittered_backoff_spreads_a_crowd_over_the_window() {
         middle >= window * 4 / 10,
         "the middle 80% arrived within {middle:?}: not spread"
     );
-    // Nobody waited past the ceilings of two attempts (1 + 2 windows; the first attempt
-    // may have found the port still closed), with 2 s of slack for 500 handshakes on a
-    // loaded 2-core machine: a third wait (up to 4 windows more) would pass 7 s.
-    let last = offsets[CONSUMERS - 1];
-    assert!(last <= window * 5, "the last one came after {last:?}");
+    // The first wait after a drop is at most one window: nine in ten are back within it,
+    // with half a window of slack for 500 handshakes on a loaded 2-core machine. A first
+    // wait of up to two windows (the backoff not reset by the open) puts the ninth decile
+    // near 1.8 windows. Not the very last one: under load the kernel may stall a
+    // connect (a full accept queue drops the handshake's ACK) up to the connect time
+    // limit, which says nothing about the backoff.
+    let ninth_decile = offsets[CONSUMERS * 9 / 10];
+    assert!(
+        ninth_decile <= window * 3 / 2,
+        "nine in ten came back only by {ninth_decile:?}: the first wait was over one window"
+    );
     for c in &consumers {
         c.destroy();
     }
