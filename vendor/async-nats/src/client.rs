@@ -61,6 +61,8 @@ pub enum PublishErrorKind {
     MaxPayloadExceeded,
     BadSubject,
     Send,
+    /// An encoded header block that is not one (patched, see PATCHED.md).
+    BadHeaders,
 }
 
 impl Display for PublishErrorKind {
@@ -69,6 +71,7 @@ impl Display for PublishErrorKind {
             PublishErrorKind::MaxPayloadExceeded => write!(f, "max payload size exceeded"),
             PublishErrorKind::Send => write!(f, "failed to send message"),
             PublishErrorKind::BadSubject => write!(f, "bad subject"),
+            PublishErrorKind::BadHeaders => write!(f, "bad header block"),
         }
     }
 }
@@ -451,6 +454,50 @@ impl Client {
                 reply: Some(reply),
                 headers: Some(headers),
             }))
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a message with a reply subject and a header block encoded already
+    /// (patched, see PATCHED.md): `headers` as [`HeaderMap`] would encode them, the line
+    /// `NATS/1.0`, a `Name: value` line per header, and an empty line, each ending in
+    /// CRLF. For a publisher that sends the same kind of header with every message and
+    /// would otherwise build and drop a map per message.
+    ///
+    /// # Errors
+    /// A block that does not begin with `NATS/1.0` and end with an empty line
+    /// ([`PublishErrorKind::BadHeaders`]: the server would close the connection for it),
+    /// and the errors of [`publish_with_reply_and_headers`](Self::publish_with_reply_and_headers).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), async_nats::Error> {
+    /// let client = async_nats::connect("demo.nats.io").await?;
+    /// let headers = bytes::Bytes::from_static(b"NATS/1.0\r\nNats-Msg-Id: 1\r\n\r\n");
+    /// client
+    ///     .publish_with_reply_and_encoded_headers("events.data", "reply", headers, "payload".into())
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish_with_reply_and_encoded_headers<S: ToSubject, R: ToSubject>(
+        &self,
+        subject: S,
+        reply: R,
+        headers: Bytes,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        if !(headers.starts_with(b"NATS/1.0") && headers.ends_with(b"\r\n\r\n")) {
+            return Err(PublishError::new(PublishErrorKind::BadHeaders));
+        }
+        self.sender
+            .send(Command::PublishEncoded {
+                subject: subject.to_subject(),
+                reply: reply.to_subject(),
+                headers,
+                payload,
+            })
             .await?;
         Ok(())
     }

@@ -374,6 +374,13 @@ pub type PublishMessage = crate::message::OutboundMessage;
 #[derive(Debug)]
 pub(crate) enum Command {
     Publish(OutboundMessage),
+    /// [`Client::publish_with_reply_and_encoded_headers`] (patched, see PATCHED.md).
+    PublishEncoded {
+        subject: Subject,
+        reply: Subject,
+        headers: Bytes,
+        payload: Bytes,
+    },
     Request {
         subject: Subject,
         payload: Bytes,
@@ -408,6 +415,13 @@ pub(crate) enum ClientOp {
         payload: Bytes,
         respond: Option<Subject>,
         headers: Option<HeaderMap>,
+    },
+    /// A publish whose header block is encoded already (patched, see PATCHED.md).
+    PublishEncoded {
+        subject: Subject,
+        payload: Bytes,
+        respond: Option<Subject>,
+        headers: Bytes,
     },
     Subscribe {
         sid: u64,
@@ -958,6 +972,28 @@ impl ConnectionHandler {
                     subject,
                     payload,
                     respond,
+                    headers,
+                });
+            }
+
+            Command::PublishEncoded {
+                subject,
+                reply,
+                headers,
+                payload,
+            } => {
+                self.connector
+                    .connect_stats
+                    .out_messages
+                    .add(1, Ordering::Relaxed);
+                self.connector.connect_stats.out_bytes.add(
+                    (payload.len() + reply.len() + subject.len() + headers.len()) as u64,
+                    Ordering::Relaxed,
+                );
+                self.connection.enqueue_write_op(&ClientOp::PublishEncoded {
+                    subject,
+                    payload,
+                    respond: Some(reply),
                     headers,
                 });
             }
