@@ -568,7 +568,7 @@ struct Stored {
 /// A job's record in the stream: version, flags, origin hub, owner (if not the hub's),
 /// submission time, due time (if delayed), name, options (if not the defaults), payload.
 /// All integers little-endian. The parts a plain job does not need are left out (issue
-/// 13: the server stores, hashes and delivers every byte; a plain job's record is 34
+/// 13: the server stores, hashes and delivers every byte; a plain job's record is 33
 /// bytes shorter than in version 2, which hubs still read).
 const RECORD_VERSION: u8 = 3;
 /// Version 2: every part always there (hubs before version 3).
