@@ -332,10 +332,6 @@ const FIND_WAIT: Duration = Duration::from_millis(250);
 const FOUND_WAITING: u8 = 1;
 const FOUND_RUNNING: u8 = 2;
 
-/// How long a hub whose jobs still run waits after credits freed up before it pulls: the
-/// credits freed meanwhile go in the same pull.
-const GATHER: Duration = Duration::from_millis(1);
-
 /// Progress of one job is forwarded to its submitting hub at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(20);
 
@@ -1222,14 +1218,10 @@ impl Inner {
             let sleep = self.options.poll.min(next_progress - Instant::now());
             tokio::select! {
                 () = self.stop.cancelled() => return,
-                () = self.wake.notified() => {
-                    // Credits freed while jobs still run here: more are about to free
-                    // up, so a pull asks for several jobs at once (each pull is a
-                    // request the server parses and answers).
-                    if !lock(&self.inflight).is_empty() {
-                        tokio::time::sleep(GATHER).await;
-                    }
-                }
+                // Credits freed: pull at once. Credits freed while a pull is answered
+                // go in the next one, so a pull asks for more jobs the busier the hub
+                // is, with no timer holding free credits back.
+                () = self.wake.notified() => {}
                 () = tokio::time::sleep(sleep) => {}
             }
         }
