@@ -100,9 +100,16 @@ async fn start_hub(
     Ok((child, line.parse()?))
 }
 
-/// Submits job `i` under its unique key: a submission retried after a hub crash returns
-/// the job accepted before, never a second one.
-async fn submit(jobs: MemberJobs, i: usize) -> (usize, Result<JobHandle<u64>, JobError>) {
+/// Submits job `i` under its unique key, after `wait`: a submission retried after a hub
+/// crash returns the job accepted before, never a second one.
+async fn submit(
+    jobs: MemberJobs,
+    i: usize,
+    wait: Duration,
+) -> (usize, Result<JobHandle<u64>, JobError>) {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
     let options = JobOptions::default().key(i.to_string());
     (
         i,
@@ -167,20 +174,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut restart_took = Duration::ZERO;
     while answers.len() + failed < JOBS {
         while next < JOBS && submissions.len() < IN_FLIGHT {
-            submissions.push(submit(submitter.jobs(), next));
+            submissions.push(submit(submitter.jobs(), next, Duration::ZERO));
             next += 1;
         }
         tokio::select! {
             Some((i, submitted)) = submissions.next() => match submitted {
                 Ok(handle) => pending.push(async move { (i, handle.id(), handle.await) }),
-                // Not accepted (the hub died meanwhile): again, under the same key.
+                // Not accepted (the hub died meanwhile): again in a moment, under the same
+                // key, while the other submissions and answers go on.
                 Err(error) => {
                     if matches!(submitter.consumer().state(), ConsumerState::Closed(_)) {
                         return Err(format!("the submitter gave up reconnecting: {error}").into());
                     }
                     resubmitted += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    submissions.push(submit(submitter.jobs(), i));
+                    submissions.push(submit(submitter.jobs(), i, Duration::from_millis(20)));
                 }
             },
             Some((i, id, outcome)) = pending.next() => {

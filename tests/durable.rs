@@ -11,6 +11,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use network_cluster::prelude::*;
 use network_cluster::rpc::jobs::{LogOptions, StoreError};
 use network_cluster::rpc::{Job, JobError, JobHandle, JobOptions, QueueOptions, StartError};
+use network_cluster::transport::ConsumerEvent;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -358,6 +359,63 @@ async fn a_members_handle_reattaches_after_its_connection_drops() {
     assert_eq!(refused, JobError::NotFound);
     member.shutdown().await;
     stranger.shutdown().await;
+    hub.shutdown().await;
+}
+
+/// A submission the hub answered before the member's connection dropped, but whose future
+/// was first polled again after the member reconnected (the demo's submitter is busy
+/// restarting the hub meanwhile): its handle still gets the job's result. Its id was not
+/// known to the re-attach that followed the reconnect, so the handle attaches on its own.
+#[tokio::test]
+async fn a_submission_answered_before_a_reconnect_and_awaited_after_it_gets_its_result() {
+    let hub = Hub::builder(local()).start().await.unwrap();
+    let port = hub.provider().port();
+    let member = Member::builder(member_of(port).parameter("name", "submitter"))
+        .connect()
+        .await
+        .unwrap();
+    let (jobs, seven) = (member.jobs(), job(7, 0));
+    let mut early = std::pin::pin!(jobs.submit(&seven));
+    // One poll sends the submission; the hub answers it, but nobody polls the future.
+    std::future::poll_fn(|cx| {
+        assert!(std::future::Future::poll(early.as_mut(), cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    // Answers come in order: once this one is here, so is the early one's.
+    let later = within("a later submission", member.jobs().submit(&job(8, 0)))
+        .await
+        .unwrap();
+    assert_eq!(hub.jobs().stats().waiting, 2);
+    let mut events = member.consumer().events();
+    let conn = hub
+        .provider()
+        .connections()
+        .into_values()
+        .find(|c| c.parameters().get("name").map(String::as_str) == Some("submitter"))
+        .expect("the submitter's connection");
+    conn.close(1011, "test: drop the submitter");
+    within("the submitter to reconnect", async {
+        while !matches!(events.next().await, Some(ConsumerEvent::Open) | None) {}
+    })
+    .await;
+    // A round trip on the new connection: the re-attach after the reconnect has run.
+    within("stats", member.jobs().stats()).await.unwrap();
+    let _worker = Member::builder(member_of(port))
+        .worker(work)
+        .connect()
+        .await
+        .unwrap();
+    let early = within("the early submission", early).await.unwrap();
+    assert_eq!(
+        within("early job", early).await,
+        Ok(fnv(&7u64.to_le_bytes()))
+    );
+    assert_eq!(
+        within("later job", later).await,
+        Ok(fnv(&8u64.to_le_bytes()))
+    );
+    member.shutdown().await;
     hub.shutdown().await;
 }
 

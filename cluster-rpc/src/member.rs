@@ -174,6 +174,9 @@ impl MemberState {
     /// After a (re)connect, before any frame of the hub is read: calls may flow, and the
     /// subscriptions are restored (the hub takes a repeated one as the same).
     fn opened(&self) {
+        // Before calls may flow: a submission answered on the old connection and taken
+        // after this sees the open and attaches on its own.
+        let reattach = self.submissions.opened();
         self.core.up();
         let subscriptions = lock(&self.subscriptions);
         let mut restore = lock(&self.restore);
@@ -191,10 +194,10 @@ impl MemberState {
         drop((subscriptions, restore));
         // Job handles outlive the connection: attach them again (their results may have
         // come while this member was away). Bounded by the call's deadline.
-        if !self.submissions.is_empty() {
+        if !reattach.is_empty() {
             let submissions = Arc::clone(&self.submissions);
             let core = Arc::clone(&self.core);
-            tokio::spawn(async move { submissions.reattach(core).await });
+            tokio::spawn(async move { submissions.reattach(core, reattach).await });
         }
     }
 

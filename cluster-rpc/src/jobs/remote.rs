@@ -275,11 +275,19 @@ fn encode<T: Serialize>(codec: CodecKind, value: &T) -> Result<Vec<u8>, RpcError
 /// A member's jobs not resolved yet, by ticket: where their outcomes and progress go.
 /// They outlive the member's connection: after a reconnect (to the same hub, or to a hub
 /// restarted on the same data directory) the handles attach again by job id.
+///
+/// A submission the hub answered on an earlier connection whose future was not polled
+/// again before the reconnect (its id was not known to the re-attach of the new
+/// connection) attaches on its own once its id is taken ([`NewTicket::handle`]): every
+/// handle is re-attached once, whichever of the two comes first.
 pub(crate) struct Submissions {
     /// The member's secret, sent with each submission and attach: random, kept across
     /// reconnects, never shown.
     owner: u128,
     next_ticket: AtomicU64,
+    /// How many times the member's connection opened; changed under `pending`'s lock, so
+    /// that a handle taking its id either is seen by the re-attach or sees the change.
+    opens: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
 }
 
@@ -289,6 +297,7 @@ impl Default for Submissions {
             // Never 0, the hub's own owner.
             owner: rand::random::<u128>() | 1,
             next_ticket: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
         }
     }
@@ -343,20 +352,22 @@ impl Submissions {
         Ok(())
     }
 
-    /// Whether no handle waits.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.pending().is_empty()
-    }
-
-    /// After a reconnect: attaches every handle whose job the hub accepted to that job again
-    /// (its result, if it came while the member was away, comes now). A handle whose job
-    /// the hub no longer knows fails with the hub's reason.
-    pub(crate) async fn reattach(&self, core: Arc<PeerCore>) {
-        let jobs: Vec<(u64, JobId)> = self
-            .pending()
+    /// The member's connection opened (again), before any call goes out on it: the
+    /// handles whose job the hub accepted, `(ticket, id)`, to [`reattach`](Self::reattach).
+    pub(crate) fn opened(&self) -> Vec<(u64, JobId)> {
+        let pending = self.pending();
+        self.opens.fetch_add(1, Ordering::SeqCst);
+        pending
             .iter()
             .filter_map(|(ticket, p)| Some((*ticket, p.id?)))
-            .collect();
+            .collect()
+    }
+
+    /// After a reconnect: attaches handles `jobs` to their jobs again (a result that came
+    /// while the member was away comes now). A handle whose job the hub no longer knows
+    /// fails with the hub's reason, and one the hub did not answer for with the call's
+    /// error; a handle disconnected again is attached on the next open.
+    pub(crate) async fn reattach(&self, core: Arc<PeerCore>, jobs: Vec<(u64, JobId)>) {
         // A few hundred per call: each call stays far below the hub's payload limit.
         for jobs in jobs.chunks(ATTACH_BATCH) {
             let request = AttachRequest {
@@ -368,10 +379,17 @@ impl Submissions {
                 .await
             {
                 Ok(failed) => failed,
-                // Disconnected again: the next reconnect tries again.
-                Err(error) => {
-                    tracing::debug!(cause = %error, "re-attaching jobs failed");
+                // The next open attaches them (their ids are known by then).
+                Err(error) if error.kind() == RpcErrorKind::Disconnected => {
+                    tracing::debug!(cause = %error, "re-attaching jobs failed; again on the next open");
                     return;
+                }
+                Err(error) => {
+                    tracing::warn!(cause = %error, jobs = jobs.len(), "re-attaching jobs failed; their handles fail");
+                    let error = JobError::from(error);
+                    jobs.iter()
+                        .map(|(ticket, _)| (*ticket, error.clone()))
+                        .collect()
                 }
             };
             for (ticket, error) in failed {
@@ -436,6 +454,8 @@ impl Withdraw {
 /// guard is disarmed), and how the handle cancels.
 struct NewTicket<'a> {
     ticket: u64,
+    /// The member's [`opens`](Submissions::opens) when the ticket was made.
+    opens: u64,
     outcome: oneshot::Receiver<Outcome>,
     progress: ProgressRef,
     guard: TicketGuard<'a>,
@@ -447,16 +467,21 @@ impl<'a> NewTicket<'a> {
         let ticket = submissions.next_ticket.fetch_add(1, Ordering::Relaxed);
         let (tx, outcome) = oneshot::channel();
         let progress = ProgressRef::new();
-        submissions.pending().insert(
-            ticket,
-            Pending {
-                outcome: tx,
-                progress: progress.clone(),
-                id,
-            },
-        );
+        let opens = {
+            let mut pending = submissions.pending();
+            pending.insert(
+                ticket,
+                Pending {
+                    outcome: tx,
+                    progress: progress.clone(),
+                    id,
+                },
+            );
+            submissions.opens.load(Ordering::SeqCst)
+        };
         Self {
             ticket,
+            opens,
             outcome,
             progress,
             guard: TicketGuard {
@@ -472,20 +497,35 @@ impl<'a> NewTicket<'a> {
         }
     }
 
-    /// The hub took it: the handle on job `id`.
-    fn handle(mut self, id: JobId) -> (JobId, oneshot::Receiver<Outcome>, ProgressRef, Canceller) {
+    /// The hub took it: the handle on job `id`, and whether it must attach to the job on
+    /// its own (the connection that carried the hub's answer is gone, and the re-attach
+    /// of the one after it did not know the id).
+    fn handle(mut self, id: JobId) -> (Accepted, bool) {
         self.guard.armed = false;
-        if let Some(pending) = self.guard.submissions.pending().get_mut(&self.ticket) {
-            pending.id = Some(id);
-        }
-        (
+        let submissions = self.guard.submissions;
+        let unseen = match submissions.pending().get_mut(&self.ticket) {
+            Some(pending) => {
+                let unseen =
+                    pending.id.is_none() && submissions.opens.load(Ordering::SeqCst) != self.opens;
+                pending.id = Some(id);
+                unseen
+            }
+            // Its outcome came already.
+            None => false,
+        };
+        let accepted = (
             id,
             self.outcome,
             self.progress,
             Canceller::Member(self.withdraw),
-        )
+        );
+        (accepted, unseen)
     }
 }
+
+/// A member's accepted job: its id, where its outcome arrives, its progress, and how it
+/// is cancelled.
+pub(crate) type Accepted = (JobId, oneshot::Receiver<Outcome>, ProgressRef, Canceller);
 
 /// Submits a job from a member; resolves once the hub accepted it.
 pub(crate) async fn submit(
@@ -494,7 +534,7 @@ pub(crate) async fn submit(
     name: &str,
     payload: Vec<u8>,
     options: JobOptions,
-) -> Result<(JobId, oneshot::Receiver<Outcome>, ProgressRef, Canceller), JobError> {
+) -> Result<Accepted, JobError> {
     let new = NewTicket::new(&core, submissions, None);
     let request = SubmitRequest {
         owner: submissions.owner,
@@ -503,10 +543,15 @@ pub(crate) async fn submit(
         payload: ByteBuf::from(payload),
         options,
     };
-    let id = Caller::new(core)
+    let ticket = new.ticket;
+    let id = Caller::new(Arc::clone(&core))
         .call::<_, SubmitResponse>(JOBS_SERVICE, "submit", &request)
         .await??;
-    Ok(new.handle(id))
+    let (accepted, unseen) = new.handle(id);
+    if unseen {
+        submissions.reattach(core, vec![(ticket, id)]).await;
+    }
+    Ok(accepted)
 }
 
 /// Attaches a new handle to the member's job `id` (one it submitted): resolves once the
@@ -515,7 +560,8 @@ pub(crate) async fn attach(
     core: Arc<PeerCore>,
     submissions: &Arc<Submissions>,
     id: JobId,
-) -> Result<(JobId, oneshot::Receiver<Outcome>, ProgressRef, Canceller), JobError> {
+) -> Result<Accepted, JobError> {
+    // Its id is known from the start: a reconnect before it is polled again re-attaches it.
     let new = NewTicket::new(&core, submissions, Some(id));
     let request = AttachRequest {
         owner: submissions.owner,
@@ -527,12 +573,12 @@ pub(crate) async fn attach(
     if let Some((_, error)) = failed.into_iter().next() {
         return Err(error);
     }
-    Ok(new.handle(id))
+    Ok(new.handle(id).0)
 }
 
 /// A member's handle on an accepted job.
 pub(crate) fn handle<T>(
-    (id, outcome, progress, cancel): (JobId, oneshot::Receiver<Outcome>, ProgressRef, Canceller),
+    (id, outcome, progress, cancel): Accepted,
     codec: CodecKind,
 ) -> JobHandle<T> {
     JobHandle::new(id, Delivery::Channel(outcome), progress, cancel, codec)
