@@ -77,6 +77,7 @@ pub use self::log::{FsyncPolicy, LogOptions, LogStore};
 pub use memory::MemoryStore;
 
 use super::{DeadJob, JobError, JobId, JobOptions};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -493,8 +494,8 @@ pub struct PulledJob {
     pub id: JobId,
     /// Its job name.
     pub name: String,
-    /// The codec-encoded job.
-    pub payload: Vec<u8>,
+    /// The codec-encoded job (it may be a slice of the message the store pulled).
+    pub payload: Bytes,
     /// Its options.
     pub options: JobOptions,
     /// Attempts that counted before this one.
@@ -505,11 +506,11 @@ pub struct PulledJob {
 
 impl PulledJob {
     /// A job pulled for its first attempt.
-    pub fn new(id: JobId, name: String, payload: Vec<u8>, options: JobOptions) -> Self {
+    pub fn new(id: JobId, name: String, payload: impl Into<Bytes>, options: JobOptions) -> Self {
         Self {
             id,
             name,
-            payload,
+            payload: payload.into(),
             options,
             attempts: 0,
             submitted_at: 0,

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use foldhash::fast::RandomState;
 use slab::Slab;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{btree_map, BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// A job name's place in the table; valid while an entry or a worker refers to it.
@@ -93,6 +93,9 @@ struct NameQueue {
     /// The name. Entries hold clones, so a name no one refers to is seen by its count.
     name: Arc<str>,
     jobs: BTreeMap<Reverse<i32>, VecDeque<(JobId, Waiting)>>,
+    /// The buffer of the last priority level that emptied, for the next one made: a
+    /// hub's ready queue empties between pulls and bursts (no allocation per job then).
+    spare_level: VecDeque<(JobId, Waiting)>,
     workers: Vec<WorkerId>,
     /// Whether the name is in the rotation (or set aside in the current round).
     in_rotation: bool,
@@ -109,13 +112,25 @@ impl NameQueue {
                 }
                 Some(_) => return true,
                 None => {
-                    first.remove();
+                    let emptied = first.remove();
+                    self.keep_level(emptied);
                 }
             }
         }
         false
     }
+
+    /// Keeps the buffer of a priority level that emptied for the next one, unless it
+    /// grew past [`SPARE_LEVEL`] (a burst's buffer is let go).
+    fn keep_level(&mut self, emptied: VecDeque<(JobId, Waiting)>) {
+        if emptied.capacity() <= SPARE_LEVEL && emptied.capacity() > self.spare_level.capacity() {
+            self.spare_level = emptied;
+        }
+    }
 }
+
+/// The largest buffer a name keeps for its next priority level, in jobs.
+const SPARE_LEVEL: usize = 1024;
 
 /// The ready queues of every job name.
 #[derive(Default)]
@@ -149,6 +164,7 @@ impl Ready {
         let id = self.names.insert(NameQueue {
             name: Arc::clone(&name),
             jobs: BTreeMap::new(),
+            spare_level: VecDeque::new(),
             workers: Vec::new(),
             in_rotation: false,
         });
@@ -238,11 +254,11 @@ impl Ready {
             return;
         };
         job.progress().set_queued(true);
-        queue
-            .jobs
-            .entry(Reverse(priority))
-            .or_default()
-            .push_back((id, job));
+        let level = match queue.jobs.entry(Reverse(priority)) {
+            btree_map::Entry::Occupied(level) => level.into_mut(),
+            btree_map::Entry::Vacant(level) => level.insert(std::mem::take(&mut queue.spare_level)),
+        };
+        level.push_back((id, job));
         self.waiting += 1;
         if !queue.in_rotation && !queue.workers.is_empty() {
             queue.in_rotation = true;
@@ -321,7 +337,8 @@ impl Ready {
         let mut first = queue.jobs.first_entry()?;
         let job = first.get_mut().pop_front();
         if first.get().is_empty() {
-            first.remove();
+            let emptied = first.remove();
+            queue.keep_level(emptied);
         }
         if queue.jobs.is_empty() {
             queue.in_rotation = false;
@@ -380,5 +397,51 @@ impl Ready {
             }
         }
         entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> Fresh {
+        Fresh::new(Bytes::new(), ProgressRef::new(), 0)
+    }
+
+    #[test]
+    fn a_level_that_empties_leaves_its_buffer_to_the_next_one() {
+        let mut ready = Ready::default();
+        let (name, _shared) = ready.intern("fnv");
+        ready.push_fresh(name, 1, fresh());
+        assert!(ready.take(name, &mut Spare::default()).is_some());
+        let queue = ready.names.get(name).expect("the name");
+        assert!(queue.jobs.is_empty());
+        let kept = queue.spare_level.capacity();
+        assert!(kept > 0, "the emptied level's buffer is kept");
+        ready.push_fresh(name, 2, fresh());
+        let queue = ready.names.get(name).expect("the name");
+        assert_eq!(
+            queue.spare_level.capacity(),
+            0,
+            "and taken by the next level"
+        );
+        assert_eq!(queue.jobs[&Reverse(0)].capacity(), kept);
+    }
+
+    #[test]
+    fn a_burst_level_buffer_is_let_go() {
+        let mut ready = Ready::default();
+        let (name, _shared) = ready.intern("fnv");
+        let burst = SPARE_LEVEL as u128 + 1;
+        for id in 0..burst {
+            ready.push_fresh(name, id, fresh());
+        }
+        let mut spare = Spare::default();
+        for _ in 0..burst {
+            assert!(ready.take(name, &mut spare).is_some());
+        }
+        let queue = ready.names.get(name).expect("the name");
+        assert!(queue.jobs.is_empty());
+        assert_eq!(queue.spare_level.capacity(), 0);
     }
 }

@@ -57,13 +57,14 @@ impl Feed {
         let Some(queue) = self.queue() else {
             return false;
         };
-        let (mut entry, _progress) = Entry::new(job.payload.into(), job.options, None);
-        entry.attempts = job.attempts;
-        entry.submitted_at = job.submitted_at;
         let mut st = queue.state();
         if st.jobs.contains_key(&job.id) || st.ready.find(job.id).is_some() {
             return false;
         }
+        let spare = st.spare.take();
+        let (mut entry, _progress) = Entry::new_in(spare, job.payload, job.options, None);
+        entry.attempts = job.attempts;
+        entry.submitted_at = job.submitted_at;
         entry.named(st.ready.intern(&job.name));
         st.make_ready(job.id, entry);
         queue.after_queueing(&mut st, false, Instant::now());

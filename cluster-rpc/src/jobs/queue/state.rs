@@ -139,6 +139,19 @@ impl Entry {
         (entry, progress)
     }
 
+    /// As [`new`](Self::new), in `spare` if given (a [`vacate`](Self::vacate)d box of a
+    /// finished entry): a job a shared store pulled takes no allocation for its entry.
+    pub(super) fn new_in(
+        spare: Option<Box<Self>>,
+        payload: Bytes,
+        options: JobOptions,
+        submitter: Option<Submitter>,
+    ) -> (Box<Self>, ProgressRef) {
+        let progress = ProgressRef::new();
+        let entry = Self::placed(spare, payload, options, submitter, progress.clone());
+        (entry, progress)
+    }
+
     /// A new entry sharing `progress` with its submitter (a batch's jobs share one
     /// allocation of progress).
     pub(super) fn with_progress(
@@ -147,8 +160,30 @@ impl Entry {
         submitter: Option<Submitter>,
         progress: ProgressRef,
     ) -> Box<Self> {
+        Self::placed(None, payload, options, submitter, progress)
+    }
+
+    /// This entry in `spare` if given (no allocation), else in a new box.
+    fn boxed_in(self, spare: Option<Box<Self>>) -> Box<Self> {
+        match spare {
+            Some(mut boxed) => {
+                *boxed = self;
+                boxed
+            }
+            None => Box::new(self),
+        }
+    }
+
+    /// A new entry, in `spare` if given.
+    fn placed(
+        spare: Option<Box<Self>>,
+        payload: Bytes,
+        options: JobOptions,
+        submitter: Option<Submitter>,
+        progress: ProgressRef,
+    ) -> Box<Self> {
         let custom = (options != JobOptions::default()).then(|| Box::new(options));
-        Box::new(Entry {
+        let entry = Entry {
             name: NameId::MAX,
             shared_name: None,
             payload,
@@ -162,7 +197,8 @@ impl Entry {
             started_at: 0,
             past: Vec::new(),
             progress: ProgressGuard(progress),
-        })
+        };
+        entry.boxed_in(spare)
     }
 
     /// The entry of a [fresh](super::ready::Fresh) job named `name`, made when it is
@@ -197,13 +233,7 @@ impl Entry {
             past: Vec::new(),
             progress,
         };
-        match spare {
-            Some(mut boxed) => {
-                *boxed = entry;
-                boxed
-            }
-            None => Box::new(entry),
-        }
+        entry.boxed_in(spare)
     }
 
     /// Empties a resolved entry so that its box can hold another job

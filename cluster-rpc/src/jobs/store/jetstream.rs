@@ -1109,10 +1109,11 @@ impl Inner {
                 },
             );
         }
+        // The payload stays in the message's buffer (no copy, no allocation).
         let mut job = PulledJob::new(
             id,
             record.name.to_owned(),
-            record.payload.to_vec(),
+            message.payload.slice_ref(record.payload),
             record.options,
         );
         job.attempts = attempts;
