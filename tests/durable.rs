@@ -339,12 +339,7 @@ async fn a_members_handle_reattaches_after_its_connection_drops() {
     let quick = member.jobs().submit(&job(6, 0)).await.unwrap();
     let quick_id = quick.id();
     // The hub drops the submitter's connection; it reconnects on its own.
-    let conn = hub
-        .provider()
-        .connections()
-        .into_values()
-        .find(|c| c.parameters().get("name").map(String::as_str) == Some("submitter"))
-        .expect("the submitter's connection");
+    let conn = connection_named(hub.provider(), "submitter").await;
     conn.close(1011, "test: drop the submitter");
     assert_eq!(within("slow job", slow).await, Ok(fnv(&5u64.to_le_bytes())));
     assert_eq!(
@@ -388,12 +383,7 @@ async fn a_submission_answered_before_a_reconnect_and_awaited_after_it_gets_its_
         .unwrap();
     assert_eq!(hub.jobs().stats().waiting, 2);
     let mut events = member.consumer().events();
-    let conn = hub
-        .provider()
-        .connections()
-        .into_values()
-        .find(|c| c.parameters().get("name").map(String::as_str) == Some("submitter"))
-        .expect("the submitter's connection");
+    let conn = connection_named(hub.provider(), "submitter").await;
     conn.close(1011, "test: drop the submitter");
     within("the submitter to reconnect", async {
         while !matches!(events.next().await, Some(ConsumerEvent::Open) | None) {}

@@ -57,12 +57,14 @@ impl Feed {
         let Some(queue) = self.queue() else {
             return false;
         };
+        // Made before taking the lock; the entry's box is a spare one taken under it.
+        let progress = ProgressRef::new();
         let mut st = queue.state();
         if st.jobs.contains_key(&job.id) || st.ready.find(job.id).is_some() {
             return false;
         }
         let spare = st.spare.take();
-        let (mut entry, _progress) = Entry::new_in(spare, job.payload, job.options, None);
+        let mut entry = Entry::placed(spare, job.payload, job.options, None, progress);
         entry.attempts = job.attempts;
         entry.submitted_at = job.submitted_at;
         entry.named(st.ready.intern(&job.name));

@@ -139,19 +139,6 @@ impl Entry {
         (entry, progress)
     }
 
-    /// As [`new`](Self::new), in `spare` if given (a [`vacate`](Self::vacate)d box of a
-    /// finished entry): a job a shared store pulled takes no allocation for its entry.
-    pub(super) fn new_in(
-        spare: Option<Box<Self>>,
-        payload: Bytes,
-        options: JobOptions,
-        submitter: Option<Submitter>,
-    ) -> (Box<Self>, ProgressRef) {
-        let progress = ProgressRef::new();
-        let entry = Self::placed(spare, payload, options, submitter, progress.clone());
-        (entry, progress)
-    }
-
     /// A new entry sharing `progress` with its submitter (a batch's jobs share one
     /// allocation of progress).
     pub(super) fn with_progress(
@@ -174,8 +161,9 @@ impl Entry {
         }
     }
 
-    /// A new entry, in `spare` if given.
-    fn placed(
+    /// A new entry sharing `progress`, in `spare` if given (a [`vacate`](Self::vacate)d
+    /// box of a finished entry: a job a shared store pulled takes no allocation for it).
+    pub(super) fn placed(
         spare: Option<Box<Self>>,
         payload: Bytes,
         options: JobOptions,
