@@ -548,6 +548,24 @@ mod tests {
         assert_eq!(store.check(), Ok(()));
     }
 
+    /// Records the writer failed to write while no commit waited (its idle round) are
+    /// lost: the next commit fails, though nothing is left to write when it comes.
+    #[test]
+    fn a_commit_after_records_lost_in_an_idle_write_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), LogOptions::default().max_bytes(1_024)).unwrap();
+        let job = JobOptions::default();
+        for id in 1..100 {
+            submitted(&store, id, &job);
+        }
+        // The writer's idle round tries them, and fails: over the limit.
+        while store.check().is_ok() {
+            std::thread::yield_now();
+        }
+        let error = wait(&commit(&store)).unwrap_err();
+        assert!(matches!(error, StoreError::Full(_)), "{error}");
+    }
+
     #[test]
     fn compaction_keeps_the_live_jobs_and_bounds_the_directory() {
         let dir = tempfile::tempdir().unwrap();

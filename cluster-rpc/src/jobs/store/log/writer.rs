@@ -200,6 +200,7 @@ impl Writer {
             active: n,
             active_bytes: format::HEADER_LEN as u64,
             compaction: None,
+            lost: None,
         };
         thread.files.segments.push(n);
         let handle = std::thread::Builder::new()
@@ -286,6 +287,9 @@ struct Thread {
     active: u64,
     active_bytes: u64,
     compaction: Option<Compaction>,
+    /// Why records written with no commit waiting were lost: the next commits fail with
+    /// it (a commit stands for every change recorded before it).
+    lost: Option<StoreError>,
 }
 
 impl Thread {
@@ -312,11 +316,24 @@ impl Thread {
                 (p.closing, p.end)
             };
             let base = end - buf.len() as u64;
+            if !commits.is_empty() {
+                if let Some(lost) = self.lost.take() {
+                    for (_, commit) in commits.drain(..) {
+                        self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+                        commit.finish(Err(lost.clone()));
+                    }
+                }
+            }
             let result = self.write(&buf, &mut commits, base);
-            buf.clear();
+            if let Err(error) = &result {
+                if commits.is_empty() {
+                    self.lost = Some(error.clone());
+                }
+            }
             {
                 let mut p = self.shared.pending();
                 match &result {
+                    Ok(()) if buf.is_empty() => {}
                     Ok(()) => p.failed = None,
                     Err(error) => {
                         tracing::error!(cause = %error, "job journal write failed; submissions are refused until it works again");
@@ -324,6 +341,7 @@ impl Thread {
                     }
                 }
             }
+            buf.clear();
             for (_, commit) in commits.drain(..) {
                 self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
                 commit.finish(result.clone());
