@@ -24,9 +24,11 @@ const W1_PROBE_TOTAL: u64 = 1_000_000;
 const W3_PROBE_K: u64 = 5_000;
 /// W4 calls of a calibration run with many in flight.
 const W4_PROBE_CALLS: u64 = 100_000;
-/// W5 jobs of a full run (BENCH.md) and of a quick one.
+/// W5 jobs of a round (BENCH.md's batch) and of a quick run.
 const W5_JOBS: u64 = 200_000;
 const W5_QUICK_JOBS: u64 = 20_000;
+/// Most timed rounds of one W5 run: a wild calibration must not outlast [`RUN_TIMEOUT`].
+const W5_MAX_ROUNDS: u64 = 50;
 /// W7 messages published in a calibration run (each subscriber gets all of them).
 const W7_PROBE_K: u64 = 5_000;
 /// W8 jobs through JetStream of a calibration run (a full run is sized from its rate to
@@ -39,10 +41,14 @@ const W8_MAX_JOBS: u64 = 1_000_000;
 /// How big one run is.
 #[derive(Debug, Clone, Copy)]
 struct Size {
-    /// Per-connection messages (W1), round trips (W2), messages to each connection (W3).
+    /// Per-connection messages (W1), round trips (W2), messages to each connection (W3),
+    /// jobs of a round (W5).
     count: u64,
-    /// W2 warm-up round trips.
+    /// W2/W4 warm-up round trips or calls; W5 warm-up rounds.
     warmup: u64,
+    /// W5: timed rounds of `count` jobs, back to back on the same hub and workers (1
+    /// elsewhere).
+    rounds: u64,
 }
 
 /// Runs every case (or those whose name contains one of `only`, ignoring case); returns
@@ -111,6 +117,7 @@ async fn run_case(plan: &Plan, case: &Case) -> Vec<CaseResult> {
                 sizes.push(Size {
                     count: 0,
                     warmup: 0,
+                    rounds: 1,
                 });
                 errors.push(Some(format!("sizing: {error:#}")));
             }
@@ -216,13 +223,20 @@ async fn timed<T>(
 /// from a short calibration run so that each run lasts about [`TARGET_SECS`].
 async fn size_for(plan: &Plan, case: &Case, system: System) -> anyhow::Result<Size> {
     let conns = case.conns as u64;
-    let fixed = |count, warmup| Ok(Size { count, warmup });
+    let fixed = |count, warmup| {
+        Ok(Size {
+            count,
+            warmup,
+            rounds: 1,
+        })
+    };
     match (case.part, plan.quick) {
         (Workload::W5, true) if case.nats => fixed(W8_QUICK_JOBS, 0),
         (Workload::W5, false) if case.nats => {
             let probe = Size {
                 count: W8_PROBE_JOBS,
                 warmup: 0,
+                rounds: 1,
             };
             let f = run_once(case, system, probe).await?;
             fixed(scaled(f.rate, 1, W8_PROBE_JOBS).min(W8_MAX_JOBS), 0)
@@ -243,13 +257,28 @@ async fn size_for(plan: &Plan, case: &Case, system: System) -> anyhow::Result<Si
                 Size {
                     count: W4_PROBE_CALLS,
                     warmup: 10_000,
+                    rounds: 1,
                 },
             )
             .await?;
             fixed(scaled(f.rate, 1, 10_000), 10_000)
         }
         (Workload::W5, true) => fixed(W5_QUICK_JOBS, 0),
-        (Workload::W5, false) => fixed(W5_JOBS, 0),
+        (Workload::W5, false) => {
+            // A round of 200,000 jobs lasts 0.2-0.6 s here: a run is a warm-up round and
+            // as many timed rounds as last about TARGET_SECS, on the same long-lived hub.
+            let probe = Size {
+                count: W5_JOBS,
+                warmup: 0,
+                rounds: 1,
+            };
+            let f = run_once(case, system, probe).await?;
+            Ok(Size {
+                count: W5_JOBS,
+                warmup: 1,
+                rounds: rounds_for(f.rate),
+            })
+        }
         (Workload::W7, true) => fixed(1_000, 0),
         (Workload::W7, false) => {
             let f = run_once(
@@ -258,6 +287,7 @@ async fn size_for(plan: &Plan, case: &Case, system: System) -> anyhow::Result<Si
                 Size {
                     count: W7_PROBE_K,
                     warmup: 0,
+                    rounds: 1,
                 },
             )
             .await?;
@@ -267,6 +297,7 @@ async fn size_for(plan: &Plan, case: &Case, system: System) -> anyhow::Result<Si
             let probe = Size {
                 count: (W1_PROBE_TOTAL / conns).max(100),
                 warmup: 0,
+                rounds: 1,
             };
             let f = run_once(case, system, probe).await?;
             fixed(scaled(f.rate, conns, 1_000), 0)
@@ -278,6 +309,7 @@ async fn size_for(plan: &Plan, case: &Case, system: System) -> anyhow::Result<Si
                 Size {
                     count: W3_PROBE_K,
                     warmup: 0,
+                    rounds: 1,
                 },
             )
             .await?;
@@ -291,6 +323,13 @@ fn scaled(rate: f64, conns: u64, min: u64) -> u64 {
     let per_conn = rate * TARGET_SECS / conns as f64;
     // Bounded: a wild calibration must not make a run take minutes.
     (per_conn as u64).clamp(min, 400_000_000 / conns)
+}
+
+/// W5 rounds of [`W5_JOBS`] for a run of about [`TARGET_SECS`] at `rate` jobs/s.
+fn rounds_for(rate: f64) -> u64 {
+    let rounds = (rate * TARGET_SECS / W5_JOBS as f64).ceil();
+    // Bounded: a wild calibration must not make a run take minutes.
+    (rounds as u64).clamp(1, W5_MAX_ROUNDS)
 }
 
 /// One run of the case against `system`.
@@ -358,7 +397,13 @@ async fn run_once(case: &Case, system: System, size: Size) -> anyhow::Result<Run
         Workload::W2 => measure::echo(&mut children, clients).await?,
         Workload::W3 => measure::broadcast(&mut children, clients).await?,
         Workload::W4 => measure::rpc(&mut children, clients).await?,
-        Workload::W5 => measure::jobs(&mut children, clients, on_hub(0)).await?,
+        Workload::W5 => {
+            let rounds = measure::Rounds {
+                warmup: size.warmup,
+                timed: size.rounds,
+            };
+            measure::jobs(&mut children, clients, on_hub(0), rounds).await?
+        }
         Workload::W6 => measure::idle(&mut children, clients).await?,
         Workload::W6s => {
             let heartbeat = case.heartbeat.context("W6s without a heartbeat")?;
@@ -387,5 +432,14 @@ mod tests {
         assert_eq!(scaled(1e6, 100, 1_000), 30_000);
         assert_eq!(scaled(0.0, 16, 1_000), 1_000);
         assert_eq!(scaled(1e12, 1, 1_000), 400_000_000);
+    }
+
+    #[test]
+    fn w5_rounds_last_about_the_target_and_are_bounded() {
+        assert_eq!(rounds_for(400_000.0), 6);
+        assert_eq!(rounds_for(1_000_000.0), 15);
+        assert_eq!(rounds_for(0.0), 1);
+        assert_eq!(rounds_for(f64::NAN), 1);
+        assert_eq!(rounds_for(1e12), W5_MAX_ROUNDS);
     }
 }

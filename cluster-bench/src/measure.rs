@@ -191,22 +191,47 @@ pub(crate) async fn rpc(
     Ok(figures)
 }
 
+/// W5 rounds: untimed warm-up rounds, then timed ones, each of a run's count of jobs, on
+/// the same hub and workers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rounds {
+    pub(crate) warmup: u64,
+    pub(crate) timed: u64,
+}
+
 /// W5 (and W8's jobs): the workers connect, then the submitter submits every job and
 /// checks every result: the hub (the first, in W8), or, without a hub (W8's baseline),
-/// the clients child on `GO`.
+/// the clients child on `GO`. A hub first runs `rounds.warmup` rounds outside the
+/// measurement (its memory and connections warm, as in a long-lived hub), then
+/// `rounds.timed` rounds back to back: the figures are their jobs over their summed time.
 pub(crate) async fn jobs(
     children: &mut Children,
     clients: ClientSpec,
     local_workers: usize,
+    rounds: Rounds,
 ) -> anyhow::Result<RunFigures> {
     let n = clients.count;
     children.start_clients(clients)?;
     children.expect(Who::Clients, "CONNECTED").await?;
-    let mark = CpuMark::take(children).await?;
-    let submitter = match children.servers().first() {
-        Some(&hub) => {
+    let hub = children.servers().first().copied();
+    anyhow::ensure!(
+        hub.is_some() || (rounds.warmup == 0 && rounds.timed == 1),
+        "rounds of jobs need a hub"
+    );
+    if let Some(hub) = hub {
+        for _ in 0..rounds.warmup {
             children
-                .send(hub, &format!("JOBS {n} {local_workers}"))
+                .send(hub, &format!("JOBS {n} {local_workers} 1"))
+                .await?;
+            let [done, ..] = fields::<4>(children.expect(hub, "JOBS").await?, "JOBS")?;
+            anyhow::ensure!(done == u128::from(n), "{done} results of {n} warm-up jobs");
+        }
+    }
+    let mark = CpuMark::take(children).await?;
+    let submitter = match hub {
+        Some(hub) => {
+            children
+                .send(hub, &format!("JOBS {n} {local_workers} {}", rounds.timed))
                 .await?;
             hub
         }
@@ -217,7 +242,11 @@ pub(crate) async fn jobs(
     };
     let [done, nanos, fsyncs, bytes] = fields(children.expect(submitter, "JOBS").await?, "JOBS")?;
     let done = u64::try_from(done)?;
-    anyhow::ensure!(done == n, "{done} results of {n} jobs checked");
+    let expected = n.saturating_mul(rounds.timed);
+    anyhow::ensure!(
+        done == expected,
+        "{done} results of {expected} jobs checked"
+    );
     let mut figures = mark.throughput(children, done, nanos).await?;
     if bytes > 0 {
         figures.fsyncs_per_sec = Some(fsyncs as f64 / secs(nanos).max(1e-9));

@@ -9,9 +9,10 @@
 //! - `BROADCAST <k> <conns>` → waits for `conns` connections, sends `k` messages to each,
 //!   then `BROADCAST_SENT <nanos>`
 //! - `SUBS <n>` (W7, our hub) → waits for `n` subscriptions, then `SUBS <count>`
-//! - `JOBS <n> <workers>` (W5, our hub) → waits for `workers` workers, submits `n` jobs
-//!   and checks every result, then `JOBS <n> <ns> <fsyncs> <bytes written>` (the job
-//!   store's, 0 in memory) ([`jobs::submit_and_check`])
+//! - `JOBS <n> <workers> <rounds>` (W5, our hub or the dispatcher) → waits for `workers`
+//!   workers, then `rounds` times back to back submits `n` jobs and checks every result;
+//!   then `JOBS <n × rounds> <ns> <fsyncs> <bytes written>` (the rounds' summed time, the
+//!   job store's counts, 0 in memory) ([`jobs::submit_and_check`])
 //!
 //! For W4, W5 and W7 the server is our `cluster_rpc::Hub` ([`rpc::HubServer`]), in W8 one
 //! of three in a cluster on NATS; W5's baseline is the bare credit dispatcher
@@ -169,35 +170,18 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
                 let n: usize = n.parse().context("SUBS n")?;
                 print_line(&format!("SUBS {}", hub.wait_for_subscriptions(n).await?));
             }
-            ["JOBS", n, workers] => {
+            ["JOBS", n, workers, rounds] => {
                 let n: u64 = n.parse().context("JOBS n")?;
                 let workers: usize = workers.parse().context("JOBS workers")?;
+                let rounds: u64 = rounds.parse().context("JOBS rounds")?;
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let took = match &server {
-                        Running::Hub(hub) => {
-                            let before = hub.hub().jobs().store_stats();
-                            jobs::submit_and_check(hub.hub(), n, workers, !hub.is_across())
-                                .await
-                                .map(|took| {
-                                    let after = hub.hub().jobs().store_stats();
-                                    (
-                                        took,
-                                        after.fsyncs - before.fsyncs,
-                                        after.bytes_written - before.bytes_written,
-                                    )
-                                })
-                        }
-                        Running::Dispatcher(d) => d
-                            .submit_and_check(n, workers)
-                            .await
-                            .map(|took| (took, 0, 0)),
-                        _ => Err(anyhow::anyhow!("JOBS needs the hub or the dispatcher")),
-                    };
-                    match took {
-                        Ok((took, fsyncs, bytes)) => {
-                            print_line(&format!("JOBS {n} {} {fsyncs} {bytes}", took.as_nanos()))
-                        }
+                    match run_rounds(&server, n, workers, rounds).await {
+                        Ok((took, fsyncs, bytes)) => print_line(&format!(
+                            "JOBS {} {} {fsyncs} {bytes}",
+                            n.saturating_mul(rounds),
+                            took.as_nanos()
+                        )),
                         Err(error) => fail(&error),
                     }
                 });
@@ -206,4 +190,36 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// W5: `rounds` rounds of `n` jobs on the hub or the dispatcher, back to back; their
+/// summed time, and the job store's fsyncs and bytes written meanwhile.
+async fn run_rounds(
+    server: &Running,
+    n: u64,
+    workers: usize,
+    rounds: u64,
+) -> anyhow::Result<(Duration, u64, u64)> {
+    let mut took = Duration::ZERO;
+    match server {
+        Running::Hub(hub) => {
+            let before = hub.hub().jobs().store_stats();
+            for _ in 0..rounds {
+                took += jobs::submit_and_check(hub.hub(), n, workers, !hub.is_across()).await?;
+            }
+            let after = hub.hub().jobs().store_stats();
+            Ok((
+                took,
+                after.fsyncs - before.fsyncs,
+                after.bytes_written - before.bytes_written,
+            ))
+        }
+        Running::Dispatcher(d) => {
+            for _ in 0..rounds {
+                took += d.submit_and_check(n, workers).await?;
+            }
+            Ok((took, 0, 0))
+        }
+        _ => Err(anyhow::anyhow!("JOBS needs the hub or the dispatcher")),
+    }
 }

@@ -121,3 +121,30 @@ fn w8_quick_runs_every_case_across_three_hubs_and_bare_nats() {
     assert!(stderr.contains("x bare NATS"), "{stderr}");
     assert!(stderr.contains("x standalone"), "{stderr}");
 }
+
+/// A full W5 run is rounds of 200,000 jobs on one hub (BENCH.md: runs of 2–5 s), for our
+/// hub and for the dispatcher alike.
+#[test]
+fn w5_runs_are_whole_rounds_of_200_000_jobs_for_both_systems() {
+    let output = cluster_bench(&[
+        "bench",
+        "--workloads",
+        "W5",
+        "--cases",
+        "W5 jobs 8x16 credits (default setup)",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    let rows = json_rows(&output);
+    for system in ["network-cluster", "baseline"] {
+        let row = rows
+            .iter()
+            .find(|r| r["system"] == system)
+            .unwrap_or_else(|| panic!("no row for {system}: {rows:?}"));
+        let run = &row["runs"][0];
+        let count = run["count"].as_u64().unwrap_or(0);
+        assert!(count >= 200_000 && count % 200_000 == 0, "{row}");
+        assert!(run["secs"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+    }
+}
