@@ -321,6 +321,41 @@ async fn results_are_kept_for_their_retention_then_forgotten() {
     hub.shutdown().await;
 }
 
+/// A result let go because `max_results` were kept is forgotten on disk as well: a
+/// restart does not bring it back (even with room for it then), and the journal does not
+/// carry it, and rewrite it at each compaction, until its retention ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_let_go_for_room_are_forgotten_by_the_store_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_on(dir.path(), QueueOptions::default().max_results(2)).await;
+    let worker = Member::builder(member_of(hub.provider().port()))
+        .worker(work)
+        .connect()
+        .await
+        .unwrap();
+    wait_workers(&hub, 1).await;
+    let mut ids = Vec::new();
+    for i in 0..5u64 {
+        let handle = hub.jobs().submit(&job(i, 0)).await.unwrap();
+        ids.push(handle.id());
+        assert_eq!(within("job", handle).await, Ok(fnv(&i.to_le_bytes())));
+    }
+    worker.shutdown().await;
+    hub.shutdown().await;
+    // Restarted with room for every result: only the two kept come back.
+    let hub = hub_on(dir.path(), QueueOptions::default()).await;
+    for (i, id) in (0..5u64).zip(&ids) {
+        let found = hub.jobs().result::<Fnv>(*id);
+        if i < 3 {
+            assert_eq!(found.unwrap_err(), JobError::NotFound, "job {i}");
+        } else {
+            let kept = within("kept result", found.unwrap()).await;
+            assert_eq!(kept, Ok(fnv(&i.to_le_bytes())), "job {i}");
+        }
+    }
+    hub.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_members_handle_reattaches_after_its_connection_drops() {
     let hub = Hub::builder(local()).start().await.unwrap();

@@ -230,12 +230,15 @@ impl Queue {
                 result.history,
             );
             let expires = after(now, wait(until));
+            let st = &mut *st;
+            let store = &st.store;
             st.results.insert(
                 result.id,
                 retained,
                 expires,
                 self.options.max_results,
                 &mut gone,
+                |id| store.record(Change::Removed { id }),
             );
         }
         for (key, id) in gone {
@@ -556,8 +559,22 @@ impl Queue {
             last,
             std::mem::take(&mut entry.past),
         );
-        st.results
-            .insert(id, retained, expires, self.options.max_results, &mut gone);
+        // A result let go for room is forgotten by a durable store too (which otherwise
+        // keeps it, and rewrites it at each compaction, until its retention ends); a
+        // shared store keeps results its own way.
+        let store = (!st.shared).then_some(&st.store);
+        st.results.insert(
+            id,
+            retained,
+            expires,
+            self.options.max_results,
+            &mut gone,
+            |id| {
+                if let Some(store) = store {
+                    store.record(Change::Removed { id });
+                }
+            },
+        );
         for (key, id) in gone {
             st.keys.release(&key, id);
         }

@@ -59,6 +59,16 @@ const CHUNK: usize = 256;
 /// was kept again later).
 type Place = (JobId, Option<Retained>);
 
+/// What letting the oldest place go found.
+enum Popped {
+    /// No place left.
+    Nothing,
+    /// A place already let go.
+    Empty,
+    /// A job's result, now forgotten.
+    Result(JobId),
+}
+
 /// The kept results, oldest first, bounded in time and count.
 ///
 /// The results sit in the order they were kept, in fixed-size chunks (keeping one never
@@ -85,7 +95,9 @@ pub(super) struct Results {
 
 impl Results {
     /// Keeps `retained` until `expires`; with more than `max` kept, the oldest go: their
-    /// keys (and jobs) go into `gone`.
+    /// keys (and jobs) go into `gone`, and each result let go for room (or `retained`
+    /// itself, with `max` 0) is told to `forget`: a durable store forgets its job, which
+    /// it would otherwise keep until the retention ends.
     pub(super) fn insert(
         &mut self,
         id: JobId,
@@ -93,12 +105,20 @@ impl Results {
         expires: Instant,
         max: usize,
         gone: &mut Vec<(Box<str>, JobId)>,
+        mut forget: impl FnMut(JobId),
     ) {
         if max == 0 {
             gone.extend(retained.key.map(|k| (k, id)));
+            forget(id);
             return;
         }
-        while self.held >= max && self.pop_oldest(gone) {}
+        while self.held >= max {
+            match self.pop_oldest(gone) {
+                Popped::Nothing => break,
+                Popped::Empty => {}
+                Popped::Result(id) => forget(id),
+            }
+        }
         retained.expires = Some(expires);
         let seq = self.next_seq();
         if let Some(old) = self.index.as_mut().and_then(|index| index.insert(id, seq)) {
@@ -178,12 +198,12 @@ impl Results {
 
     /// Lets the oldest place go; its key (if it held a result) goes into `gone`. Returns
     /// whether there was one.
-    fn pop_oldest(&mut self, gone: &mut Vec<(Box<str>, JobId)>) -> bool {
+    fn pop_oldest(&mut self, gone: &mut Vec<(Box<str>, JobId)>) -> Popped {
         let Some(chunk) = self.chunks.front_mut() else {
-            return false;
+            return Popped::Nothing;
         };
         let Some((id, place)) = chunk.get_mut(self.head) else {
-            return false;
+            return Popped::Nothing;
         };
         let (id, retained) = (*id, place.take());
         self.head += 1;
@@ -192,14 +212,17 @@ impl Results {
             self.base += CHUNK as u64;
             self.head = 0;
         }
-        if let Some(kept) = retained {
-            self.held -= 1;
-            if let Some(index) = &mut self.index {
-                index.remove(&id);
+        match retained {
+            Some(kept) => {
+                self.held -= 1;
+                if let Some(index) = &mut self.index {
+                    index.remove(&id);
+                }
+                gone.extend(kept.key.map(|k| (k, id)));
+                Popped::Result(id)
             }
-            gone.extend(kept.key.map(|k| (k, id)));
+            None => Popped::Empty,
         }
-        true
     }
 
     /// Forgets the results whose retention ended by `now`; their keys go into `gone`.
@@ -299,10 +322,15 @@ mod tests {
     fn the_oldest_go_past_the_count_and_release_their_keys() {
         let mut results = Results::default();
         let (mut gone, later) = (Vec::new(), Instant::now() + Duration::from_secs(60));
-        results.insert(1, kept(Some("a")), later, 2, &mut gone);
-        results.insert(2, kept(None), later, 2, &mut gone);
-        results.insert(3, kept(Some("c")), later, 2, &mut gone);
+        let mut forgotten = Vec::new();
+        for (id, key) in [(1, Some("a")), (2, None), (3, Some("c"))] {
+            results.insert(id, kept(key), later, 2, &mut gone, |id| forgotten.push(id));
+        }
         assert_eq!(gone, vec![(Box::from("a"), 1)]);
+        // Let go for room: a durable store is told to forget the job.
+        assert_eq!(forgotten, vec![1]);
+        results.insert(4, kept(None), later, 0, &mut gone, |id| forgotten.push(id));
+        assert_eq!(forgotten, vec![1, 4]);
         assert!(results.get(1).is_none());
         assert!(results.get(2).is_some() && results.get(3).is_some());
         let newest: Vec<_> = results.newest().map(|(id, _)| id).collect();
@@ -315,7 +343,7 @@ mod tests {
         let (mut gone, later) = (Vec::new(), Instant::now() + Duration::from_secs(60));
         let n = 2 * CHUNK as u128 + 3;
         for id in 0..n {
-            results.insert(id, kept(None), later, CHUNK + 1, &mut gone);
+            results.insert(id, kept(None), later, CHUNK + 1, &mut gone, |_| {});
         }
         // The newest CHUNK + 1 are kept, the older let go; the first chunk is gone whole.
         assert!(results.chunks.len() <= 2);
@@ -331,9 +359,9 @@ mod tests {
     fn no_index_until_a_lookup_then_a_job_kept_twice_is_found_once() {
         let mut results = Results::default();
         let (mut gone, later) = (Vec::new(), Instant::now() + Duration::from_secs(60));
-        results.insert(1, kept(None), later, 10, &mut gone);
-        results.insert(1, kept(Some("k")), later, 10, &mut gone);
-        results.insert(2, kept(None), later, 10, &mut gone);
+        results.insert(1, kept(None), later, 10, &mut gone, |_| {});
+        results.insert(1, kept(Some("k")), later, 10, &mut gone, |_| {});
+        results.insert(2, kept(None), later, 10, &mut gone, |_| {});
         assert!(results.index.is_none());
         assert_eq!(results.held, 3);
         // The first lookup builds the index: the newer place of job 1 wins.
@@ -342,7 +370,7 @@ mod tests {
         let newest: Vec<_> = results.newest().map(|(id, _)| id).collect();
         assert_eq!(newest, vec![2, 1]);
         // From then on the index follows insertions and evictions.
-        results.insert(3, kept(None), later, 2, &mut gone);
+        results.insert(3, kept(None), later, 2, &mut gone, |_| {});
         assert_eq!(gone, vec![(Box::from("k"), 1)]);
         assert!(results.get(1).is_none());
         assert!(results.get(2).is_some() && results.get(3).is_some());
@@ -354,15 +382,16 @@ mod tests {
         let mut results = Results::default();
         let mut gone = Vec::new();
         let now = Instant::now();
-        results.insert(7, kept(None), now, 10, &mut gone);
+        results.insert(7, kept(None), now, 10, &mut gone, |_| {});
         results.insert(
             7,
             kept(Some("k")),
             now + Duration::from_secs(60),
             10,
             &mut gone,
+            |_| {},
         );
-        results.insert(8, kept(None), now, 10, &mut gone);
+        results.insert(8, kept(None), now, 10, &mut gone, |_| {});
         // The first place of 7 and job 8 expired; 7's later place stays.
         results.expire(now, &mut gone);
         assert!(gone.is_empty());

@@ -119,7 +119,7 @@ pub(super) fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
                 owner,
                 at,
             } => {
-                out.push(1);
+                out.push(TAG_SUBMITTED);
                 put_u128(out, id);
                 put_u64(out, at);
                 put_u128(out, owner.0);
@@ -178,7 +178,7 @@ pub(super) fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
                 put_u32(out, attempt);
             }
             Change::Cancelled { id } => {
-                out.push(8);
+                out.push(TAG_CANCELLED);
                 put_u128(out, id);
             }
             Change::Revived { id, at } => {
@@ -187,7 +187,7 @@ pub(super) fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
                 put_u64(out, at);
             }
             Change::Removed { id } => {
-                out.push(10);
+                out.push(TAG_REMOVED);
                 put_u128(out, id);
             }
             Change::Progress { .. } => {
@@ -217,7 +217,7 @@ pub(super) fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
             );
         }
         Record::Job(ref job) => {
-            out.push(12);
+            out.push(TAG_JOB);
             put_u128(out, job.id);
             job.encode(out);
         }
@@ -232,7 +232,15 @@ pub(super) fn encode(record: &Record<'_>, out: &mut Vec<u8>) -> usize {
 
 /// Reads the record at the front of `bytes`: the record and its framed length, or `None`
 /// where the valid part ends (nothing left, a torn or corrupted record).
+#[cfg(test)]
 pub(super) fn decode(bytes: &[u8]) -> Option<(Record<'_>, usize)> {
+    let (body, len) = frame(bytes)?;
+    Some((record(body)?, len))
+}
+
+/// The body of the record at the front of `bytes` (its length and CRC checked) and the
+/// record's framed length, or `None` where the valid part ends.
+pub(super) fn frame(bytes: &[u8]) -> Option<(&[u8], usize)> {
     let frame = bytes.get(..FRAME_LEN)?;
     let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
     let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -243,10 +251,26 @@ pub(super) fn decode(bytes: &[u8]) -> Option<(Record<'_>, usize)> {
     if crc32fast::hash(body) != crc {
         return None;
     }
-    let mut r = Reader(body);
-    let record = r.record()?;
-    Some((record, FRAME_LEN + len))
+    Some((body, FRAME_LEN + len))
 }
+
+/// The record a framed body holds, or `None` if it does not parse.
+pub(super) fn record(body: &[u8]) -> Option<Record<'_>> {
+    Reader(body).record()
+}
+
+/// A body's tag and job id (every record begins with them), without reading the rest.
+pub(super) fn tag_and_id(body: &[u8]) -> Option<(u8, JobId)> {
+    let mut r = Reader(body);
+    Some((r.u8()?, r.u128()?))
+}
+
+/// Tags of the records that make a job's state (a submission; a snapshot's whole job).
+pub(super) const TAG_SUBMITTED: u8 = 1;
+pub(super) const TAG_JOB: u8 = 12;
+/// Tags of the records after which a job is gone (cancelled; removed).
+pub(super) const TAG_CANCELLED: u8 = 8;
+pub(super) const TAG_REMOVED: u8 = 10;
 
 /// Reads a record body.
 pub(super) struct Reader<'a>(&'a [u8]);
@@ -292,7 +316,7 @@ impl<'a> Reader<'a> {
         let tag = self.u8()?;
         let id = self.u128()?;
         let change = match tag {
-            1 => return self.submitted(id),
+            TAG_SUBMITTED => return self.submitted(id),
             2 => Change::Started {
                 id,
                 attempt: self.u32()?,
@@ -326,13 +350,13 @@ impl<'a> Reader<'a> {
                 id,
                 attempt: self.u32()?,
             },
-            8 => Change::Cancelled { id },
+            TAG_CANCELLED => Change::Cancelled { id },
             9 => Change::Revived {
                 id,
                 at: self.u64()?,
             },
-            10 => Change::Removed { id },
-            12 => return Some(Record::Job(Box::new(ReplayJob::decode(id, self)?))),
+            TAG_REMOVED => Change::Removed { id },
+            TAG_JOB => return Some(Record::Job(Box::new(ReplayJob::decode(id, self)?))),
             _ => return None,
         };
         Some(Record::Change(change))

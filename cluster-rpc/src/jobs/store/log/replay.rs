@@ -1,7 +1,10 @@
 //! Replaying records into the jobs' state: how a restart recovers, and how compaction
 //! finds what is still alive.
 
-use super::format::{put_bytes, put_options, put_text, put_u128, put_u32, put_u64, Reader, Record};
+use super::format::{
+    self, put_bytes, put_options, put_text, put_u128, put_u32, put_u64, Reader, Record,
+    TAG_CANCELLED, TAG_JOB, TAG_REMOVED, TAG_SUBMITTED,
+};
 use crate::jobs::store::{
     Attempt, Change, Owner, RecoveredJob, RecoveredResult, RecoveredState, Recovery, UnixMillis,
 };
@@ -144,14 +147,104 @@ impl ReplayJob {
     }
 }
 
+/// A record's place in the files a replay reads: the file's number (in the order read,
+/// from 0), the record's number in it.
+type Position = (u64, u64);
+
+/// Where each job's last removal (a cancel or a remove record) is in the files a
+/// compaction replays, found by a first pass over them. A job whose submission (or
+/// snapshot copy) comes before its last removal is gone by the end: the replay skips it
+/// instead of building the job only to drop it. Under a steady load most of a
+/// compaction's jobs are such (finished, then forgotten when their retention ended or the
+/// kept results were full): building them was most of its work.
+#[derive(Debug, Default)]
+pub(super) struct Removals {
+    last: HashMap<JobId, Position, RandomState>,
+    files: u64,
+    /// Submissions and snapshot jobs seen.
+    jobs: usize,
+}
+
+impl Removals {
+    /// Notes the removals among one file's records (the bytes after its header), up to
+    /// where its valid part ends. Files are scanned in the order the replay reads them;
+    /// a file that is not read (a bad header) is scanned as empty.
+    pub(super) fn scan(&mut self, records: &[u8]) {
+        let file = self.files;
+        self.files += 1;
+        let (mut at, mut n) = (0, 0);
+        while let Some((body, len)) = records.get(at..).and_then(format::frame) {
+            match format::tag_and_id(body) {
+                Some((TAG_CANCELLED | TAG_REMOVED, id)) => {
+                    self.last.insert(id, (file, n));
+                }
+                Some((TAG_SUBMITTED | TAG_JOB, _)) => self.jobs += 1,
+                _ => {}
+            }
+            n += 1;
+            at += len;
+        }
+    }
+}
+
 /// The jobs' state as records are applied, in the order the jobs were submitted.
 #[derive(Debug, Default)]
 pub(super) struct Replay {
     jobs: Vec<Option<ReplayJob>>,
     index: HashMap<JobId, usize, RandomState>,
+    /// Removals ahead (a compaction's); none on a restart.
+    removals: Removals,
+    /// The next record's place.
+    at: Position,
+    /// Files begun.
+    files: u64,
 }
 
 impl Replay {
+    /// A replay that skips the jobs `removals` drops later.
+    pub(super) fn skipping(removals: Removals) -> Self {
+        // About the jobs it builds (fewer when jobs older than the files were removed).
+        let jobs = removals.jobs.saturating_sub(removals.last.len());
+        Self {
+            jobs: Vec::with_capacity(jobs),
+            index: HashMap::with_capacity_and_hasher(jobs, RandomState::default()),
+            removals,
+            ..Self::default()
+        }
+    }
+
+    /// Starts the next file: every file read, in the order [`Removals::scan`] saw them.
+    pub(super) fn next_file(&mut self) {
+        self.at = (self.files, 0);
+        self.files += 1;
+    }
+
+    /// Applies one framed record body (or skips a job that a later removal drops);
+    /// `false` if the body does not parse.
+    pub(super) fn read(&mut self, body: &[u8]) -> bool {
+        let at = self.at;
+        self.at.1 += 1;
+        if !self.removals.last.is_empty() {
+            if let Some((TAG_SUBMITTED | TAG_JOB, id)) = format::tag_and_id(body) {
+                if self
+                    .removals
+                    .last
+                    .get(&id)
+                    .is_some_and(|removed| *removed > at)
+                {
+                    return true;
+                }
+            }
+        }
+        match format::record(body) {
+            Some(record) => {
+                self.apply(record);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn job(&mut self, id: JobId) -> Option<&mut ReplayJob> {
         let at = *self.index.get(&id)?;
         self.jobs.get_mut(at)?.as_mut()
@@ -327,6 +420,7 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::super::format::{decode, encode};
+    use super::format;
     use super::*;
     use uuid::Uuid;
 
@@ -461,5 +555,95 @@ mod tests {
             panic!("not a job record");
         };
         assert_eq!(*back, job);
+    }
+
+    /// Files as a compaction reads them: each a list of records, framed.
+    fn files(records: &[Vec<Record<'_>>]) -> Vec<Vec<u8>> {
+        records
+            .iter()
+            .map(|file| {
+                let mut bytes = Vec::new();
+                for record in file {
+                    encode(record, &mut bytes);
+                }
+                bytes
+            })
+            .collect()
+    }
+
+    /// Replays `files` as a compaction does: plain, or skipping what `Removals` finds.
+    fn replayed(files: &[Vec<u8>], skip: bool) -> Replay {
+        let mut removals = Removals::default();
+        if skip {
+            for file in files {
+                removals.scan(file);
+            }
+        }
+        let mut replay = Replay::skipping(removals);
+        for file in files {
+            replay.next_file();
+            let mut at = 0;
+            while let Some((body, len)) = format::frame(&file[at..]) {
+                assert!(replay.read(body));
+                at += len;
+            }
+        }
+        replay
+    }
+
+    #[test]
+    fn a_compaction_skips_the_jobs_removed_later_and_keeps_the_same_live_jobs() {
+        let options = JobOptions::default();
+        let submitted = |id| {
+            Record::Change(Change::Submitted {
+                id,
+                name: "fnv",
+                payload: b"p",
+                options: &options,
+                owner: Owner(1),
+                at: 10,
+            })
+        };
+        let done = |id| {
+            Record::Change(Change::Completed {
+                id,
+                attempt: 1,
+                output: b"o",
+                at: 20,
+                retain_until: u64::MAX,
+            })
+        };
+        let removed = |id| Record::Change(Change::Removed { id });
+        // A snapshot's copy of job 1, removed later; job 2 kept.
+        let snapshot = replayed(&files(&[vec![submitted(1), submitted(2)]]), false);
+        let mut jobs = snapshot.live(0);
+        let (one, two) = (jobs.next().unwrap(), jobs.next().unwrap());
+        let records = [
+            vec![Record::Job(Box::new(one)), Record::Job(Box::new(two))],
+            vec![
+                submitted(3),
+                done(3),
+                removed(3),
+                submitted(4),
+                done(4),
+                Record::Change(Change::Cancelled { id: 5 }),
+                submitted(5),
+                removed(1),
+            ],
+            vec![submitted(6), done(6), removed(6), submitted(6), removed(4)],
+        ];
+        let files = files(&records);
+        let (plain, skipping) = (replayed(&files, false), replayed(&files, true));
+        // Built, plain: 1, 2, 3, 4, 5, 6 (twice: 6 was submitted again after its removal).
+        assert_eq!(plain.jobs.len(), 7);
+        // Skipping: 1, 3 and 4 (removed later) and 6's first life are never built.
+        assert_eq!(skipping.jobs.len(), 3);
+        let live = |replay: Replay| -> Vec<(JobId, Stand)> {
+            replay.live(0).map(|job| (job.id, job.stand)).collect()
+        };
+        let kept = live(skipping);
+        assert_eq!(kept, live(plain));
+        let ids: Vec<_> = kept.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [2, 5, 6]);
     }
 }

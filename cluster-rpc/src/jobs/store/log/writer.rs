@@ -3,8 +3,8 @@
 //! compactions.
 
 use super::format::{self, header, FileKind, Record};
-use super::replay::Replay;
-use super::{io_error, load, FsyncPolicy, LogOptions};
+use super::replay::{Removals, Replay};
+use super::{io_error, load, read_into, FsyncPolicy, LogOptions};
 use crate::jobs::store::{unix_millis, Change, Commit, StoreError, StoreStats};
 use std::fs::{self, File};
 use std::io::Write;
@@ -542,13 +542,27 @@ fn compact(
     segments: &[PathBuf],
     target: &Path,
 ) -> Result<u64, StoreError> {
-    let mut replay = Replay::default();
-    if let Some(path) = &snapshot {
-        load(path, FileKind::Snapshot, &mut replay, dir)?;
+    // First pass: where each job is removed, so that the replay skips the jobs gone by
+    // the end (most of them under a steady load) instead of building each.
+    let files = || {
+        let snapshot = snapshot.iter().map(|path| (path, FileKind::Snapshot));
+        snapshot.chain(segments.iter().map(|path| (path, FileKind::Segment)))
+    };
+    let mut removals = Removals::default();
+    let mut buf = Vec::new();
+    for (path, kind) in files() {
+        read_into(path, &mut buf)?;
+        let records = match format::check_header(&buf, kind) {
+            Ok(()) => buf.get(format::HEADER_LEN..).unwrap_or_default(),
+            Err(_) => &[],
+        };
+        removals.scan(records);
     }
-    for path in segments {
-        load(path, FileKind::Segment, &mut replay, dir)?;
+    let mut replay = Replay::skipping(removals);
+    for (path, kind) in files() {
+        load(path, kind, &mut replay, dir, &mut buf)?;
     }
+    drop(buf);
     let tmp = target.with_extension("tmp");
     let mut out = std::io::BufWriter::with_capacity(1 << 20, {
         fs::File::create(&tmp).map_err(|e| io_error("creating a snapshot", &e))?
