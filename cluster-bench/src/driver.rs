@@ -347,6 +347,9 @@ async fn run_once(case: &Case, system: System, size: Size) -> anyhow::Result<Run
         None
     };
     let nats_url = nats.as_ref().map(|n| n.url().to_owned());
+    // W5d's data directory: made and removed here, not in the server child, which may be
+    // killed at the end of a run (its own removal then never ran: 400 MB left per run).
+    let data_dir = case.durable.then(tempfile::tempdir).transpose()?;
     let server = ServerSpec {
         system,
         workload: case.part,
@@ -354,7 +357,7 @@ async fn run_once(case: &Case, system: System, size: Size) -> anyhow::Result<Run
         tls,
         compressor: case.compressor,
         metrics: case.metrics,
-        durable: case.durable,
+        data_dir: data_dir.as_ref().map(|dir| dir.path().to_path_buf()),
         heartbeat_ms: case.heartbeat.map(|h| h.as_millis() as u64),
         setup: case.setup,
         nats: nats_url.clone(),
@@ -420,6 +423,7 @@ async fn run_once(case: &Case, system: System, size: Size) -> anyhow::Result<Run
     }
     children.finish().await;
     drop(nats);
+    drop(data_dir);
     Ok(figures)
 }
 

@@ -144,7 +144,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn workers_answer_every_job_right() {
-        let hub = HubServer::start(Workload::W5, None, false, None)
+        let hub = HubServer::start(Workload::W5, None, None, None)
             .await
             .unwrap();
         let _workers = [
@@ -168,7 +168,7 @@ mod tests {
         let mut hubs = Vec::new();
         for _ in 0..3 {
             hubs.push(
-                HubServer::start(Workload::W5, None, false, clustered)
+                HubServer::start(Workload::W5, None, None, clustered)
                     .await
                     .unwrap(),
             );

@@ -217,7 +217,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_subscriber_gets_every_message() {
-        let hub = HubServer::start(Workload::W7, None, false, None)
+        let hub = HubServer::start(Workload::W7, None, None, None)
             .await
             .unwrap();
         let publisher = connect_member(hub.port()).await.unwrap();
@@ -262,7 +262,7 @@ mod tests {
         let mut hubs = Vec::new();
         for _ in 0..3 {
             hubs.push(
-                HubServer::start(Workload::W7, None, false, clustered)
+                HubServer::start(Workload::W7, None, None, clustered)
                     .await
                     .unwrap(),
             );

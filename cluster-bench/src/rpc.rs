@@ -15,6 +15,7 @@ use cluster_rpc::cluster::ClusterOptions;
 use cluster_rpc::{Hub, Member, MemberBuilder};
 use cluster_transport::{Consumer, MetricsEndpoint, Provider};
 use futures_util::{StreamExt, TryStreamExt};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -59,8 +60,6 @@ pub(crate) struct HubServer {
     hub: Hub,
     /// W8: one of three hubs sharing their jobs in JetStream.
     across: bool,
-    /// W5d: the hub's data directory, removed with the server.
-    _data: Option<tempfile::TempDir>,
 }
 
 impl HubServer {
@@ -69,7 +68,7 @@ impl HubServer {
     pub(crate) async fn start(
         workload: Workload,
         metrics: Option<MetricsEndpoint>,
-        durable: bool,
+        data_dir: Option<&Path>,
         clustered: Option<Clustered<'_>>,
     ) -> anyhow::Result<Self> {
         let mut provider = Provider::builder().host("127.0.0.1").port(0);
@@ -86,15 +85,13 @@ impl HubServer {
         if let Some(cluster) = clustered {
             builder = builder.cluster(ClusterOptions::new(cluster.nats).prefix(CLUSTER_PREFIX));
         }
-        // W5d: a data directory on the local disk (the system's temp dir).
-        let data = durable.then(tempfile::tempdir).transpose()?;
-        if let Some(dir) = &data {
-            builder = builder.jobs_storage(dir.path());
+        // W5d: the data directory the parent made on the local disk.
+        if let Some(dir) = data_dir {
+            builder = builder.jobs_storage(dir);
         }
         Ok(Self {
             hub: builder.start().await?,
             across,
-            _data: data,
         })
     }
 
@@ -283,7 +280,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn member_calls_the_hub() {
-        let hub = HubServer::start(Workload::W4, None, false, None)
+        let hub = HubServer::start(Workload::W4, None, None, None)
             .await
             .unwrap();
         let member = connect_member(hub.port()).await.unwrap();
@@ -301,10 +298,10 @@ mod tests {
             nats: nats.url(),
             across: true,
         });
-        let first = HubServer::start(Workload::W4, None, false, clustered)
+        let first = HubServer::start(Workload::W4, None, None, clustered)
             .await
             .unwrap();
-        let last = HubServer::start(Workload::W4, None, false, clustered)
+        let last = HubServer::start(Workload::W4, None, None, clustered)
             .await
             .unwrap();
         let member = connect_member(first.port()).await.unwrap();

@@ -108,7 +108,7 @@ async fn serve(spec: ServerSpec) -> anyhow::Result<()> {
             rpc::HubServer::start(
                 spec.workload,
                 metrics(spec.metrics)?,
-                spec.durable,
+                spec.data_dir.as_deref(),
                 spec.nats.as_deref().map(|nats| rpc::Clustered {
                     nats,
                     across: spec.across,

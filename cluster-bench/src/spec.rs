@@ -186,10 +186,11 @@ pub(crate) struct ServerSpec {
     /// Install the Prometheus recorder and serve `/metrics` (our provider and hub only).
     #[serde(default)]
     pub(crate) metrics: bool,
-    /// W5d: the hub keeps its jobs in a data directory (a temporary one on the local disk),
-    /// with the durable store's defaults (group commit).
+    /// W5d: the hub keeps its jobs in this data directory (a temporary one on the local
+    /// disk that the parent made, and removes once the child is gone, killed or not), with
+    /// the durable store's defaults (group commit).
     #[serde(default)]
-    pub(crate) durable: bool,
+    pub(crate) data_dir: Option<PathBuf>,
     /// The heartbeat interval, ms (W6s): our provider's, and the baseline's own `PING`
     /// cycle. `None`: our provider's default, and no heartbeat on the baseline.
     #[serde(default)]

@@ -148,3 +148,25 @@ fn w5_runs_are_whole_rounds_of_200_000_jobs_for_both_systems() {
         assert!(run["secs"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
     }
 }
+
+/// W5d's data directories are removed after each run, even though the hub's process is
+/// stopped (or killed) before.
+#[test]
+fn w5d_leaves_no_data_directory_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cluster-bench"))
+        .args(["bench", "--workloads", "W5", "--cases", "W5d", "--quick"])
+        .args(["--runs", "2", "--json"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let rows = json_rows(&output);
+    assert!(rows
+        .iter()
+        .any(|r| r["case"].as_str().is_some_and(|c| c.starts_with("W5d"))));
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
