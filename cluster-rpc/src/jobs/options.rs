@@ -179,7 +179,8 @@ pub struct QueueOptions {
     /// Default: 5 minutes.
     #[serde(with = "millis")]
     pub result_retention: Duration,
-    /// Most results kept; the oldest go first past it. Default: 100,000.
+    /// Most results kept; the oldest go first past it (a durable store forgets them too).
+    /// Default: 100,000.
     pub max_results: usize,
 }
 

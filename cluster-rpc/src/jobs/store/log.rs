@@ -29,8 +29,11 @@
 //! A segment is closed at [`LogOptions::segment_bytes`]. Once the closed segments reach
 //! [`LogOptions::compact_after_bytes`], a background thread replays the last snapshot and
 //! those segments, writes the jobs still alive (waiting, delayed, running, dead, and
-//! results within their retention) into a new snapshot, and deletes what it replaces. The
-//! directory's size follows the live jobs, not the jobs that went through.
+//! results within their retention that the queue did not let go for room) into a new
+//! snapshot, and deletes what it replaces. A first pass over the files finds where each
+//! job is removed, so the replay skips the jobs gone by the end (under a steady load, most
+//! of them) instead of building each. The directory's size follows the live jobs, not the
+//! jobs that went through.
 
 mod format;
 mod replay;
