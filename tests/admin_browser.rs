@@ -136,15 +136,21 @@ async fn browser(test: &str) -> Option<Browser> {
 }
 
 impl Browser {
-    /// Waits (at most `limit`) for an element matching `css`.
+    /// Waits (at most `limit`) for an element matching `css`. Every error before then is
+    /// "not yet": besides "no such element", a page that is navigating (a form just
+    /// submitted) answers "aborted by navigation", which fantoccini's own wait took as
+    /// final.
     async fn element(&self, css: &str, limit: Duration) -> fantoccini::elements::Element {
-        self.client
-            .wait()
-            .at_most(limit)
-            .every(Duration::from_millis(20))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no `{css}` within {limit:?}: {e}"))
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(found) => return found,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("no `{css}` within {limit:?}: {error}"),
+            }
+        }
     }
 
     async fn close(self) {
