@@ -84,6 +84,7 @@
 
 mod error;
 mod handle;
+pub(crate) mod id;
 mod options;
 pub(crate) mod queue;
 mod remote;

@@ -397,29 +397,6 @@ impl<T> fmt::Debug for JobHandle<T> {
     }
 }
 
-/// A new job id: a v4 UUID whose random bits come from a SplitMix64 sequence per thread,
-/// seeded once from the thread's random generator. Unique (a 122-bit space, different
-/// seeds per thread and process), cheap (no ChaCha block per id); only the hub makes them,
-/// and nothing uses one as a secret.
-pub(crate) fn new_job_id() -> JobId {
-    thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
-    }
-    let next = || {
-        STATE.with(|state| {
-            let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-            state.set(z);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        })
-    };
-    let bytes = ((u128::from(next()) << 64) | u128::from(next())).to_le_bytes();
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .as_u128()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,8 @@ use self::dispatch::{after, send_drop};
 use self::ready::{Fresh, NameId, Waiting};
 use self::results::{Keys, Retained};
 use self::state::{wall_now, Entry, State, Status, Store};
-use super::handle::{new_job_id, Delivery, Progress, ProgressRef, WeakProgress};
+use super::handle::{Delivery, Progress, ProgressRef, WeakProgress};
+use super::id::new_job_id;
 use super::options::check_name;
 use super::store::{
     Attempt, Change, Commit, JobStore, Owner, RecoveredState, Recovery, StoreError, StoreStats,

@@ -7,6 +7,8 @@ use crate::jobs::store::{Attempt, Owner, UnixMillis};
 use crate::jobs::JobId;
 use bytes::Bytes;
 use foldhash::fast::RandomState;
+
+use crate::jobs::id::{id_map, IdMap};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -78,10 +80,12 @@ enum Popped {
 /// until then keeping a result and letting the oldest go touch no hash table. With job
 /// ids random and 100,000 results kept, every insertion and removal in that map was a
 /// cache miss: about a tenth of the hub's time in W5, for lookups most queues never make.
+/// (Ids are now minted in runs and the map keeps their order, [`crate::jobs::id`], but
+/// results are kept in the order jobs finish, from every thread's runs.)
 #[derive(Default)]
 pub(super) struct Results {
     /// Job id to the sequence number of its place, once looked up by id.
-    index: Option<HashMap<JobId, u64, RandomState>>,
+    index: Option<IdMap<u64>>,
     /// Places holding a result (a job kept twice before the index is built counts
     /// twice until then).
     held: usize,
@@ -148,9 +152,9 @@ impl Results {
     /// The index from job id to place, built now if it was not: the places are indexed
     /// oldest first, so a job kept twice is found in its newer place, and the older one
     /// goes empty.
-    fn index(&mut self) -> &HashMap<JobId, u64, RandomState> {
+    fn index(&mut self) -> &IdMap<u64> {
         if self.index.is_none() {
-            let mut index = HashMap::with_capacity_and_hasher(self.held, RandomState::default());
+            let mut index = id_map(self.held);
             let mut older = Vec::new();
             for (c, chunk) in self.chunks.iter().enumerate() {
                 let first = self.base + (c * CHUNK) as u64;

@@ -21,6 +21,8 @@ use crate::jobs::{JobError, JobId, JobOptions};
 use crate::link::Link;
 use bytes::Bytes;
 use foldhash::fast::RandomState;
+
+use crate::jobs::id::IdMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -339,7 +341,7 @@ impl Drop for ProgressGuard {
 /// resolved jobs (whose progress is gone) are swept as the map grows.
 #[derive(Default)]
 pub(super) struct MemberJobs {
-    by_id: HashMap<JobId, (Owner, WeakProgress), RandomState>,
+    by_id: IdMap<(Owner, WeakProgress)>,
     sweep_at: usize,
 }
 
@@ -401,12 +403,12 @@ pub(super) struct State {
     pub(super) deadlines: Deadlines,
     /// Delayed and running jobs (waiting ones are in `ready`): a map as small as the
     /// workers' credits under load, so its lookups stay in the cache.
-    pub(super) jobs: HashMap<JobId, Box<Entry>, RandomState>,
+    pub(super) jobs: IdMap<Box<Entry>>,
     /// The store is shared by several hubs: it holds the waiting jobs, and pulls them.
     pub(super) shared: bool,
     /// On a shared store: the jobs submitted here, by id, until their outcome comes back
     /// from the hub that ran them (or they are cancelled).
-    pub(super) awaiting: HashMap<JobId, Box<Entry>, RandomState>,
+    pub(super) awaiting: IdMap<Box<Entry>>,
     pub(super) dead: DeadLetters,
     pub(super) member_jobs: MemberJobs,
     /// The owner each member connection submitted or attached as.

@@ -128,6 +128,8 @@ use async_nats::jetstream::{self, AckKind, Context};
 use async_nats::{Client, StatusCode, Subject};
 use bytes::{BufMut, Bytes, BytesMut};
 use foldhash::fast::RandomState;
+
+use crate::jobs::id::IdMap;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -374,7 +376,7 @@ struct Inner {
     op_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     /// Subscriptions made at connect, handed to the listener task at start.
     subscriptions: Mutex<Option<Subscriptions>>,
-    inflight: Mutex<HashMap<JobId, Inflight, RandomState>>,
+    inflight: Mutex<IdMap<Inflight>>,
     /// The subject of each job name's level, by the name's hash ([`Subjects::ready`]),
     /// made once.
     ready: Mutex<HashMap<(u64, Level), Subject, RandomState>>,
@@ -386,7 +388,7 @@ struct Inner {
     ack_permits: tokio::sync::Semaphore,
     /// Jobs submitted here and not resolved, with their stream sequence once known (0
     /// before), so a cancel can delete them, and their owner.
-    submitted: Mutex<HashMap<JobId, (u64, Owner), RandomState>>,
+    submitted: Mutex<IdMap<(u64, Owner)>>,
     recent: Mutex<Recent>,
     /// The queue's feed, once started: for lookups of jobs taken elsewhere.
     feed: Mutex<Option<Feed>>,

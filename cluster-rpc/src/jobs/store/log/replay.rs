@@ -5,12 +5,11 @@ use super::format::{
     self, put_bytes, put_options, put_text, put_u128, put_u32, put_u64, Reader, Record,
     TAG_CANCELLED, TAG_JOB, TAG_REMOVED, TAG_SUBMITTED,
 };
+use crate::jobs::id::{id_map, IdMap};
 use crate::jobs::store::{
     Attempt, Change, Owner, RecoveredJob, RecoveredResult, RecoveredState, Recovery, UnixMillis,
 };
 use crate::jobs::{JobId, JobOptions};
-use foldhash::fast::RandomState;
-use std::collections::HashMap;
 
 /// Where a job stands in the replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +158,7 @@ type Position = (u64, u64);
 /// kept results were full): building them was most of its work.
 #[derive(Debug, Default)]
 pub(super) struct Removals {
-    last: HashMap<JobId, Position, RandomState>,
+    last: IdMap<Position>,
     files: u64,
     /// Submissions and snapshot jobs seen.
     jobs: usize,
@@ -191,7 +190,7 @@ impl Removals {
 #[derive(Debug, Default)]
 pub(super) struct Replay {
     jobs: Vec<Option<ReplayJob>>,
-    index: HashMap<JobId, usize, RandomState>,
+    index: IdMap<usize>,
     /// Removals ahead (a compaction's); none on a restart.
     removals: Removals,
     /// The next record's place.
@@ -207,7 +206,7 @@ impl Replay {
         let jobs = removals.jobs.saturating_sub(removals.last.len());
         Self {
             jobs: Vec::with_capacity(jobs),
-            index: HashMap::with_capacity_and_hasher(jobs, RandomState::default()),
+            index: id_map(jobs),
             removals,
             ..Self::default()
         }
