@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// A job that records its tag when it starts, then waits for the test's gate.
@@ -621,6 +621,50 @@ async fn submissions_fail_clearly_while_nats_is_away_and_jobs_go_on_after_it_res
         Ok(fnv(&3u64.to_le_bytes()))
     );
     shutdown([a, b]).await;
+}
+
+/// A publish JetStream never acknowledges (the server is stopped, its socket still open)
+/// fails its submission once the request timeout passed, and the hub goes on once the
+/// server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_never_acknowledged_fails_after_the_request_timeout() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let timeout = Duration::from_millis(400);
+    let [(a, _store)] = hubs(
+        &server,
+        options().request_timeout(timeout),
+        QueueOptions::default(),
+    )
+    .await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let _worker = fnv_worker(&a, 4, Arc::clone(&ran)).await;
+    let handle = a.jobs().submit(&job(1, 0)).await.unwrap();
+    within("a result", handle).await.unwrap();
+    server.pause();
+    let sent = Instant::now();
+    let refused = within("a refusal, not a hang", a.jobs().submit(&job(2, 0))).await;
+    server.resume();
+    match refused {
+        Err(JobError::Store(StoreError::Io(why))) => {
+            assert!(why.contains("no acknowledgement in time"), "{why}")
+        }
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    assert!(
+        sent.elapsed() >= timeout,
+        "refused after {:?}",
+        sent.elapsed()
+    );
+    let handle = within("a submission", a.jobs().submit(&job(3, 0)))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("a result", handle).await,
+        Ok(fnv(&3u64.to_le_bytes()))
+    );
+    shutdown([a]).await;
 }
 
 fn store_check(store: &JetStreamStore) -> Result<(), StoreError> {

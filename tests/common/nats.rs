@@ -182,6 +182,27 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server's process (SIGSTOP): its connections stay open and nothing is
+    /// answered until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} failed");
+        }
+    }
+
     /// Starts the server again on the same port with the same JetStream directory.
     pub fn restart(&mut self) {
         self.kill();

@@ -1063,7 +1063,10 @@ impl Inner {
 
     /// A job pulled for this hub: queued here, unless it was cancelled, cannot be read, or
     /// runs here already (a redelivery while it runs: the new delivery's claim is kept).
-    fn take(&self, message: async_nats::Message, feed: &Feed) {
+    ///
+    /// `now` is when the pull that brought it was sent (one clock read per pull): its
+    /// claim is renewed from then.
+    fn take(&self, message: async_nats::Message, feed: &Feed, now: Instant) {
         let Some(reply) = message.reply.clone() else {
             return;
         };
@@ -1106,7 +1109,7 @@ impl Inner {
                     record: message.payload.clone(),
                     error: None,
                     attempts,
-                    last_progress: Instant::now(),
+                    last_progress: now,
                     last_forward: None,
                 },
             );
@@ -1232,9 +1235,9 @@ impl Inner {
 
     /// Asks `consumer` for at most `want` jobs, answered on `reply` (under the puller's
     /// inbox, which `answers` holds), and takes each job that comes, until the server says
-    /// there are no more, `want` came, or nothing came within the request timeout (a pull
-    /// sent just before the server went away is never answered, and waiting for it would
-    /// stop this hub pulling for good). A job late for an earlier pull that gave up is
+    /// there are no more, `want` came, or the request timeout passed since the pull was
+    /// sent (a pull sent just before the server went away is never answered, and waiting
+    /// for it would stop this hub pulling for good). A job late for an earlier pull that gave up is
     /// taken too (it was delivered to this hub) and counted as this pull's. Returns how
     /// many jobs came.
     async fn pull(
@@ -1255,21 +1258,23 @@ impl Inner {
             return 0;
         }
         let mut pulled = 0;
+        // One deadline for the whole pull: no clock read per job.
+        let now = Instant::now();
+        let deadline = now + self.options.request_timeout;
         while pulled < want {
-            let message =
-                match tokio::time::timeout(self.options.request_timeout, answers.next()).await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => return pulled,
-                    Err(_) => {
-                        tracing::debug!("pull unanswered: asking again");
-                        return pulled;
-                    }
-                };
+            let message = match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return pulled,
+                Err(_) => {
+                    tracing::debug!("pull unanswered: asking again");
+                    return pulled;
+                }
+            };
             match message.status {
                 // A job comes on its own subject, whichever pull it answers.
                 None | Some(StatusCode::OK) => {
                     pulled += 1;
-                    self.take(message, feed);
+                    self.take(message, feed, now);
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 // No more jobs (404), fewer than asked (408), too many unacked (409):
@@ -2003,6 +2008,8 @@ enum ToStore {
     Close(oneshot::Sender<()>),
 }
 
+/// Most items the confirmer takes from its channel at once (one clock read for them).
+const CONFIRMS_PER_ROUND: usize = 256;
 /// Most outcomes taken into one round of [`run_outcomes`].
 const OUTCOMES_PER_ROUND: usize = 1024;
 /// Most bytes of outcomes in one message of the results stream (the server's default
@@ -2113,32 +2120,51 @@ async fn run_confirmer(
     let mut marks: VecDeque<(u64, Mark)> = VecDeque::new();
     // The first failure among the publishes since the last commit, for the next commit.
     let mut failed = Ok(());
+    let mut items = Vec::with_capacity(CONFIRMS_PER_ROUND);
+    // One timer, armed for the oldest publish's deadline. Deadlines grow along `waiting`,
+    // so when the oldest is acknowledged the timer is early, never late: it is re-armed
+    // when it fires, not per acknowledgement.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed = false;
     loop {
-        let deadline = waiting
-            .front()
-            .map(|oldest| oldest.sent_at + inner.options.request_timeout);
+        if !armed {
+            if let Some(oldest) = waiting.front() {
+                timer
+                    .as_mut()
+                    .reset(oldest.sent_at + inner.options.request_timeout);
+                armed = true;
+            }
+        }
         tokio::select! {
             // Every publish is told here before its acknowledgement can arrive: the
             // channel is read first.
             biased;
-            item = rx.recv() => match item {
-                Some(Confirm::Sent { n, id, failed }) => {
-                    if waiting.is_empty() {
-                        first = n;
+            received = rx.recv_many(&mut items, CONFIRMS_PER_ROUND) => {
+                if received == 0 {
+                    return;
+                }
+                let now = Instant::now();
+                for item in items.drain(..) {
+                    match item {
+                        Confirm::Sent { n, id, failed } => {
+                            if waiting.is_empty() {
+                                first = n;
+                            }
+                            let acked = failed.map(Err);
+                            if acked.is_some() {
+                                inner.ack_permits.add_permits(1);
+                            }
+                            waiting.push_back(Unconfirmed { id, sent_at: now, acked });
+                        }
+                        Confirm::Commit(commit) => {
+                            marks.push_back((first.wrapping_add(waiting.len() as u64), Mark::Commit(commit)));
+                        }
+                        Confirm::Cancel(id) => {
+                            marks.push_back((first.wrapping_add(waiting.len() as u64), Mark::Cancel(id)));
+                        }
                     }
-                    let acked = failed.map(Err);
-                    if acked.is_some() {
-                        inner.ack_permits.add_permits(1);
-                    }
-                    waiting.push_back(Unconfirmed { id, sent_at: Instant::now(), acked });
                 }
-                Some(Confirm::Commit(commit)) => {
-                    marks.push_back((first.wrapping_add(waiting.len() as u64), Mark::Commit(commit)));
-                }
-                Some(Confirm::Cancel(id)) => {
-                    marks.push_back((first.wrapping_add(waiting.len() as u64), Mark::Cancel(id)));
-                }
-                None => return,
             },
             Some(message) = acks.next() => {
                 let n = message
@@ -2156,8 +2182,12 @@ async fn run_confirmer(
                     inner.ack_permits.add_permits(1);
                 }
             }
-            () = sleep_until_some(deadline) => {
-                if let Some(oldest) = waiting.front_mut().filter(|oldest| oldest.acked.is_none()) {
+            () = &mut timer, if armed => {
+                armed = false;
+                let now = Instant::now();
+                if let Some(oldest) = waiting.front_mut().filter(|oldest| {
+                    oldest.acked.is_none() && oldest.sent_at + inner.options.request_timeout <= now
+                }) {
                     oldest.acked = Some(Err("no acknowledgement in time".into()));
                     inner.ack_permits.add_permits(1);
                 }
@@ -2201,14 +2231,6 @@ async fn run_confirmer(
                 Mark::Cancel(id) => cancel(&inner, id, &outcomes).await,
             }
         }
-    }
-}
-
-/// Sleeps until `deadline`, or for ever without one.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
