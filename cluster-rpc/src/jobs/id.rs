@@ -3,8 +3,8 @@
 //! A hub keeps its jobs in tables keyed by id: the jobs submitted here and not resolved,
 //! the jobs running here, a shared store's own book of submissions. With a queue of
 //! 100,000 jobs those tables are megabytes, and with random ids every insertion, lookup
-//! and removal lands on a cold cache line and page (a third of the submitting hub's
-//! time on two table lookups, issue 13's W8). So ids are minted in runs: each thread
+//! and removal lands on a cold cache line and page (about a sixth of the submitting
+//! hub's time in issue 13's W8, on three accesses per job). So ids are minted in runs: each thread
 //! counts up from a random start under a random prefix, and [`IdMap`]'s hash keeps
 //! that order in the bucket index. Jobs are submitted, started and resolved roughly in
 //! submission order, so a table's accesses walk a window of neighbouring buckets.
