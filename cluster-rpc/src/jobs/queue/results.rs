@@ -3,12 +3,11 @@
 //! while their job's result is kept.
 
 use crate::jobs::handle::WeakProgress;
+use crate::jobs::id::{id_map, IdMap};
 use crate::jobs::store::{Attempt, Owner, UnixMillis};
 use crate::jobs::JobId;
 use bytes::Bytes;
 use foldhash::fast::RandomState;
-
-use crate::jobs::id::{id_map, IdMap};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::time::Instant;

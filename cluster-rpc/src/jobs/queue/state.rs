@@ -13,6 +13,7 @@ use super::results::{Keys, Results};
 use super::workers::{WorkerId, Workers};
 use crate::codec::CodecKind;
 use crate::jobs::handle::{Outcome, Progress, ProgressRef, WeakProgress};
+use crate::jobs::id::IdMap;
 use crate::jobs::store::{
     unix_millis, Attempt, Change, Commit, JobStore, MemoryStore, Owner, UnixMillis,
 };
@@ -21,8 +22,6 @@ use crate::jobs::{JobError, JobId, JobOptions};
 use crate::link::Link;
 use bytes::Bytes;
 use foldhash::fast::RandomState;
-
-use crate::jobs::id::IdMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;

@@ -118,6 +118,7 @@ use super::{
     Change, Commit, Feed, JobStore, Owner, PulledJob, Recovery, Shared, StoreError, StoreFuture,
     StoreStats,
 };
+use crate::jobs::id::IdMap;
 use crate::jobs::{DeadJob, JobError, JobId, JobOptions};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::message::StreamMessage;
@@ -128,8 +129,6 @@ use async_nats::jetstream::{self, AckKind, Context};
 use async_nats::{Client, StatusCode, Subject};
 use bytes::{BufMut, Bytes, BytesMut};
 use foldhash::fast::RandomState;
-
-use crate::jobs::id::IdMap;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1237,9 +1236,9 @@ impl Inner {
     /// inbox, which `answers` holds), and takes each job that comes, until the server says
     /// there are no more, `want` came, or the request timeout passed since the pull was
     /// sent (a pull sent just before the server went away is never answered, and waiting
-    /// for it would stop this hub pulling for good). A job late for an earlier pull that gave up is
-    /// taken too (it was delivered to this hub) and counted as this pull's. Returns how
-    /// many jobs came.
+    /// for it would stop this hub pulling for good). A job late for an earlier pull that
+    /// gave up is taken too (it was delivered to this hub) and counted as this pull's.
+    /// Returns how many jobs came.
     async fn pull(
         &self,
         consumer: &PullConsumer,
