@@ -602,24 +602,13 @@ async fn submissions_fail_clearly_while_nats_is_away_and_jobs_go_on_after_it_res
     server.kill();
     until("hub A to see NATS gone", || store_check(&store_a).is_err()).await;
     let refused = within("a refusal, not a hang", a.jobs().submit(&job(2, 0))).await;
-    match refused {
-        Err(JobError::Store(StoreError::Io(why))) => {
-            assert!(why.contains("not connected"), "{why}")
-        }
-        other => panic!("expected a store error, got {other:?}"),
-    }
+    assert_store_error(refused, "not connected");
     server.restart();
     until("both hubs to reconnect", || {
         store_check(&store_a).is_ok() && store_check(&store_b).is_ok()
     })
     .await;
-    let handle = within("a submission", a.jobs().submit(&job(3, 0)))
-        .await
-        .unwrap();
-    assert_eq!(
-        within("a result", handle).await,
-        Ok(fnv(&3u64.to_le_bytes()))
-    );
+    submit_and_check(&a, 3).await;
     shutdown([a, b]).await;
 }
 
@@ -646,25 +635,30 @@ async fn a_submission_never_acknowledged_fails_after_the_request_timeout() {
     let sent = Instant::now();
     let refused = within("a refusal, not a hang", a.jobs().submit(&job(2, 0))).await;
     server.resume();
-    match refused {
-        Err(JobError::Store(StoreError::Io(why))) => {
-            assert!(why.contains("no acknowledgement in time"), "{why}")
-        }
-        other => panic!("expected a store error, got {other:?}"),
-    }
+    assert_store_error(refused, "no acknowledgement in time");
     assert!(
         sent.elapsed() >= timeout,
         "refused after {:?}",
         sent.elapsed()
     );
-    let handle = within("a submission", a.jobs().submit(&job(3, 0)))
+    submit_and_check(&a, 3).await;
+    shutdown([a]).await;
+}
+
+/// Submits job `n` on `hub` and checks its result.
+async fn submit_and_check(hub: &Hub, n: u64) {
+    let handle = within("a submission", hub.jobs().submit(&job(n, 0)))
         .await
         .unwrap();
-    assert_eq!(
-        within("a result", handle).await,
-        Ok(fnv(&3u64.to_le_bytes()))
-    );
-    shutdown([a]).await;
+    assert_eq!(within("a result", handle).await, Ok(fnv(&n.to_le_bytes())));
+}
+
+/// `refused` is the store's I/O error, saying `why`.
+fn assert_store_error<T: std::fmt::Debug>(refused: Result<T, JobError>, why: &str) {
+    match refused {
+        Err(JobError::Store(StoreError::Io(error))) => assert!(error.contains(why), "{error}"),
+        other => panic!("expected a store error, got {other:?}"),
+    }
 }
 
 fn store_check(store: &JetStreamStore) -> Result<(), StoreError> {
