@@ -191,12 +191,18 @@ fn summary(case: &Case, f: &RunFigures) -> String {
             format!("{kb:.2} KB/conn ({} connections)", f.count)
         }
         (_, Some(kb)) => format!("{kb:.2} KB/conn; {rate}"),
-        _ => match (f.server_cpu_ns, f.client_cpu_ns) {
-            (Some(server), Some(clients)) => {
-                format!("{rate}; CPU per msg: server {server:.0} ns, clients {clients:.0} ns")
+        _ => {
+            let rate = match (f.server_cpu_ns, f.client_cpu_ns) {
+                (Some(server), Some(clients)) => {
+                    format!("{rate}; CPU per msg: server {server:.0} ns, clients {clients:.0} ns")
+                }
+                _ => rate,
+            };
+            match f.lost {
+                Some(lost) if lost > 0 => format!("{rate}; {lost} lost (core NATS: at most once)"),
+                _ => rate,
             }
-            _ => rate,
-        },
+        }
     }
 }
 

@@ -276,14 +276,17 @@ pub(crate) async fn pubsub(
     }
     let mark = CpuMark::take(children).await?;
     children.send(Who::Clients, "GO").await?;
-    let [total, nanos] = fields(children.expect(Who::Clients, "PUBSUB").await?, "PUBSUB")?;
-    let total = u64::try_from(total)?;
+    let [delivered, nanos, lost] =
+        fields(children.expect(Who::Clients, "PUBSUB").await?, "PUBSUB")?;
+    let (delivered, lost) = (u64::try_from(delivered)?, u64::try_from(lost)?);
     let expected = k * subscribers as u64;
     anyhow::ensure!(
-        total == expected,
-        "subscribers got {total} messages, expected {expected}"
+        delivered.checked_add(lost) == Some(expected),
+        "subscribers got {delivered} messages and lost {lost}, expected {expected}"
     );
-    mark.throughput(children, total, nanos).await
+    let mut figures = mark.throughput(children, delivered, nanos).await?;
+    figures.lost = Some(lost);
+    Ok(figures)
 }
 
 pub(crate) async fn idle(

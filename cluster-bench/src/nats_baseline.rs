@@ -5,7 +5,21 @@
 //! - **Fan-out** (beside W8's pub/sub): one publisher and `conns` subscribers of
 //!   [`PATTERN`] on core NATS; the publisher keeps at most
 //!   [`WINDOW`](crate::pubsub::WINDOW) messages ahead of the slowest subscriber, as ours
-//!   does. Lines: `CONNECTED`, then after `GO` `PUBSUB <deliveries> <ns>`.
+//!   does. Lines: `CONNECTED`, then after `GO` `PUBSUB <deliveries> <ns> <lost>`.
+//!
+//!   Each subscriber passes a [`barrier`] after subscribing, so the server has every
+//!   subscription before `CONNECTED` (async-nats' `flush` only writes to the socket: on a
+//!   loaded machine the publisher's first messages used to reach the server before the
+//!   last subscribers' `SUB`, and those subscribers waited 30 s for them).
+//!
+//!   Core NATS still delivers at most once (a slow consumer is cut off and reconnects
+//!   without what it missed). A lost message is found, not waited for: once the
+//!   publisher has passed a barrier, the server has handed every message published before
+//!   it to each subscriber's connection, so after a subscriber's own barrier anything it
+//!   has not received will never come. The publisher announces such a checkpoint when it
+//!   has published everything, and when the slowest subscriber has not moved for
+//!   [`STALL_CHECK`] (a loss there would otherwise hold the window shut). The run reports
+//!   its deliveries and its losses; the rate counts deliveries only.
 //! - **Work queue** (beside W8's jobs): a JetStream work-queue stream (file storage, R1,
 //!   the same duplicate window as ours), one producer publishing every job with its index
 //!   as the message id and waiting for JetStream's acks (at most [`PUBLISH_WINDOW`]
@@ -25,12 +39,18 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Longest wait for one message or acknowledgement.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// A subject nobody subscribes to: requests on it are [`barrier`]s.
+const BARRIER_SUBJECT: &str = "w8base.barrier";
+/// How long the slowest subscriber may stand still before the publisher announces a
+/// checkpoint, so that subscribers count what they lost.
+const STALL_CHECK: Duration = Duration::from_millis(200);
 /// Connections opened at once.
 const CONNECT_CONCURRENCY: usize = 16;
 /// The work-queue stream, its subject and its durable consumer.
@@ -66,6 +86,17 @@ async fn connect(spec: &ClientSpec) -> anyhow::Result<async_nats::Client> {
         .context("connecting to NATS timed out")??)
 }
 
+/// Returns once the server has processed everything `client` sent before and `client`
+/// has received everything the server queued for it before: a request nobody answers,
+/// which the server answers itself ("no responders"), in order.
+async fn barrier(client: &async_nats::Client) -> anyhow::Result<()> {
+    match client.request(BARRIER_SUBJECT, Bytes::new()).await {
+        Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(error) => Err(error).context("barrier request"),
+        Ok(_) => anyhow::bail!("someone answered on {BARRIER_SUBJECT}"),
+    }
+}
+
 /// The next message of `sub`; a timer is armed only when none is ready.
 async fn next<S: futures_util::Stream + Unpin>(sub: &mut S) -> anyhow::Result<S::Item> {
     let got = match sub.next().now_or_never() {
@@ -84,29 +115,23 @@ pub(super) async fn fan_out(spec: &ClientSpec) -> anyhow::Result<watch::Sender<b
         .map(|_| async {
             let client = connect(spec).await?;
             let sub = client.subscribe(PATTERN).await?;
-            // The server has the subscription once the flush returns.
-            client.flush().await?;
+            barrier(&client).await?;
             anyhow::Ok((client, sub))
         })
         .buffer_unordered(CONNECT_CONCURRENCY)
         .try_collect()
         .await?;
     let progress = Arc::new(Progress::new(spec.count, subscribers.len()));
-    for (i, (client, mut sub)) in subscribers.into_iter().enumerate() {
+    // Messages the server has surely handed to every subscriber's connection.
+    let (checkpoint_tx, checkpoint_rx) = watch::channel(0u64);
+    for (i, (client, sub)) in subscribers.into_iter().enumerate() {
         let progress = Arc::clone(&progress);
+        let checkpoint = checkpoint_rx.clone();
         spawn_or_fail(async move {
-            for n in 1..=progress.per_sub() {
-                let message = next(&mut sub).await?;
-                anyhow::ensure!(
-                    message.subject.as_str() == SUBJECT && message.payload == PAYLOAD.as_bytes(),
-                    "message {n}: got {} bytes on {:?}",
-                    message.payload.len(),
-                    message.subject
-                );
-                progress.record(i, n);
-            }
+            let received = subscribe(i, &client, sub, &progress, checkpoint).await?;
+            progress.lose(progress.per_sub() - received);
             progress.sub_done();
-            let _open = (client, sub);
+            let _open = client;
             std::future::pending::<()>().await;
             Ok(())
         });
@@ -115,19 +140,106 @@ pub(super) async fn fan_out(spec: &ClientSpec) -> anyhow::Result<watch::Sender<b
     spawn_or_fail(async move {
         go_rx.wait_for(|go| *go).await?;
         let payload = Bytes::from_static(PAYLOAD.as_bytes());
-        let (publisher, payload) = (&publisher, &payload);
-        publish(&progress, move |n| async move {
+        let sent = AtomicU64::new(0);
+        let (publisher, payload, sent) = (&publisher, &payload, &sent);
+        let publishing = publish(&progress, move |n| async move {
             for _ in 0..n {
                 publisher.publish(SUBJECT, payload.clone()).await?;
             }
+            sent.fetch_add(n, Ordering::Relaxed);
             Ok(())
-        })
-        .await?;
+        });
+        tokio::select! {
+            published = publishing => published?,
+            checked = watch_stalls(publisher, &progress, sent, &checkpoint_tx) => checked?,
+        }
+        barrier(publisher).await?;
+        checkpoint_tx.send_replace(progress.per_sub());
         std::future::pending::<()>().await;
         Ok(())
     });
     print_line("CONNECTED");
     Ok(go_tx)
+}
+
+/// Subscriber `i`: counts messages until it has them all or the final checkpoint says
+/// the rest are lost; returns how many it received.
+async fn subscribe(
+    i: usize,
+    client: &async_nats::Client,
+    mut sub: async_nats::Subscriber,
+    progress: &Progress,
+    mut checkpoint: watch::Receiver<u64>,
+) -> anyhow::Result<u64> {
+    let per_sub = progress.per_sub();
+    let (mut received, mut accounted) = (0u64, 0u64);
+    while received < per_sub {
+        // A timer and the checkpoint are looked at only when no message is ready.
+        let got = match sub.next().now_or_never() {
+            Some(got) => got,
+            None => tokio::select! {
+                got = sub.next() => got,
+                changed = checkpoint.changed() => {
+                    changed?;
+                    let at = *checkpoint.borrow_and_update();
+                    if at <= accounted.max(received) {
+                        continue;
+                    }
+                    // What the server handed over before `at` is here after the barrier.
+                    barrier(client).await?;
+                    // Unconstrained: tokio's task budget would cut the drain short.
+                    while let Some(got) = tokio::task::unconstrained(sub.next()).now_or_never() {
+                        check(&got.context("subscription ended")?, received + 1)?;
+                        received += 1;
+                    }
+                    if at == per_sub {
+                        break;
+                    }
+                    accounted = at;
+                    progress.record(i, accounted.max(received));
+                    continue;
+                }
+                () = tokio::time::sleep(IO_TIMEOUT) => anyhow::bail!("no message in time"),
+            },
+        };
+        check(&got.context("subscription ended")?, received + 1)?;
+        received += 1;
+        progress.record(i, accounted.max(received));
+    }
+    Ok(received)
+}
+
+/// Message `n` is the publication.
+fn check(message: &async_nats::Message, n: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        message.subject.as_str() == SUBJECT && message.payload == PAYLOAD.as_bytes(),
+        "message {n}: got {} bytes on {:?}",
+        message.payload.len(),
+        message.subject
+    );
+    Ok(())
+}
+
+/// While the publisher publishes: whenever the slowest subscriber has not moved for
+/// [`STALL_CHECK`] though more was sent, passes a barrier and announces what the
+/// publisher had sent as a checkpoint. Never returns `Ok`.
+async fn watch_stalls(
+    publisher: &async_nats::Client,
+    progress: &Progress,
+    sent: &AtomicU64,
+    checkpoint: &watch::Sender<u64>,
+) -> anyhow::Result<()> {
+    let mut before = progress.slowest();
+    loop {
+        tokio::time::sleep(STALL_CHECK).await;
+        let slowest = progress.slowest();
+        let at = sent.load(Ordering::Relaxed);
+        if slowest == before && slowest < at {
+            barrier(publisher).await?;
+            checkpoint.send_if_modified(|c| std::mem::replace(c, at) != at);
+        }
+        before = slowest;
+    }
 }
 
 /// The work queue: creates the stream and its consumer, starts the workers, says
@@ -284,5 +396,34 @@ mod tests {
         bytes.extend_from_slice(&9u64.to_le_bytes());
         assert_eq!(parse_result(&bytes), Some((7, 9)));
         assert_eq!(parse_result(&bytes[..15]), None);
+    }
+
+    /// A subscriber short of messages when the final checkpoint comes counts them lost at
+    /// once (not after a 30 s wait), and takes every message that did come, however many
+    /// are queued (tokio's task budget once cut that drain short).
+    #[tokio::test]
+    async fn a_subscriber_counts_what_never_came_at_the_final_checkpoint() {
+        let Some(server) = crate::nats::start_for_test().await else {
+            return;
+        };
+        let subscriber = async_nats::connect(server.url()).await.unwrap();
+        let sub = subscriber.subscribe(PATTERN).await.unwrap();
+        barrier(&subscriber).await.unwrap();
+        let publisher = async_nats::connect(server.url()).await.unwrap();
+        // 3 of the 1,000 messages are never published: lost, as far as anyone can tell.
+        for _ in 0..997 {
+            let payload = Bytes::from_static(PAYLOAD.as_bytes());
+            publisher.publish(SUBJECT, payload).await.unwrap();
+        }
+        barrier(&publisher).await.unwrap();
+        let progress = Progress::new(1000, 1);
+        let (checkpoint, checkpoints) = watch::channel(0);
+        checkpoint.send_replace(1000);
+        let counting = subscribe(0, &subscriber, sub, &progress, checkpoints);
+        let received = tokio::time::timeout(Duration::from_secs(10), counting)
+            .await
+            .expect("the loss was waited for")
+            .unwrap();
+        assert_eq!(received, 997);
     }
 }

@@ -10,8 +10,9 @@
 //!
 //! Lines to the parent: `CONNECTED` once every member is connected and subscribed (the
 //! parent then asks the hub to confirm the subscriptions), then after `GO`
-//! `PUBSUB <deliveries> <ns>`, measured from the first delivery to the moment every
-//! subscriber has all `count` messages.
+//! `PUBSUB <deliveries> <ns> <lost>`, measured from the first delivery to the moment every
+//! subscriber has all `count` messages (`lost` is always 0 here: a drop fails the run; the
+//! bare core-NATS baseline can lose messages, see [`nats_baseline`](crate::nats_baseline)).
 
 use crate::common::print_line;
 use crate::common::spawn_or_fail;
@@ -53,6 +54,7 @@ pub(crate) struct Progress {
     per_sub: u64,
     counts: Vec<Count>,
     done: AtomicUsize,
+    lost: AtomicU64,
     first: OnceLock<Instant>,
 }
 
@@ -63,6 +65,7 @@ impl Progress {
             per_sub,
             counts: (0..subscribers).map(|_| Count::default()).collect(),
             done: AtomicUsize::new(0),
+            lost: AtomicU64::new(0),
             first: OnceLock::new(),
         }
     }
@@ -80,8 +83,8 @@ impl Progress {
         }
     }
 
-    /// The fewest messages any subscriber has received.
-    fn slowest(&self) -> u64 {
+    /// The fewest messages any subscriber has received (or knows lost).
+    pub(crate) fn slowest(&self) -> u64 {
         self.counts
             .iter()
             .map(|c| c.0.load(Ordering::Acquire))
@@ -89,15 +92,21 @@ impl Progress {
             .unwrap_or(0)
     }
 
-    /// One subscriber has everything: the last one reports.
+    /// A subscriber knows that `n` messages meant for it will never arrive.
+    pub(crate) fn lose(&self, n: u64) {
+        self.lost.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// One subscriber has everything it will get: the last one reports.
     pub(crate) fn sub_done(&self) {
         if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.counts.len() {
             let nanos = self
                 .first
                 .get()
                 .map_or(0, |first| first.elapsed().as_nanos());
-            let total = self.per_sub * self.counts.len() as u64;
-            print_line(&format!("PUBSUB {total} {nanos}"));
+            let lost = self.lost.load(Ordering::Acquire);
+            let delivered = self.per_sub * self.counts.len() as u64 - lost;
+            print_line(&format!("PUBSUB {delivered} {nanos} {lost}"));
         }
     }
 }

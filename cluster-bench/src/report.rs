@@ -30,6 +30,9 @@ pub(crate) struct RunFigures {
     pub(crate) fsyncs_per_sec: Option<f64>,
     /// W5d: bytes the job store wrote per job.
     pub(crate) bytes_per_job: Option<f64>,
+    /// W7, W8 pub/sub: messages subscribers never got (only the bare core-NATS baseline
+    /// can lose any; the rate counts deliveries).
+    pub(crate) lost: Option<u64>,
 }
 
 /// One row: a case against one system, as BENCH.md's JSON line.
