@@ -182,21 +182,14 @@ async fn subscribe(
                 changed = checkpoint.changed() => {
                     changed?;
                     let at = *checkpoint.borrow_and_update();
-                    if at <= accounted.max(received) {
-                        continue;
+                    if at > accounted.max(received) {
+                        received += take_delivered(client, &mut sub, received).await?;
+                        if at == per_sub {
+                            break;
+                        }
+                        accounted = at;
+                        progress.record(i, accounted.max(received));
                     }
-                    // What the server handed over before `at` is here after the barrier.
-                    barrier(client).await?;
-                    // Unconstrained: tokio's task budget would cut the drain short.
-                    while let Some(got) = tokio::task::unconstrained(sub.next()).now_or_never() {
-                        check(&got.context("subscription ended")?, received + 1)?;
-                        received += 1;
-                    }
-                    if at == per_sub {
-                        break;
-                    }
-                    accounted = at;
-                    progress.record(i, accounted.max(received));
                     continue;
                 }
                 () = tokio::time::sleep(IO_TIMEOUT) => anyhow::bail!("no message in time"),
@@ -207,6 +200,23 @@ async fn subscribe(
         progress.record(i, accounted.max(received));
     }
     Ok(received)
+}
+
+/// Passes a barrier, then takes every message the server handed over before it (the
+/// subscriber had `received`); returns how many it took.
+async fn take_delivered(
+    client: &async_nats::Client,
+    sub: &mut async_nats::Subscriber,
+    received: u64,
+) -> anyhow::Result<u64> {
+    barrier(client).await?;
+    let mut taken = 0;
+    // Unconstrained: tokio's task budget would cut the drain short.
+    while let Some(got) = tokio::task::unconstrained(sub.next()).now_or_never() {
+        taken += 1;
+        check(&got.context("subscription ended")?, received + taken)?;
+    }
+    Ok(taken)
 }
 
 /// Message `n` is the publication.
