@@ -40,6 +40,9 @@ use std::time::{Duration, Instant};
 
 /// The key consumers present (`--auth key=…` of the provider).
 const KEY: &str = "SOAK";
+/// Round trips of the healthy consumer a phase's window holds at least (its phase
+/// waits for them after the load, up to an echo's wait).
+const MIN_ROUND_TRIPS: usize = 3;
 /// How often the peak sampler reads the provider's usage.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How often settling looks at the provider's usage.
@@ -358,6 +361,9 @@ async fn phase(
     let _ = stop_sampling.send(());
     let peak = peak.await.unwrap_or_default().max(before);
     let (after, settle_secs) = settle(provider, baseline, plan.settle).await;
+    healthy
+        .until_round_trips(MIN_ROUND_TRIPS, healthy::ECHO_WAIT)
+        .await;
     let log_after = provider.log().counts();
     PhaseReport::new(
         kind.name(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// Time between two echoes.
 const ECHO_EVERY: Duration = Duration::from_millis(10);
 /// An echo not back by then counts as missed.
-const ECHO_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const ECHO_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for the first connect.
 const CONNECT_WAIT: Duration = Duration::from_secs(20);
 
@@ -29,6 +29,8 @@ pub(crate) struct Window {
 struct Shared {
     window: Mutex<Window>,
     stop: AtomicBool,
+    /// Told after each round trip.
+    measured: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -87,6 +89,24 @@ impl Healthy {
         })
     }
 
+    /// Returns once the current window holds at least `n` round trips, or after `limit`
+    /// (a provider that stopped answering leaves the window short, and the phase fails).
+    /// A phase over in less than an echo's interval would otherwise measure nothing.
+    pub(crate) async fn until_round_trips(&self, n: usize, limit: Duration) {
+        let enough = async {
+            loop {
+                let measured = self.shared.measured.notified();
+                tokio::pin!(measured);
+                measured.as_mut().enable();
+                if self.shared.window().round_trips.len() >= n {
+                    return;
+                }
+                measured.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, enough).await;
+    }
+
     /// What it saw since the last call, and starts a new window.
     pub(crate) fn take_window(&self) -> Window {
         std::mem::take(&mut *self.shared.window())
@@ -128,7 +148,10 @@ async fn echo_loop(
             continue;
         }
         match tokio::time::timeout(ECHO_WAIT, echo_of(&text, &mut events, &shared)).await {
-            Ok(true) => shared.window().round_trips.push(sent.elapsed()),
+            Ok(true) => {
+                shared.window().round_trips.push(sent.elapsed());
+                shared.measured.notify_waiters();
+            }
             Ok(false) | Err(_) => shared.window().missed += 1,
         }
     }
@@ -149,4 +172,47 @@ async fn echo_of(text: &str, events: &mut EventStream<ConsumerEvent>, shared: &S
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A provider on a free port that echoes (`echo` on) or stays silent.
+    async fn provider(echo: bool) -> cluster_transport::Provider {
+        cluster_transport::Provider::builder()
+            .host("127.0.0.1")
+            .port(0)
+            .auth_parameter("key", "K")
+            .on_message(move |conn, message| {
+                if echo {
+                    let _ = conn.send(message);
+                }
+            })
+            .bind()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_window_waits_for_its_round_trips_and_no_longer_than_its_limit() {
+        let echoing = provider(true).await;
+        let healthy = Healthy::start(echoing.port(), "K").await.unwrap();
+        healthy.take_window();
+        let started = Instant::now();
+        healthy.until_round_trips(3, Duration::from_secs(10)).await;
+        assert!(healthy.take_window().round_trips.len() >= 3);
+        // Woken by the round trips, not by the limit.
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // Nobody answers: the wait ends at its limit with the window short.
+        let silent = provider(false).await;
+        let unanswered = Healthy::start(silent.port(), "K").await.unwrap();
+        let started = Instant::now();
+        unanswered
+            .until_round_trips(1, Duration::from_millis(300))
+            .await;
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(unanswered.take_window().round_trips.is_empty());
+    }
 }
