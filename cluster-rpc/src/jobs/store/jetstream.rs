@@ -23,10 +23,10 @@
 //! - **Credits.** A hub pulls, per name, at most the free credits of its own workers of
 //!   that name; it pulls again when credits free up, when a hub published jobs (a kick on
 //!   core NATS), and every [`poll`](JetStreamOptions::poll) while credits are free (for
-//!   redeliveries, which come with no kick). While jobs still run here, a hub waits a
-//!   millisecond after credits freed before it pulls, so one pull takes the credits freed
-//!   meanwhile too (a pull per freed credit made the server parse and answer a request per
-//!   job). A level a pull found empty is not asked again before the next kick or poll.
+//!   redeliveries, which come with no kick). It pulls as soon as credits free up; credits
+//!   freed while a pull is answered go in the next one, so a pull asks for more jobs the
+//!   busier the hub is, with no timer holding free credits back. A level a pull found
+//!   empty is not asked again before the next kick or poll.
 //!   Every pull is answered on one subscription the hub holds for good (no subscription
 //!   per pull).
 //! - **Acks.** Success: ack. Failure: a negative ack with the queue's backoff as its delay
@@ -373,6 +373,12 @@ struct Inner {
     ops: mpsc::UnboundedSender<Op>,
     /// Taken by the op task when the queue starts.
     op_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+    /// Outcomes to store, straight to the outcome task ([`run_outcomes`]): not through
+    /// the op task, which cost every finished job one more channel hop and task wake
+    /// (issue 13). Bounded by what feeds it, as `ops`.
+    outcomes: mpsc::UnboundedSender<ToStore>,
+    /// Taken by the op task, which starts the outcome task, when the queue starts.
+    outcome_rx: Mutex<Option<mpsc::UnboundedReceiver<ToStore>>>,
     /// Subscriptions made at connect, handed to the listener task at start.
     subscriptions: Mutex<Option<Subscriptions>>,
     inflight: Mutex<IdMap<Inflight>>,
@@ -535,8 +541,6 @@ enum Op {
     Reply(Subject, AckKind),
     /// A core NATS message (progress).
     Core(String, Bytes),
-    /// Store a job's outcome in the results stream (see [`run_outcomes`]).
-    Outcome(Stored),
     /// Move a job to the dead-letter stream, then store its outcome, whose `then`
     /// terminates it.
     Dead {
@@ -950,6 +954,7 @@ impl JetStreamStore {
             acks: Some(subscribe(format!("{acks_inbox}.*")).await?),
         };
         let (ops, op_rx) = mpsc::unbounded_channel();
+        let (outcomes, outcome_rx) = mpsc::unbounded_channel();
         let (closed_tx, closed) = std::sync::mpsc::channel();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -960,6 +965,8 @@ impl JetStreamStore {
                 subjects,
                 ops,
                 op_rx: Mutex::new(Some(op_rx)),
+                outcomes,
+                outcome_rx: Mutex::new(Some(outcome_rx)),
                 subscriptions: Mutex::new(Some(subscriptions)),
                 inflight: Mutex::default(),
                 ready: Mutex::default(),
@@ -1053,7 +1060,7 @@ impl Inner {
         outcome: Result<&[u8], &JobError>,
         then: Option<(Subject, AckKind)>,
     ) {
-        self.send(Op::Outcome(Stored {
+        let _ = self.outcomes.send(ToStore::Outcome(Stored {
             origin,
             payload: encode_outcome(id, owner, outcome),
             then,
@@ -1774,18 +1781,13 @@ impl Inner {
 async fn run_ops(
     inner: Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<Op>,
+    outcome_rx: mpsc::UnboundedReceiver<ToStore>,
     acks: async_nats::Subscriber,
     closed: std::sync::mpsc::Sender<()>,
 ) {
     let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
-    let (store_tx, store_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run_outcomes(Arc::clone(&inner), store_rx));
-    tokio::spawn(run_confirmer(
-        Arc::clone(&inner),
-        confirm_rx,
-        acks,
-        store_tx.clone(),
-    ));
+    tokio::spawn(run_outcomes(Arc::clone(&inner), outcome_rx));
+    tokio::spawn(run_confirmer(Arc::clone(&inner), confirm_rx, acks));
     let mut sent = 0u64;
     let mut parts = BytesMut::new();
     let mut ops = Vec::with_capacity(256);
@@ -1835,9 +1837,6 @@ async fn run_ops(
                 Op::Core(subject, payload) => {
                     let _ = inner.client.publish(subject, payload).await;
                 }
-                Op::Outcome(stored) => {
-                    let _ = store_tx.send(ToStore::Outcome(stored));
-                }
                 Op::Dead {
                     subject,
                     record,
@@ -1859,7 +1858,7 @@ async fn run_ops(
                             continue;
                         }
                     }
-                    let _ = store_tx.send(ToStore::Outcome(outcome));
+                    let _ = inner.outcomes.send(ToStore::Outcome(outcome));
                 }
                 Op::Cancel(id) => {
                     let _ = confirm_tx.send(Confirm::Cancel(id));
@@ -1867,7 +1866,7 @@ async fn run_ops(
                 Op::Close => {
                     // The outcomes queued before are stored, and their jobs acked, first.
                     let (done, stored) = oneshot::channel();
-                    let _ = store_tx.send(ToStore::Close(done));
+                    let _ = inner.outcomes.send(ToStore::Close(done));
                     let _ = stored.await;
                     let _ = inner.client.flush().await;
                     let _ = closed.send(());
@@ -2110,7 +2109,6 @@ async fn run_confirmer(
     inner: Arc<Inner>,
     mut rx: mpsc::UnboundedReceiver<Confirm>,
     mut acks: async_nats::Subscriber,
-    outcomes: mpsc::UnboundedSender<ToStore>,
 ) {
     // Publishes in the order sent: `waiting[i]` is publish number `first + i`.
     let mut waiting: VecDeque<Unconfirmed> = VecDeque::new();
@@ -2227,7 +2225,7 @@ async fn run_confirmer(
                     bump(&inner.counters.commits);
                     commit.finish(std::mem::replace(&mut failed, Ok(())));
                 }
-                Mark::Cancel(id) => cancel(&inner, id, &outcomes).await,
+                Mark::Cancel(id) => cancel(&inner, id).await,
             }
         }
     }
@@ -2235,7 +2233,7 @@ async fn run_confirmer(
 
 /// Deletes job `id`, submitted here, from the job stream, stores its cancelled outcome and
 /// tells every hub.
-async fn cancel(inner: &Inner, id: JobId, outcomes: &mpsc::UnboundedSender<ToStore>) {
+async fn cancel(inner: &Inner, id: JobId) {
     let submitted = lock(&inner.submitted).remove(&id);
     if let Some((seq, owner)) = submitted {
         if seq > 0 {
@@ -2245,7 +2243,7 @@ async fn cancel(inner: &Inner, id: JobId, outcomes: &mpsc::UnboundedSender<ToSto
             }
         }
         // For handles re-attached on other hubs.
-        let _ = outcomes.send(ToStore::Outcome(Stored {
+        let _ = inner.outcomes.send(ToStore::Outcome(Stored {
             origin: inner.hub,
             payload: encode_outcome(id, owner, Err(&JobError::Cancelled)),
             then: None,
@@ -2476,8 +2474,9 @@ impl JobStore for JetStreamStore {
 impl Shared for JetStreamStore {
     fn start(&self, feed: Feed) {
         let inner = &self.inner;
-        let (Some(op_rx), Some(mut subs), Some(closed)) = (
+        let (Some(op_rx), Some(outcome_rx), Some(mut subs), Some(closed)) = (
             lock(&inner.op_rx).take(),
+            lock(&inner.outcome_rx).take(),
             lock(&inner.subscriptions).take(),
             lock(&inner.closed_tx).take(),
         ) else {
@@ -2488,7 +2487,7 @@ impl Shared for JetStreamStore {
             return;
         };
         *lock(&inner.feed) = Some(feed.clone());
-        tokio::spawn(run_ops(Arc::clone(inner), op_rx, acks, closed));
+        tokio::spawn(run_ops(Arc::clone(inner), op_rx, outcome_rx, acks, closed));
         tokio::spawn(Arc::clone(inner).run_listener(subs, feed.clone()));
         tokio::spawn(Arc::clone(inner).run_delays());
         tokio::spawn(Arc::clone(inner).run_puller(feed));
