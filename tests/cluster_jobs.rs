@@ -210,6 +210,53 @@ async fn jobs_submitted_on_one_hub_run_on_another_and_answer_on_the_first() {
     shutdown([a, b]).await;
 }
 
+/// A hub shut down mid-run leaves no job waiting for the ack wait: the jobs it ran are
+/// acked once their outcomes are stored, and the ones it held (running, queued, or
+/// brought by a pull that was on its way) go back at once. So each job completes on one
+/// hub only, the job stream empties, and every result reaches the submitter in time.
+/// (Before the fix, a job a pull brought while the store closed went back only after
+/// the ack wait: this test failed about one run in two.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_shut_down_mid_run_leaves_no_job_waiting_for_the_ack_wait() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    const N: u64 = 4_000;
+    let [(a, store_a), (b, _)] = hubs(&server, options(), QueueOptions::default()).await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let on_a = fnv_worker(&a, 16, Arc::clone(&ran)).await;
+    let on_b = fnv_worker(&b, 64, Arc::clone(&ran)).await;
+    let jobs: Vec<Fnv> = (0..N).map(|i| job(i, 0)).collect();
+    let handles = within("the submissions", a.jobs().submit_many(&jobs))
+        .await
+        .unwrap();
+    // Mid-run: hub B's outcome task has a round on its way, and more answers behind it.
+    until("hub B to complete a quarter", || {
+        b.jobs().stats().completed >= N / 4
+    })
+    .await;
+    b.shutdown().await;
+    let completed_on_b = b.jobs().stats().completed;
+    for (i, handle) in handles.into_iter().enumerate() {
+        let expected = fnv(&(i as u64).to_le_bytes());
+        assert_eq!(within("a result", handle).await, Ok(expected), "job {i}");
+    }
+    // Every job acked, so gone from the job stream: one whose outcome hub B dropped
+    // would come back only after the ack wait (30 s), and run again on A.
+    let js = jetstream(&server).await;
+    let stream = store_a.stream_name().to_owned();
+    until_async("the job stream to empty", || messages_in(&js, &stream, 0)).await;
+    assert_eq!(
+        a.jobs().stats().completed + completed_on_b,
+        N,
+        "each job completed on one hub"
+    );
+    assert!(ran.load(Ordering::SeqCst) >= N as usize);
+    on_a.shutdown().await;
+    on_b.shutdown().await;
+    shutdown([a]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_pulls_at_most_its_workers_free_credits() {
     let Some(server) = NatsServer::start() else {

@@ -34,7 +34,9 @@
 //!   dead-letter stream `<PREFIX>_DEAD` (headers `Cluster-Job`, `Cluster-Attempts`,
 //!   `Cluster-Error`; payload the job's record) and the original is terminated (JetStream
 //!   has no dead-letter queue of its own). A worker that leaves: a negative ack without
-//!   delay. A running job's hub sends an in-progress ack for it every third of the ack wait
+//!   delay. A hub that shuts down stops pulling first, gives back at once every job it
+//!   holds (those its last pull brought too), and stores the outcomes it took, acking
+//!   their jobs, before it closes. A running job's hub sends an in-progress ack for it every third of the ack wait
 //!   and when its worker reports progress, so a long job is never redelivered while its hub
 //!   lives.
 //! - **Attempts.** A job's attempt number is JetStream's delivery count: an attempt cut
@@ -404,6 +406,9 @@ struct Inner {
     counters: Counters,
     /// Told once the op task wrote what was queued before a close.
     closed: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// Told (its sender dropped) once the puller stopped, set at start: a close waits
+    /// for it, so a job its last pull brings goes back before the op task ends.
+    puller_stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     closed_tx: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
@@ -983,6 +988,7 @@ impl JetStreamStore {
                 stop: CancellationToken::new(),
                 counters: Counters::default(),
                 closed: Mutex::new(Some(closed)),
+                puller_stopped: Mutex::new(None),
                 closed_tx: Mutex::new(Some(closed_tx)),
             }),
         })
@@ -1144,7 +1150,7 @@ impl Inner {
     /// Every pull is answered on one subscription the puller holds for good (a reply
     /// subject per pull under one inbox): a pull costs one request, not a subscription
     /// made and dropped around it as `fetch` does.
-    async fn run_puller(self: Arc<Self>, feed: Feed) {
+    async fn run_puller(self: Arc<Self>, feed: Feed, _stopped: std::sync::mpsc::Sender<()>) {
         let mut consumers: HashMap<(Arc<str>, Level), PullConsumer> = HashMap::new();
         let inbox = self.client.new_inbox();
         let (stream, mut answers) = loop {
@@ -1190,7 +1196,8 @@ impl Inner {
             for name in feed.names() {
                 for level in LEVELS {
                     let free = feed.free(&name);
-                    if free == 0 {
+                    // Closing: no more pulls (the one answered last is taken in).
+                    if free == 0 || self.stop.is_cancelled() {
                         break;
                     }
                     let key = (Arc::clone(&name), level);
@@ -2452,13 +2459,19 @@ impl JobStore for JetStreamStore {
 
     fn close(&self) {
         let inner = &self.inner;
+        // The puller first: it pulls no more, and a job its last pull brings goes back
+        // (the hub stopped) through the op task, which still runs. Closed before it, a
+        // job pulled meanwhile waited for the ack wait.
+        inner.stop.cancel();
+        if let Some(stopped) = lock(&inner.puller_stopped).take() {
+            let _ = stopped.recv_timeout(inner.options.request_timeout);
+        }
         // Jobs running here go back to the others at once, not after the ack wait.
         let running: Vec<Inflight> = lock(&inner.inflight).drain().map(|(_, job)| job).collect();
         for job in running {
             inner.reply(job.reply, AckKind::Nak(None));
         }
         inner.send(Op::Close);
-        inner.stop.cancel();
         // Without a start, no op task runs to say it is done.
         let started = lock(&inner.closed_tx).is_none();
         if let Some(closed) = lock(&inner.closed).take().filter(|_| started) {
@@ -2490,7 +2503,9 @@ impl Shared for JetStreamStore {
         tokio::spawn(run_ops(Arc::clone(inner), op_rx, outcome_rx, acks, closed));
         tokio::spawn(Arc::clone(inner).run_listener(subs, feed.clone()));
         tokio::spawn(Arc::clone(inner).run_delays());
-        tokio::spawn(Arc::clone(inner).run_puller(feed));
+        let (stopped, puller_stopped) = std::sync::mpsc::channel();
+        *lock(&inner.puller_stopped) = Some(puller_stopped);
+        tokio::spawn(Arc::clone(inner).run_puller(feed, stopped));
     }
 
     fn wake(&self) {
