@@ -184,8 +184,33 @@ impl NatsServer {
 
     /// Stops the server's process (SIGSTOP): its connections stay open and nothing is
     /// answered until [`resume`](Self::resume).
+    ///
+    /// Returns once every thread of the server is stopped: a signal is delivered
+    /// asynchronously, and a thread still running could answer one more message.
     pub fn pause(&self) {
         self.signal("-STOP");
+        if let Some(child) = &self.child {
+            let tasks = format!("/proc/{}/task", child.id());
+            let stopped = || {
+                std::fs::read_dir(&tasks).is_ok_and(|threads| {
+                    threads.flatten().all(|thread| {
+                        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+                            // The state follows the command's closing parenthesis.
+                            stat.rsplit_once(") ")
+                                .is_some_and(|(_, rest)| rest.starts_with(['T', 't']))
+                        })
+                    })
+                })
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !stopped() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the server did not stop"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// Lets a paused server run again (SIGCONT).
