@@ -36,9 +36,9 @@
 //!   has no dead-letter queue of its own). A worker that leaves: a negative ack without
 //!   delay. A hub that shuts down stops pulling first, gives back at once every job it
 //!   holds (those its last pull brought too), and stores the outcomes it took, acking
-//!   their jobs, before it closes. A running job's hub sends an in-progress ack for it every third of the ack wait
-//!   and when its worker reports progress, so a long job is never redelivered while its hub
-//!   lives.
+//!   their jobs, before it closes. A running job's hub sends an in-progress ack for it
+//!   every third of the ack wait and when its worker reports progress, so a long job is
+//!   never redelivered while its hub lives.
 //! - **Attempts.** A job's attempt number is JetStream's delivery count: an attempt cut
 //!   short by its worker leaving, or by its hub dying, counts (unlike on a single hub).
 //! - **A hub killed.** Its running jobs are no longer in progress: JetStream redelivers
@@ -406,10 +406,10 @@ struct Inner {
     counters: Counters,
     /// Told once the op task wrote what was queued before a close.
     closed: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    closed_tx: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     /// Told (its sender dropped) once the puller stopped, set at start: a close waits
     /// for it, so a job its last pull brings goes back before the op task ends.
     puller_stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-    closed_tx: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -988,8 +988,8 @@ impl JetStreamStore {
                 stop: CancellationToken::new(),
                 counters: Counters::default(),
                 closed: Mutex::new(Some(closed)),
-                puller_stopped: Mutex::new(None),
                 closed_tx: Mutex::new(Some(closed_tx)),
+                puller_stopped: Mutex::new(None),
             }),
         })
     }
