@@ -230,7 +230,7 @@ async fn a_hub_shut_down_mid_run_leaves_no_job_waiting_for_the_ack_wait() {
     let handles = within("the submissions", a.jobs().submit_many(&jobs))
         .await
         .unwrap();
-    // Mid-run: hub B's outcome task has a round on its way, and more answers behind it.
+    // Mid-run: hub B still pulls jobs and takes its worker's answers.
     until("hub B to complete a quarter", || {
         b.jobs().stats().completed >= N / 4
     })

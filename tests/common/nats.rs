@@ -190,20 +190,8 @@ impl NatsServer {
     pub fn pause(&self) {
         self.signal("-STOP");
         if let Some(child) = &self.child {
-            let tasks = format!("/proc/{}/task", child.id());
-            let stopped = || {
-                std::fs::read_dir(&tasks).is_ok_and(|threads| {
-                    threads.flatten().all(|thread| {
-                        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
-                            // The state follows the command's closing parenthesis.
-                            stat.rsplit_once(") ")
-                                .is_some_and(|(_, rest)| rest.starts_with(['T', 't']))
-                        })
-                    })
-                })
-            };
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while !stopped() {
+            while !all_threads_stopped(child.id()) {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the server did not stop"
@@ -256,4 +244,17 @@ macro_rules! nats_or_skip {
             None => return,
         }
     };
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` or `t` in its
+/// `/proc/<pid>/task/<tid>/stat`, after the command's closing parenthesis).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.flatten().all(|thread| {
+        let stat = std::fs::read_to_string(thread.path().join("stat")).unwrap_or_default();
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with(['T', 't']))
+    })
 }
