@@ -636,6 +636,83 @@ async fn a_delayed_job_runs_after_its_delay_on_another_hub() {
     shutdown([a, b]).await;
 }
 
+/// The lanes of the job stream that have a consumer, by their token (`mid`, `hi`, `lo`,
+/// `delayed`), sorted.
+async fn consumer_lanes(js: &async_nats::jetstream::Context) -> Vec<String> {
+    let stream = js.get_stream("T_JOBS").await.expect("the job stream");
+    let mut lanes: Vec<String> = stream
+        .consumer_names()
+        .map(|name| {
+            let name = name.expect("a consumer name");
+            name.rsplit('_').next().unwrap_or_default().to_owned()
+        })
+        .collect()
+        .await;
+    lanes.sort();
+    lanes
+}
+
+/// A lane's consumer is opened only once a job is put in it (the server walks every
+/// consumer of the stream on each ack): jobs of the normal level leave one consumer, a
+/// high-priority and a delayed job add theirs, and no hub opens the low level's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_gets_its_consumer_only_once_a_job_is_put_in_it() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let js = jetstream(&server).await;
+    let [(a, _), (b, _)] = hubs(&server, options(), QueueOptions::default()).await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let _worker = fnv_worker(&b, 4, Arc::clone(&ran)).await;
+    for i in 0..5 {
+        let handle = a.jobs().submit(&job(i, 0)).await.unwrap();
+        assert_eq!(within("a result", handle).await, Ok(fnv(&i.to_le_bytes())));
+    }
+    assert_eq!(consumer_lanes(&js).await, ["mid"]);
+    let high = JobOptions::default().priority(3);
+    let delayed = JobOptions::default().delay(Duration::from_millis(50));
+    let handles = [
+        a.jobs().submit_with(&job(5, 0), high).await.unwrap(),
+        a.jobs().submit_with(&job(6, 0), delayed).await.unwrap(),
+    ];
+    for handle in handles {
+        within("a result", handle).await.unwrap();
+    }
+    assert_eq!(consumer_lanes(&js).await, ["delayed", "hi", "mid"]);
+    assert_eq!(ran.load(Ordering::SeqCst), 7);
+    shutdown([a, b]).await;
+}
+
+/// Jobs put in a lane no kick told a hub of are found when it starts: a high-priority job
+/// and a delayed one, submitted on a hub without workers that then shut down, run on a
+/// hub started after (which looks for jobs in the lanes it does not know yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_in_a_lane_no_kick_told_a_hub_of_are_found_when_it_starts() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let js = jetstream(&server).await;
+    let (a, _) = hub_on(&server, options(), QueueOptions::default()).await;
+    let high = JobOptions::default().priority(5);
+    let delayed = JobOptions::default().delay(Duration::from_millis(300));
+    // Submitted (stored); their results go to hub A, which is gone by then.
+    let handles = [
+        a.jobs().submit_with(&job(1, 0), high).await.unwrap(),
+        a.jobs().submit_with(&job(2, 0), delayed).await.unwrap(),
+    ];
+    shutdown([a]).await;
+    drop(handles);
+    let (b, _) = hub_on(&server, options(), QueueOptions::default()).await;
+    let ran = Arc::new(AtomicUsize::new(0));
+    let _worker = fnv_worker(&b, 4, Arc::clone(&ran)).await;
+    until("both jobs to run on the hub started after", || {
+        ran.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    until_async("the job stream to empty", || messages_in(&js, "T_JOBS", 0)).await;
+    shutdown([b]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submissions_fail_clearly_while_nats_is_away_and_jobs_go_on_after_it_restarts() {
     let Some(mut server) = NatsServer::start() else {
