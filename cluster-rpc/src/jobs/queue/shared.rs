@@ -60,15 +60,28 @@ impl Feed {
         // Made before taking the lock; the entry's box is a spare one taken under it.
         let progress = ProgressRef::new();
         let mut st = queue.state();
-        if st.jobs.contains_key(&job.id) || st.ready.find(job.id).is_some() {
-            return false;
+        let queued = make_ready(&mut st, job, progress);
+        if queued {
+            queue.after_queueing(&mut st, false, Instant::now());
         }
-        let spare = st.spare.take();
-        let mut entry = Entry::placed(spare, job.payload, job.options, None, progress);
-        entry.attempts = job.attempts;
-        entry.submitted_at = job.submitted_at;
-        entry.named(st.ready.intern(&job.name));
-        st.make_ready(job.id, entry);
+        queued
+    }
+
+    /// Queues the jobs of a pull to run here, in one hold of the lock and one dispatch
+    /// round ([`pulled`](Self::pulled) takes the lock per job, which a multi-thread
+    /// runtime's other thread, answering jobs, then waits for). A job that runs here
+    /// already is skipped (the store keeps its claim). Empties `jobs`; false, with `jobs`
+    /// left as they are, when the hub stopped.
+    pub fn pulled_many(&self, jobs: &mut Vec<PulledJob>) -> bool {
+        let Some(queue) = self.queue() else {
+            return false;
+        };
+        // One allocation for the pull's progress, made before taking the lock.
+        let progress = ProgressRef::batch(jobs.len());
+        let mut st = queue.state();
+        for (job, progress) in jobs.drain(..).zip(progress) {
+            make_ready(&mut st, job, progress);
+        }
         queue.after_queueing(&mut st, false, Instant::now());
         true
     }
@@ -82,29 +95,33 @@ impl Feed {
             return;
         };
         let mut st = queue.state();
-        let Some(mut entry) = st.awaiting.remove(&id) else {
+        let settled = queue.settle(&mut st, (id, owner, outcome), Instant::now());
+        drop(st);
+        if let Some((mut entry, outcome)) = settled {
+            entry.resolve(outcome.as_ref().map_err(Clone::clone), queue.codec);
+        }
+    }
+
+    /// The outcomes of many jobs, as [`resolved`](Self::resolved) takes one, in one hold of
+    /// the lock (a round of outcomes comes in one message); the handles are resolved
+    /// after it is released.
+    pub fn resolved_many(
+        &self,
+        outcomes: impl IntoIterator<Item = (JobId, Owner, Result<Bytes, JobError>)>,
+    ) {
+        let Some(queue) = self.queue() else {
             return;
         };
-        if entry.owner != Owner::HUB && entry.owner != owner {
-            drop(st);
-            entry.resolve(Err(JobError::NotFound), queue.codec);
-            return;
-        }
-        Queue::release_key(&mut st, id, &entry);
         let now = Instant::now();
-        let retention = queue.options.result_retention;
-        // Counted as completed by the hub that ran it. A watched job (no name here) is
-        // kept by the engine, not here.
-        if let Ok(output) = &outcome {
-            let submitted_here = entry.shared_name().is_some();
-            if submitted_here && !retention.is_zero() && queue.options.max_results > 0 {
-                let at = wall_now();
-                let expires = super::dispatch::after(now, retention);
-                queue.keep_result(&mut st, (id, &mut entry), output, (at, expires));
-            }
-        }
+        let mut st = queue.state();
+        let settled: Vec<_> = outcomes
+            .into_iter()
+            .filter_map(|outcome| queue.settle(&mut st, outcome, now))
+            .collect();
         drop(st);
-        entry.resolve(outcome.as_ref().map_err(Clone::clone), queue.codec);
+        for (mut entry, outcome) in settled {
+            entry.resolve(outcome.as_ref().map_err(Clone::clone), queue.codec);
+        }
     }
 
     /// Job `id`, watched here, is not in the engine (`NotFound`), or could not be looked
@@ -159,7 +176,50 @@ impl Feed {
     }
 }
 
+/// Makes pulled `job` ready, unless it runs or waits here already.
+fn make_ready(st: &mut State, job: PulledJob, progress: ProgressRef) -> bool {
+    if st.jobs.contains_key(&job.id) || st.ready.find(job.id).is_some() {
+        return false;
+    }
+    let spare = st.spare.take();
+    let mut entry = Entry::placed(spare, job.payload, job.options, None, progress);
+    entry.attempts = job.attempts;
+    entry.submitted_at = job.submitted_at;
+    entry.named(st.ready.intern(&job.name));
+    st.make_ready(job.id, entry);
+    true
+}
+
 impl Queue {
+    /// Takes the entry of a job awaiting its outcome out of `awaiting`, with what its
+    /// handles get: the outcome, or [`JobError::NotFound`] for a handle of another owner
+    /// than the job's. An output of a job submitted here is kept for the result
+    /// retention. `None` when no such job waits here (a second outcome of it).
+    fn settle(
+        &self,
+        st: &mut State,
+        (id, owner, outcome): (JobId, Owner, Result<Bytes, JobError>),
+        now: Instant,
+    ) -> Option<(Box<Entry>, Result<Bytes, JobError>)> {
+        let mut entry = st.awaiting.remove(&id)?;
+        if entry.owner != Owner::HUB && entry.owner != owner {
+            return Some((entry, Err(JobError::NotFound)));
+        }
+        Self::release_key(st, id, &entry);
+        let retention = self.options.result_retention;
+        // Counted as completed by the hub that ran it. A watched job (no name here) is
+        // kept by the engine, not here.
+        if let Ok(output) = &outcome {
+            let submitted_here = entry.shared_name().is_some();
+            if submitted_here && !retention.is_zero() && self.options.max_results > 0 {
+                let at = wall_now();
+                let expires = super::dispatch::after(now, retention);
+                self.keep_result(st, (id, &mut entry), output, (at, expires));
+            }
+        }
+        Some((entry, outcome))
+    }
+
     /// Attaches `submitter` to job `id`, which this hub does not hold, on a shared store:
     /// it waits (as a job submitted here would) while the store looks it up.
     ///

@@ -4,6 +4,7 @@
 use super::*;
 use crate::envelope::Envelope;
 use crate::jobs::handle::Outcome;
+use crate::jobs::store::{Feed, PulledJob};
 use crate::jobs::wire::{Batch, DONE_SUBJECT, PROGRESS_SUBJECT, RUN_SUBJECT};
 use crate::jobs::InvalidJob;
 use std::sync::Mutex as StdMutex;
@@ -633,4 +634,29 @@ async fn finished_entries_are_closed_at_once_and_their_boxes_reused() {
     for (_, mut delivery, progress) in next {
         assert!(outcome_now(&mut delivery, &progress).is_some_and(|o| o.is_ok()));
     }
+}
+
+#[tokio::test]
+async fn jobs_pulled_together_are_queued_together_and_one_running_here_is_skipped() {
+    let queue = queue(QueueOptions::default());
+    let feed = Feed(Arc::downgrade(&queue));
+    let (_, recorder) = worker(&queue, &["echo"], 8);
+    let pulled = |id| PulledJob::new(id, "echo".into(), vec![1], JobOptions::default());
+    let mut jobs = vec![pulled(1), pulled(2), pulled(3)];
+    assert!(feed.pulled_many(&mut jobs));
+    assert!(jobs.is_empty(), "taken in");
+    // Dispatched in the one round that follows them.
+    let frames = recorder.frames.lock().unwrap().len();
+    let runs: Vec<JobId> = recorder.take_runs().iter().map(|run| run.0).collect();
+    assert_eq!((runs, frames), (vec![1, 2, 3], 1));
+    // Job 2 runs here already: the store keeps its claim, the job is not queued twice.
+    let mut again = vec![pulled(2), pulled(4)];
+    assert!(feed.pulled_many(&mut again));
+    let runs: Vec<JobId> = recorder.take_runs().iter().map(|run| run.0).collect();
+    assert_eq!(runs, [4]);
+    // Once the hub stopped, nothing is taken: the store gives the jobs back.
+    let stopped = Feed(std::sync::Weak::new());
+    let mut late = vec![pulled(5)];
+    assert!(!stopped.pulled_many(&mut late));
+    assert_eq!(late.len(), 1);
 }

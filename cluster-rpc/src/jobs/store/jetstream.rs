@@ -1180,12 +1180,13 @@ impl Inner {
         }));
     }
 
-    /// A job pulled for this hub: queued here, unless it was cancelled, cannot be read, or
-    /// runs here already (a redelivery while it runs: the new delivery's claim is kept).
+    /// A job pulled for this hub: added to `taken`, to be queued here
+    /// ([`hand_over`](Self::hand_over)), unless it was cancelled, cannot be read, or runs
+    /// here already (a redelivery while it runs: the new delivery's claim is kept).
     ///
     /// `now` is when the pull that brought it was sent (one clock read per pull): its
     /// claim is renewed from then.
-    fn take(&self, message: async_nats::Message, feed: &Feed, now: Instant) {
+    fn take(&self, message: async_nats::Message, taken: &mut Vec<PulledJob>, now: Instant) {
         let Some(reply) = message.reply.clone() else {
             return;
         };
@@ -1242,11 +1243,20 @@ impl Inner {
         );
         job.attempts = attempts;
         job.submitted_at = record.submitted_at;
-        // Not queued because it runs here already: the claim just taken answers for it.
-        if !feed.pulled(job) && !feed.is_open() {
-            // The hub stopped meanwhile: back to the others at once.
-            if lock(&self.inflight).remove(&id).is_some() {
-                self.reply(reply, AckKind::Nak(None));
+        taken.push(job);
+    }
+
+    /// Queues the jobs [`take`](Self::take) took, in one go (one hold of the queue's lock,
+    /// which a multi-thread runtime's other thread, answering jobs, would otherwise wait
+    /// for once per job); when the hub stopped meanwhile, they go back to the others at
+    /// once.
+    fn hand_over(&self, taken: &mut Vec<PulledJob>, feed: &Feed) {
+        if taken.is_empty() || feed.pulled_many(taken) {
+            return;
+        }
+        for job in taken.drain(..) {
+            if let Some(job) = lock(&self.inflight).remove(&job.id) {
+                self.reply(job.reply, AckKind::Nak(None));
             }
         }
     }
@@ -1286,6 +1296,8 @@ impl Inner {
             }
         };
         let mut pulls = 0u64;
+        // The jobs of a pull on their way to the queue.
+        let mut taken = Vec::new();
         // Levels a pull found empty: not asked again (each ask is a request to the
         // server, and most wakes are credits freeing up) until a kick says jobs were
         // published, or the poll interval passed (retries and redeliveries come with no
@@ -1335,7 +1347,8 @@ impl Inner {
                     };
                     pulls = pulls.wrapping_add(1);
                     let reply = Subject::from(format!("{inbox}.{pulls:x}"));
-                    let pulled = self.pull(consumer, free, reply, &mut answers, &feed).await;
+                    let answered = (&mut answers, &mut taken);
+                    let pulled = self.pull(consumer, free, reply, answered, &feed).await;
                     if pulled < free {
                         dry.insert((Arc::clone(&name), level));
                     } else {
@@ -1371,13 +1384,14 @@ impl Inner {
     /// sent (a pull sent just before the server went away is never answered, and waiting
     /// for it would stop this hub pulling for good). A job late for an earlier pull that
     /// gave up is taken too (it was delivered to this hub) and counted as this pull's.
-    /// Returns how many jobs came.
+    /// The jobs already received are queued together, before waiting for more (`taken`
+    /// holds them meanwhile). Returns how many jobs came.
     async fn pull(
         &self,
         consumer: &PullConsumer,
         want: usize,
         reply: Subject,
-        answers: &mut async_nats::Subscriber,
+        (answers, taken): (&mut async_nats::Subscriber, &mut Vec<PulledJob>),
         feed: &Feed,
     ) -> usize {
         let request = pull::BatchConfig {
@@ -1394,30 +1408,39 @@ impl Inner {
         let now = Instant::now();
         let deadline = now + self.options.request_timeout;
         while pulled < want {
-            let message = match tokio::time::timeout_at(deadline, answers.next()).await {
-                Ok(Some(message)) => message,
-                Ok(None) => return pulled,
-                Err(_) => {
-                    tracing::debug!("pull unanswered: asking again");
-                    return pulled;
+            let next = match answers.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    self.hand_over(taken, feed);
+                    match tokio::time::timeout_at(deadline, answers.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            tracing::debug!("pull unanswered: asking again");
+                            break;
+                        }
+                    }
                 }
+            };
+            let Some(message) = next else {
+                break;
             };
             match message.status {
                 // A job comes on its own subject, whichever pull it answers.
                 None | Some(StatusCode::OK) => {
                     pulled += 1;
-                    self.take(message, feed, now);
+                    self.take(message, taken, now);
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 // No more jobs (404), fewer than asked (408), too many unacked (409):
                 // this pull is over (a status comes on the pull's reply subject).
                 Some(status) if message.subject == reply => {
                     tracing::trace!(%status, "pull ended");
-                    return pulled;
+                    break;
                 }
                 Some(_) => {}
             }
         }
+        self.hand_over(taken, feed);
         pulled
     }
 
@@ -1860,14 +1883,20 @@ impl Inner {
 
     /// Outcomes, progress and cancels for this hub, kicks, and finds.
     async fn run_listener(self: Arc<Self>, mut subs: Subscriptions, feed: Feed) {
+        // A round's outcomes, resolved together (one hold of each lock per round).
+        let mut round: Vec<Outcome> = Vec::new();
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 Some(message) = subs.results.next() => {
-                    for (id, owner, outcome) in outcomes(&message.payload) {
-                        lock(&self.submitted).remove(&id);
-                        feed.resolved(id, owner, outcome);
+                    round.extend(outcomes(&message.payload));
+                    {
+                        let mut submitted = lock(&self.submitted);
+                        for (id, ..) in &round {
+                            submitted.remove(id);
+                        }
                     }
+                    feed.resolved_many(round.drain(..));
                 }
                 Some(message) = subs.progress.next() => {
                     if let (Some(id), Some(value)) = (
