@@ -948,31 +948,40 @@ impl Queue {
             // them: no wake-up of the dispatcher task and no hop to another thread.
             self.after_queueing(&mut st, false, now);
         }
+        let shared = st.shared;
         drop(st);
         self.metrics.attempts(&tally);
-        if !finished.is_empty() {
+        if !finished.is_empty() && shared {
+            // A shared store makes each outcome durable on its own (its job leaves the
+            // engine once the outcome is stored), and its sync would only wait for this
+            // hub's submissions: a hop through its tasks per frame for nothing (issue 13).
+            Self::deliver(Some(self), self.codec, finished);
+        } else if !finished.is_empty() {
             // Delivered once the completions are durable, so a re-run after a crash cannot
             // answer a handle twice. If they cannot be made durable, they are delivered
             // all the same: the jobs did run.
-            // Their boxes go back to the queue, emptied, for the next jobs' entries, if
-            // its lock is free: waiting for it (another connection's answers or round)
-            // would cost more than the allocations the boxes save.
             let codec = self.codec;
             let queue = Arc::downgrade(self);
             self.store.sync(Commit::new(move |_| {
-                for (entry, output) in &mut finished {
-                    entry.resolve(Ok(output), codec);
-                    entry.vacate();
-                    *output = Bytes::new();
-                }
-                if let Some(queue) = queue.upgrade() {
-                    if let Some(mut st) = queue.try_state() {
-                        st.spare.give(finished.into_iter().map(|(entry, _)| entry));
-                    }
-                }
+                Self::deliver(queue.upgrade().as_deref(), codec, finished);
             }));
         }
         result
+    }
+
+    /// Resolves the handles of finished jobs with their outputs. Their boxes go back to
+    /// the queue (if it is still there), emptied, for the next jobs' entries, if its lock
+    /// is free: waiting for it (another connection's answers or round) would cost more
+    /// than the allocations the boxes save.
+    fn deliver(queue: Option<&Queue>, codec: CodecKind, mut finished: Vec<(Box<Entry>, Bytes)>) {
+        for (entry, output) in &mut finished {
+            entry.resolve(Ok(output), codec);
+            entry.vacate();
+            *output = Bytes::new();
+        }
+        if let Some(mut st) = queue.and_then(Queue::try_state) {
+            st.spare.give(finished.into_iter().map(|(entry, _)| entry));
+        }
     }
 
     pub(crate) fn stats(&self) -> JobStats {

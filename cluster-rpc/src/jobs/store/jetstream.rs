@@ -1325,15 +1325,16 @@ impl Inner {
             let known = self.known();
             for name in feed.names() {
                 for level in LEVELS {
+                    let key = (Arc::clone(&name), level);
+                    // A level no job was put in has no consumer, and needs none. Looked
+                    // at first: the free credits take the queue's lock.
+                    if !known.contains(Lanes::of(level)) || dry.contains(&key) {
+                        continue;
+                    }
                     let free = feed.free(&name);
                     // Closing: no more pulls (the one answered last is taken in).
                     if free == 0 || self.stop.is_cancelled() {
                         break;
-                    }
-                    let key = (Arc::clone(&name), level);
-                    // A level no job was put in has no consumer, and needs none.
-                    if !known.contains(Lanes::of(level)) || dry.contains(&key) {
-                        continue;
                     }
                     let consumer = match consumers.get(&key) {
                         Some(consumer) => consumer,
