@@ -951,12 +951,15 @@ impl Queue {
         let shared = st.shared;
         drop(st);
         self.metrics.attempts(&tally);
-        if !finished.is_empty() && shared {
+        if finished.is_empty() {
+            return result;
+        }
+        if shared {
             // A shared store makes each outcome durable on its own (its job leaves the
             // engine once the outcome is stored), and its sync would only wait for this
             // hub's submissions: a hop through its tasks per frame for nothing (issue 13).
             Self::deliver(Some(self), self.codec, finished);
-        } else if !finished.is_empty() {
+        } else {
             // Delivered once the completions are durable, so a re-run after a crash cannot
             // answer a handle twice. If they cannot be made durable, they are delivered
             // all the same: the jobs did run.

@@ -32,13 +32,14 @@
 //!   learns of high-priority jobs opens the high level's consumer of each name it pulls.
 //! - **Credits.** A hub pulls, per name, at most the free credits of its own workers of
 //!   that name; it pulls again when credits free up, when a hub published jobs (a kick on
-//!   core NATS, naming the lanes published to), and every [`poll`](JetStreamOptions::poll) while credits are free (for
-//!   redeliveries, which come with no kick). It pulls as soon as credits free up; credits
-//!   freed while a pull is answered go in the next one, so a pull asks for more jobs the
-//!   busier the hub is, with no timer holding free credits back. A level a pull found
-//!   empty is not asked again before the next poll or a kick naming it.
-//!   Every pull is answered on one subscription the hub holds for good (no subscription
-//!   per pull).
+//!   core NATS, naming the lanes published to), and every
+//!   [`poll`](JetStreamOptions::poll) while credits are free (for redeliveries, which come
+//!   with no kick). It pulls as soon as credits free up; credits freed while a pull is
+//!   answered go in the next one, so a pull asks for more jobs the busier the hub is, with
+//!   no timer holding free credits back. A level a pull found empty is not asked again
+//!   before the next poll or a kick naming it. Every pull is answered on one subscription
+//!   the hub holds for good (no subscription per pull), and the jobs that have arrived are
+//!   queued together (one hold of the queue's lock).
 //! - **Acks.** Success: ack. Failure: a negative ack with the queue's backoff as its delay
 //!   (any hub may take the retry). The last failed attempt: the job is published to the
 //!   dead-letter stream `<PREFIX>_DEAD` (headers `Cluster-Job`, `Cluster-Attempts`,
