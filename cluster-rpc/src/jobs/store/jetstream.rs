@@ -2033,13 +2033,7 @@ async fn run_ops(
             }
         }
         if kick != Lanes::NONE {
-            let _ = inner
-                .client
-                .publish(
-                    inner.subjects.kick.clone(),
-                    Bytes::copy_from_slice(&[kick.0]),
-                )
-                .await;
+            inner.kick(kick).await;
         }
     }
 }
