@@ -460,6 +460,9 @@ pub(crate) struct ConnectionHandler {
     subscriptions: HashMap<u64, Subscription>,
     multiplexer: Option<Multiplexer>,
     pending_pings: usize,
+    /// Traffic (a server op or a command) since the ping timer last fired (patched: set
+    /// per op where the timer was reset per op, which read the clock each time).
+    active: bool,
     info_sender: tokio::sync::watch::Sender<ServerInfo>,
     ping_interval: Interval,
     should_reconnect: bool,
@@ -490,6 +493,7 @@ impl ConnectionHandler {
             subscriptions: HashMap::new(),
             multiplexer: None,
             pending_pings: 0,
+            active: false,
             info_sender,
             ping_interval,
             should_reconnect: false,
@@ -559,6 +563,11 @@ impl ConnectionHandler {
                 // get a `Poll::Pending`. With a sane interval delay, this means that the loop
                 // breaks at the second iteration.
                 while self.handler.ping_interval.poll_tick(cx).is_ready() {
+                    // Traffic since the last tick: no ping needed yet (patched: the
+                    // first ping of a silence goes out one to two periods into it).
+                    if std::mem::take(&mut self.handler.active) {
+                        continue;
+                    }
                     if let Poll::Ready(exit) = self.ping() {
                         return Poll::Ready(exit);
                     }
@@ -705,7 +714,7 @@ impl ConnectionHandler {
     }
 
     fn handle_server_op(&mut self, server_op: ServerOp) {
-        self.ping_interval.reset();
+        self.active = true;
 
         match server_op {
             ServerOp::Ping => {
@@ -828,7 +837,7 @@ impl ConnectionHandler {
     }
 
     fn handle_command(&mut self, command: Command) {
-        self.ping_interval.reset();
+        self.active = true;
 
         match command {
             Command::Unsubscribe { sid, max } => {

@@ -95,7 +95,7 @@ impl Feed {
             return;
         };
         let mut st = queue.state();
-        let settled = queue.settle(&mut st, (id, owner, outcome), Instant::now());
+        let settled = queue.settle(&mut st, (id, owner, outcome), (Instant::now(), wall_now()));
         drop(st);
         if let Some((mut entry, outcome)) = settled {
             entry.resolve(outcome.as_ref().map_err(Clone::clone), queue.codec);
@@ -112,7 +112,8 @@ impl Feed {
         let Some(queue) = self.queue() else {
             return;
         };
-        let now = Instant::now();
+        // One read of each clock per round.
+        let now = (Instant::now(), wall_now());
         let mut st = queue.state();
         let settled: Vec<_> = outcomes
             .into_iter()
@@ -194,12 +195,13 @@ impl Queue {
     /// Takes the entry of a job awaiting its outcome out of `awaiting`, with what its
     /// handles get: the outcome, or [`JobError::NotFound`] for a handle of another owner
     /// than the job's. An output of a job submitted here is kept for the result
-    /// retention. `None` when no such job waits here (a second outcome of it).
+    /// retention, from `now` (monotonic and wall-clock: read once per round by the
+    /// caller). `None` when no such job waits here (a second outcome of it).
     fn settle(
         &self,
         st: &mut State,
         (id, owner, outcome): (JobId, Owner, Result<Bytes, JobError>),
-        now: Instant,
+        (now, wall): (Instant, u64),
     ) -> Option<(Box<Entry>, Result<Bytes, JobError>)> {
         let mut entry = st.awaiting.remove(&id)?;
         if entry.owner != Owner::HUB && entry.owner != owner {
@@ -212,9 +214,8 @@ impl Queue {
         if let Ok(output) = &outcome {
             let submitted_here = entry.shared_name().is_some();
             if submitted_here && !retention.is_zero() && self.options.max_results > 0 {
-                let at = wall_now();
                 let expires = super::dispatch::after(now, retention);
-                self.keep_result(st, (id, &mut entry), output, (at, expires));
+                self.keep_result(st, (id, &mut entry), output, (wall, expires));
             }
         }
         Some((entry, outcome))
