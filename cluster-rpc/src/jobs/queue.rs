@@ -923,19 +923,23 @@ impl Queue {
                         w.completed += 1;
                     }
                     st.completed += 1;
-                    st.store.record(Change::Completed {
-                        id: done.id,
-                        attempt: done.attempt,
-                        output,
-                        at,
-                        retain_until,
-                    });
+                    // A local store records it here, in order with every transition; a
+                    // shared one once the lock is let go (below).
+                    if !st.shared {
+                        st.store.record(Change::Completed {
+                            id: done.id,
+                            attempt: done.attempt,
+                            output,
+                            at,
+                            retain_until,
+                        });
+                    }
                     let output = frame.slice_ref(output);
                     let mut entry = entry;
                     if keep {
                         self.keep_result(&mut st, (done.id, &mut entry), &output, (at, expires));
                     }
-                    finished.push((entry, output));
+                    finished.push((done.id, entry, output));
                 }
                 Err(error) => {
                     tally.add(AttemptOutcome::Failed);
@@ -958,6 +962,19 @@ impl Queue {
             // A shared store makes each outcome durable on its own (its job leaves the
             // engine once the outcome is stored), and its sync would only wait for this
             // hub's submissions: a hop through its tasks per frame for nothing (issue 13).
+            // It is told of the completions here, not under the lock: its record encodes
+            // each outcome and wakes its task, which under the lock kept the runtime's
+            // other thread waiting for it. The jobs left the queue's state above: nothing
+            // else records them.
+            for (id, entry, output) in &finished {
+                self.store.record(&Change::Completed {
+                    id: *id,
+                    attempt: entry.attempts,
+                    output,
+                    at,
+                    retain_until,
+                });
+            }
             Self::deliver(Some(self), self.codec, finished);
         } else {
             // Delivered once the completions are durable, so a re-run after a crash cannot
@@ -976,14 +993,19 @@ impl Queue {
     /// the queue (if it is still there), emptied, for the next jobs' entries, if its lock
     /// is free: waiting for it (another connection's answers or round) would cost more
     /// than the allocations the boxes save.
-    fn deliver(queue: Option<&Queue>, codec: CodecKind, mut finished: Vec<(Box<Entry>, Bytes)>) {
-        for (entry, output) in &mut finished {
+    fn deliver(
+        queue: Option<&Queue>,
+        codec: CodecKind,
+        mut finished: Vec<(JobId, Box<Entry>, Bytes)>,
+    ) {
+        for (_, entry, output) in &mut finished {
             entry.resolve(Ok(output), codec);
             entry.vacate();
             *output = Bytes::new();
         }
         if let Some(mut st) = queue.and_then(Queue::try_state) {
-            st.spare.give(finished.into_iter().map(|(entry, _)| entry));
+            st.spare
+                .give(finished.into_iter().map(|(_, entry, _)| entry));
         }
     }
 
