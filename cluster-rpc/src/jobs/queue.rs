@@ -877,6 +877,7 @@ impl Queue {
         // copy of the frame, which each output is a slice of.
         let frame = Bytes::copy_from_slice(payload);
         let mut st = self.state();
+        let shared = st.shared;
         let worker = st.workers.find(conn);
         let mut result = Ok(());
         let mut freed = false;
@@ -892,7 +893,7 @@ impl Queue {
         let at = wall_now();
         let retention = self.options.result_retention;
         // On a shared store, results are kept by the hub that took the submission.
-        let keep = !retention.is_zero() && self.options.max_results > 0 && !st.shared;
+        let keep = !retention.is_zero() && self.options.max_results > 0 && !shared;
         let retain_until = at.saturating_add(millis(retention));
         let expires = after(now, retention);
         for done in wire::dones(&frame) {
@@ -925,7 +926,7 @@ impl Queue {
                     st.completed += 1;
                     // A local store records it here, in order with every transition; a
                     // shared one once the lock is let go (below).
-                    if !st.shared {
+                    if !shared {
                         st.store.record(Change::Completed {
                             id: done.id,
                             attempt: done.attempt,
@@ -952,7 +953,6 @@ impl Queue {
             // them: no wake-up of the dispatcher task and no hop to another thread.
             self.after_queueing(&mut st, false, now);
         }
-        let shared = st.shared;
         drop(st);
         self.metrics.attempts(&tally);
         if finished.is_empty() {
